@@ -1,0 +1,110 @@
+//! A tenant's key-value store: one SQLite file, in the table layout Spin's
+//! default store uses, so checkpoints survive restarts and a state file can
+//! move between this harness and `spin up`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct KvStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl KvStore {
+    /// Opens (creating if needed) the store file and its parent folder.
+    pub fn open(path: &Path) -> Result<KvStore, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let conn =
+            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // Two harness processes may share a file; wait for the other's write
+        // rather than failing at once.
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS spin_key_value (
+                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                 PRIMARY KEY (store, key));",
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+        Ok(KvStore {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.conn
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                params![store, key, value],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn delete(&self, store: &str, key: &str) -> Result<(), String> {
+        self.conn
+            .execute(
+                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn keys(&self, store: &str) -> Result<Vec<String>, String> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map(params![store], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<String>, _>>()
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_persist_across_reopen_and_stores_are_separate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/t.sqlite");
+        {
+            let kv = KvStore::open(&path).unwrap();
+            kv.set("default", "a", b"1").unwrap();
+            kv.set("default", "a", b"2").unwrap();
+            kv.set("other", "a", b"x").unwrap();
+            kv.set("default", "b", b"3").unwrap();
+            kv.delete("default", "b").unwrap();
+        }
+        let kv = KvStore::open(&path).unwrap();
+        assert_eq!(kv.get("default", "a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(kv.get("other", "a").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(kv.get("default", "b").unwrap(), None);
+        assert_eq!(kv.keys("default").unwrap(), vec!["a".to_string()]);
+    }
+}

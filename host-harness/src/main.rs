@@ -1,0 +1,146 @@
+//! `host-harness`: run the onepassword-collector component locally, once
+//! (`tick`), on each tenant's schedule (`run`), or against built-in
+//! emulators (`demo`).
+
+use clap::{Parser, Subcommand};
+use host_harness::runtime::{default_component_path, Limits, Runtime};
+use host_harness::{schedule, tenant};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "host-harness",
+    version,
+    about = "Runs the 1Password → Devo collector component under wasmtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one tick per tenant and print one JSON line per tenant.
+    Tick {
+        #[arg(long)]
+        config: PathBuf,
+        /// The component (.wasm); defaults to the workspace's release build.
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Tick every tenant on its schedule until interrupted (Ctrl-C).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        component: Option<PathBuf>,
+    },
+    /// Start emulators of 1Password and Devo on loopback and collect everything.
+    Demo {
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// Events generated per service.
+        #[arg(long, default_value_t = 2500)]
+        events: usize,
+        #[arg(long, default_value_t = 500)]
+        page_size: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("host-harness: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Tick {
+            config,
+            component,
+            tenant: only,
+        } => {
+            let mut tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
+            if let Some(name) = only {
+                tenants.retain(|t| t.name == name);
+                anyhow::ensure!(
+                    !tenants.is_empty(),
+                    "no tenant named {name:?} in {}",
+                    config.display()
+                );
+            }
+            let runtime = Runtime::new(
+                &component.unwrap_or_else(default_component_path),
+                Limits::default(),
+            )?;
+            let mut all_ok = true;
+            for t in &tenants {
+                let tick = runtime.tick(t).await;
+                all_ok &= tick.ok();
+                println!("{}", tick.to_json());
+            }
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Run { config, component } => {
+            let tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
+            let runtime = Arc::new(Runtime::new(
+                &component.unwrap_or_else(default_component_path),
+                Limits::default(),
+            )?);
+            eprintln!(
+                "host-harness: running {} tenant(s); Ctrl-C stops",
+                tenants.len()
+            );
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in tenants {
+                let runtime = runtime.clone();
+                tasks.spawn(async move {
+                    let sched = schedule::parse(&t.schedule).expect("validated when loaded");
+                    loop {
+                        let now = chrono::Utc::now();
+                        let Some(next) = schedule::next_after(&sched, now) else {
+                            return;
+                        };
+                        tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
+                        let tick = runtime.tick(&t).await;
+                        let mut line = tick.to_json();
+                        line["fired_at"] = serde_json::Value::String(next.to_rfc3339());
+                        println!("{line}");
+                    }
+                });
+            }
+            tokio::signal::ctrl_c().await?;
+            tasks.abort_all();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            component,
+            events,
+            page_size,
+        } => {
+            let component = component.unwrap_or_else(default_component_path);
+            let summary =
+                host_harness::demo::run(&component, events, page_size, &mut std::io::stdout())
+                    .await?;
+            Ok(if summary.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The harness's config file: one or more tenants, each with a schedule, a
+//! key-value file and the component's variables.
+//!
+//! ```toml
+//! [tenants.acme]
+//! schedule = "0 * * * * *"
+//! kv = "state/acme.sqlite"
+//! [tenants.acme.variables]
+//! base_url = "https://events.1password.com"
+//! token = "${ACME_OP_TOKEN}"     # taken from the environment
+//! ```
+//! A variable whose whole value is `${NAME}` is read from environment
+//! variable NAME when the file is loaded, so secrets need not sit in it.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
+
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub name: String,
+    /// Cron expression with a seconds field, as Spin's cron trigger takes.
+    pub schedule: String,
+    /// SQLite file holding this tenant's key-value store.
+    pub kv_path: PathBuf,
+    /// The component's config keys and their values (secrets included:
+    /// never print this map).
+    pub variables: BTreeMap<String, String>,
+    /// Base URLs the component may reach, like Spin's `allowed_outbound_hosts`.
+    /// `None`: the hosts of `base_url` and `devo_url`, nothing else.
+    pub allowed_outbound_hosts: Option<Vec<String>>,
+}
+
+impl Tenant {
+    /// The base URLs outbound requests may go to.
+    pub fn outbound_urls(&self) -> Vec<&str> {
+        match &self.allowed_outbound_hosts {
+            Some(urls) => urls.iter().map(String::as_str).collect(),
+            None => ["base_url", "devo_url"]
+                .iter()
+                .filter_map(|k| self.variables.get(*k).map(String::as_str))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    tenants: BTreeMap<String, TenantFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    schedule: Option<String>,
+    kv: Option<String>,
+    allowed_outbound_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    variables: BTreeMap<String, toml::Value>,
+}
+
+/// Loads every tenant of a config file; relative `kv` paths are relative to
+/// the file. `env` resolves `${NAME}` references (the process environment
+/// in production, a map in tests).
+pub fn load_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Tenant>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base, env).with_context(|| format!("in config file {}", path.display()))
+}
+
+pub fn parse(
+    text: &str,
+    base: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Vec<Tenant>> {
+    let file: FileConfig = toml::from_str(text).context("not a valid harness config")?;
+    if file.tenants.is_empty() {
+        bail!("no [tenants.NAME] table: add at least one tenant");
+    }
+    let mut tenants = Vec::new();
+    for (name, t) in file.tenants {
+        let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
+        crate::schedule::parse(&schedule)
+            .with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
+        let kv = t.kv.unwrap_or_else(|| format!("state/{name}.sqlite"));
+        let mut variables = BTreeMap::new();
+        for (key, value) in t.variables {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "tenant {name}: variable {key} must be a string or number, not {}",
+                    other.type_str()
+                ),
+            };
+            let text = match text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                Some(env_name) => env(env_name).with_context(|| {
+                    format!("tenant {name}: variable {key} refers to environment variable {env_name}, which is not set")
+                })?,
+                None => text,
+            };
+            variables.insert(key, text);
+        }
+        tenants.push(Tenant {
+            name,
+            schedule,
+            kv_path: base.join(kv),
+            variables,
+            allowed_outbound_hosts: t.allowed_outbound_hosts,
+        });
+    }
+    Ok(tenants)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_get_defaults_paths_and_env_secrets() {
+        let text = r#"
+            [tenants.acme]
+            kv = "s/acme.sqlite"
+            [tenants.acme.variables]
+            base_url = "https://events.1password.com"
+            token = "${ACME_TOKEN}"
+            page_size = 500
+            [tenants.beta]
+            schedule = "*/5 * * * * *"
+        "#;
+        let env = |n: &str| (n == "ACME_TOKEN").then(|| "from-env".to_string());
+        let t = parse(text, Path::new("/etc/h"), env).unwrap();
+        assert_eq!(t[0].name, "acme");
+        assert_eq!(t[0].schedule, DEFAULT_SCHEDULE);
+        assert_eq!(t[0].kv_path, Path::new("/etc/h/s/acme.sqlite"));
+        assert_eq!(t[0].variables["token"], "from-env");
+        assert_eq!(t[0].variables["page_size"], "500");
+        assert_eq!(t[1].kv_path, Path::new("/etc/h/state/beta.sqlite"));
+        assert_eq!(t[0].outbound_urls(), vec!["https://events.1password.com"]);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let e = parse(
+            "[tenants.a.variables]\ntoken = \"${NOPE}\"",
+            Path::new("."),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("NOPE"), "{e:#}");
+        let e = parse(
+            "[tenants.a]\nschedule = \"every minute\"",
+            Path::new("."),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("schedule"), "{e:#}");
+        assert!(parse("", Path::new("."), |_| None).is_err());
+        assert!(parse("[tenants.a]\nshedule = \"x\"", Path::new("."), |_| None).is_err());
+    }
+}

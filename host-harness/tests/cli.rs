@@ -1,0 +1,141 @@
+//! The `host-harness` binary as a user runs it: a TOML config, secrets from
+//! the environment, one JSON line per tenant, state kept across processes.
+
+use host_harness::emulator::{
+    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
+};
+use onepassword_collector::service::Service;
+use std::process::Command;
+
+const OP_TOKEN: &str = "cli-op-token-secret";
+const DEVO_TOKEN: &str = "cliDevoToken0123456789abcdefABCDE";
+
+fn harness(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+        .args(args)
+        .env("CLI_OP_TOKEN", OP_TOKEN)
+        .env("CLI_DEVO_TOKEN", DEVO_TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN),
+            "secret printed: {text}"
+        );
+    }
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out.status.success(), lines, stderr)
+}
+
+#[test]
+fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
+    let now = chrono::Utc::now();
+    let dataset = Dataset::generate(
+        3,
+        30,
+        now - chrono::Duration::hours(2),
+        chrono::Duration::hours(1),
+    );
+    let op =
+        OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
+    let devo = DevoEmulator::start(DevoOptions {
+        domain: "cli".into(),
+        token: DEVO_TOKEN.into(),
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("harness.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[tenants.acme]
+kv = "state/acme.sqlite"
+[tenants.acme.variables]
+base_url = "{}"
+token = "${{CLI_OP_TOKEN}}"
+page_size = 20
+services = "audit,sign_in_attempts"
+devo_url = "{}"
+devo_domain = "cli"
+devo_token = "${{CLI_DEVO_TOKEN}}"
+
+[tenants.broken.variables]
+token = "x"
+"#,
+            op.base_url(),
+            devo.base_url()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let (ok, lines, _) = harness(&["tick", "--config", config, "--tenant", "acme"]);
+    assert!(ok, "{lines:?}");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["tenant"], "acme");
+    assert_eq!(lines[0]["ok"], true);
+    assert_eq!(lines[0]["services"]["audit"]["fetched"], 20);
+    assert_eq!(lines[0]["services"]["audit"]["has_more"], true);
+    assert!(lines[0]["services"].get("item_usage").is_none());
+    assert!(dir.path().join("state/acme.sqlite").exists());
+
+    // a new process continues where the last one stopped
+    let (ok, lines, _) = harness(&["tick", "--config", config, "--tenant", "acme"]);
+    assert!(ok);
+    assert_eq!(lines[0]["services"]["audit"]["fetched"], 10);
+    assert_eq!(lines[0]["services"]["audit"]["total_sent"], 30);
+    for svc in [Service::Audit, Service::SignInAttempts] {
+        assert_eq!(devo.event_values(svc.default_tag()), dataset.values(svc));
+    }
+    assert!(devo.events(Service::ItemUsage.default_tag()).is_empty());
+
+    // all tenants: the broken one fails with its missing key, exit status non-zero
+    let (ok, lines, _) = harness(&["tick", "--config", config]);
+    assert!(!ok);
+    let broken = lines.iter().find(|l| l["tenant"] == "broken").unwrap();
+    assert_eq!(broken["ok"], false);
+    assert_eq!(broken["error"]["id"], 1);
+    assert!(broken["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("base_url"));
+}
+
+#[test]
+fn a_bad_config_file_is_reported_without_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[tenants.a.variables]\ntoken = \"${CLI_UNSET_VARIABLE}\"\n",
+    )
+    .unwrap();
+    let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap()]);
+    assert!(!ok && lines.is_empty());
+    assert!(stderr.contains("CLI_UNSET_VARIABLE"), "{stderr}");
+}
+
+#[test]
+fn demo_delivers_everything_exactly_once() {
+    let mut out = Vec::new();
+    let summary = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(host_harness::demo::run(
+            &host_harness::runtime::default_component_path(),
+            120,
+            50,
+            &mut out,
+        ))
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(summary.complete(), "{text}");
+    assert_eq!(summary.ticks, 3);
+    assert!(text.contains("every event arrived exactly once"));
+    assert!(text.contains("auth.agilebits.onepassword.signinattempt"));
+}

@@ -1,0 +1,255 @@
+//! The wasm32 adapter: performs the core's actions with the WIT imports
+//! (wasi:config, wasi:keyvalue, wasi:http, wasi:clocks) and converts the
+//! report into the WIT records. No decisions are made here.
+
+use crate::config::Config;
+use crate::error::CollectorError;
+use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
+use crate::report::{Outcome, ServiceReport, TickReport};
+use crate::tick::{Action, Input, Tick};
+use chrono::{DateTime, Utc};
+
+wit_bindgen::generate!({
+    world: "collector",
+    path: "wit",
+    generate_all,
+});
+
+use exports::onepassword::collector::runner as wit;
+use fermyon::spin_cron::cron_types;
+use wasi::http::types as http;
+
+struct Component;
+export!(Component);
+
+impl Guest for Component {
+    fn handle_cron_event(_metadata: cron_types::Metadata) -> Result<(), cron_types::Error> {
+        let report = run_tick().map_err(|e| cron_types::Error::Other(e.to_string()))?;
+        let mut failures = Vec::new();
+        for s in &report.services {
+            // One line per service: Spin collects component stderr as the log.
+            eprintln!(
+                "service={} outcome={:?} fetched={} sent={} total_sent={} has_more={} checkpoint={} elapsed_ms={}{}",
+                s.service,
+                s.outcome,
+                s.fetched,
+                s.sent,
+                s.total_sent,
+                s.has_more,
+                s.checkpoint.as_deref().unwrap_or("-"),
+                s.elapsed_ms,
+                s.error.as_ref().map(|e| format!(" error=\"{e}\"")).unwrap_or_default()
+            );
+            if let Some(e) = &s.error {
+                failures.push(format!("{}: {e}", s.service));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(cron_types::Error::Other(failures.join("; ")))
+        }
+    }
+}
+
+impl wit::Guest for Component {
+    fn tick() -> Result<wit::TickReport, wit::CollectorError> {
+        run_tick().map(to_wit_report).map_err(to_wit_error)
+    }
+}
+
+fn run_tick() -> Result<TickReport, CollectorError> {
+    let config = Config::load(|key| wasi::config::store::get(key).map_err(config_error_text))?;
+    let bucket = wasi::keyvalue::store::open(crate::checkpoint::BUCKET)
+        .map_err(|e| CollectorError::persistence("open", &kv_error_text(e)))?;
+    let mut tick = Tick::new(config, now());
+    loop {
+        let input = match tick.poll() {
+            Action::Done(report) => return Ok(report),
+            Action::Load { key } => Input::Loaded(bucket.get(&key).map_err(kv_error_text)),
+            Action::Store { key, value } => {
+                Input::Stored(bucket.set(&key, &value).map_err(kv_error_text))
+            }
+            Action::Send { request } => Input::Response(send(&request)),
+        };
+        tick.handle(input, now());
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    let t = wasi::clocks::wall_clock::now();
+    DateTime::from_timestamp(t.seconds as i64, t.nanoseconds).unwrap_or_default()
+}
+
+fn config_error_text(e: wasi::config::store::Error) -> String {
+    match e {
+        wasi::config::store::Error::Upstream(m) => format!("upstream: {m}"),
+        wasi::config::store::Error::Io(m) => format!("io: {m}"),
+    }
+}
+
+fn kv_error_text(e: wasi::keyvalue::store::Error) -> String {
+    match e {
+        wasi::keyvalue::store::Error::NoSuchStore => "no such store".into(),
+        wasi::keyvalue::store::Error::AccessDenied => "access denied".into(),
+        wasi::keyvalue::store::Error::Other(m) => m,
+    }
+}
+
+/// Request timeouts handed to the host, in nanoseconds.
+const CONNECT_TIMEOUT_NS: u64 = 10_000_000_000;
+const FIRST_BYTE_TIMEOUT_NS: u64 = 60_000_000_000;
+const BETWEEN_BYTES_TIMEOUT_NS: u64 = 30_000_000_000;
+
+fn send(req: &HttpRequest) -> Result<HttpResponse, HttpFailure> {
+    let headers = http::Fields::new();
+    for (name, value) in &req.headers {
+        headers
+            .append(name, value.as_bytes())
+            .map_err(|e| HttpFailure::Transport(format!("header {name}: {e:?}")))?;
+    }
+    if req.method == Method::Post {
+        let len = req.body.len().to_string();
+        headers
+            .append("content-length", len.as_bytes())
+            .map_err(|e| HttpFailure::Transport(format!("{e:?}")))?;
+    }
+    let outgoing = http::OutgoingRequest::new(headers);
+    let method = match req.method {
+        Method::Get => http::Method::Get,
+        Method::Post => http::Method::Post,
+    };
+    let scheme = match req.scheme {
+        crate::endpoint::Scheme::Http => http::Scheme::Http,
+        crate::endpoint::Scheme::Https => http::Scheme::Https,
+    };
+    let invalid =
+        |what: &str| HttpFailure::Transport(format!("the host rejected the request {what}"));
+    outgoing
+        .set_method(&method)
+        .map_err(|()| invalid("method"))?;
+    outgoing
+        .set_scheme(Some(&scheme))
+        .map_err(|()| invalid("scheme"))?;
+    outgoing
+        .set_authority(Some(&req.authority))
+        .map_err(|()| invalid("authority"))?;
+    outgoing
+        .set_path_with_query(Some(&req.path))
+        .map_err(|()| invalid("path"))?;
+    let body = outgoing.body().map_err(|()| invalid("body"))?;
+
+    let options = http::RequestOptions::new();
+    // A host may not support every timeout; what it does support is applied.
+    let _ = options.set_connect_timeout(Some(CONNECT_TIMEOUT_NS));
+    let _ = options.set_first_byte_timeout(Some(FIRST_BYTE_TIMEOUT_NS));
+    let _ = options.set_between_bytes_timeout(Some(BETWEEN_BYTES_TIMEOUT_NS));
+
+    // Hand the request over before writing the body: the host streams it and
+    // would otherwise stop accepting writes once its buffer is full.
+    let pending = wasi::http::outgoing_handler::handle(outgoing, Some(options)).map_err(failure)?;
+    let written = write_body(body, &req.body);
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        // A refused or failed request also breaks the body stream; the
+        // response's error says why, so it goes first.
+        Some(Ok(Err(code))) => return Err(failure(code)),
+        Some(Err(())) | None => {
+            return Err(HttpFailure::Transport(
+                "response future in a bad state".into(),
+            ))
+        }
+    };
+    written?;
+    let status = response.status();
+    let headers = response
+        .headers()
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    let incoming = response.consume().map_err(|()| invalid("response body"))?;
+    let mut bytes = Vec::new();
+    {
+        let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(wasi::io::streams::StreamError::Closed) => break,
+                Err(e) => return Err(HttpFailure::Transport(stream_error_text(e))),
+            }
+        }
+    }
+    drop(incoming);
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: bytes,
+    })
+}
+
+fn write_body(body: http::OutgoingBody, bytes: &[u8]) -> Result<(), HttpFailure> {
+    {
+        let stream = body
+            .write()
+            .map_err(|()| HttpFailure::Transport("the host gave no body stream".into()))?;
+        for chunk in bytes.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| HttpFailure::Transport(stream_error_text(e)))?;
+        }
+    }
+    http::OutgoingBody::finish(body, None).map_err(failure)
+}
+
+fn stream_error_text(e: wasi::io::streams::StreamError) -> String {
+    match e {
+        wasi::io::streams::StreamError::Closed => "stream closed".into(),
+        wasi::io::streams::StreamError::LastOperationFailed(err) => err.to_debug_string(),
+    }
+}
+
+fn failure(code: http::ErrorCode) -> HttpFailure {
+    match code {
+        http::ErrorCode::HttpRequestDenied => HttpFailure::Denied,
+        http::ErrorCode::ConnectionTimeout
+        | http::ErrorCode::ConnectionReadTimeout
+        | http::ErrorCode::ConnectionWriteTimeout => HttpFailure::Timeout,
+        other => HttpFailure::Transport(format!("{other:?}")),
+    }
+}
+
+fn to_wit_error(e: CollectorError) -> wit::CollectorError {
+    wit::CollectorError {
+        id: e.id,
+        kind: e.kind.as_str().to_string(),
+        message: e.message,
+    }
+}
+
+fn to_wit_report(r: TickReport) -> wit::TickReport {
+    wit::TickReport {
+        started_at: r.started_at,
+        elapsed_ms: r.elapsed_ms,
+        services: r.services.into_iter().map(to_wit_service).collect(),
+    }
+}
+
+fn to_wit_service(s: ServiceReport) -> wit::ServiceReport {
+    wit::ServiceReport {
+        service: s.service,
+        outcome: match s.outcome {
+            Outcome::Delivered => wit::Outcome::Delivered,
+            Outcome::Idle => wit::Outcome::Idle,
+            Outcome::Failed => wit::Outcome::Failed,
+        },
+        fetched: s.fetched,
+        sent: s.sent,
+        has_more: s.has_more,
+        checkpoint: s.checkpoint,
+        total_sent: s.total_sent,
+        elapsed_ms: s.elapsed_ms,
+        error: s.error.map(to_wit_error),
+    }
+}

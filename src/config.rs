@@ -1,0 +1,349 @@
+//! The collector's settings, read from the host's config source (Spin
+//! variables, the harness's TOML) through one lookup function, and checked in
+//! full before anything is fetched.
+//!
+//! Keys are flat and lowercase so they double as Spin variable names.
+
+use crate::endpoint::Endpoint;
+use crate::error::{CollectorError, ErrorKind, CONFIG_SOURCE};
+use crate::secret::Secret;
+use crate::service::{ApiVersion, Service};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// Every key the collector reads, in the order they are read.
+pub const KEYS: &[&str] = &[
+    "base_url",
+    "token",
+    "api_version",
+    "services",
+    "start_time_value",
+    "page_size",
+    "devo_url",
+    "devo_domain",
+    "devo_token",
+    "devo_host",
+    "tag_audit",
+    "tag_item_usage",
+    "tag_sign_in_attempts",
+];
+
+/// Keys whose values are secrets: never echoed in an error.
+pub const SECRET_KEYS: &[&str] = &["token", "devo_token"];
+
+pub const DEFAULT_PAGE_SIZE: u16 = 1000;
+pub const DEFAULT_DEVO_HOST: &str = "onepassword-collector";
+/// Without `start_time_value`, a service's first page starts this long
+/// before its first tick.
+pub const DEFAULT_LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub base_url: Endpoint,
+    pub token: Secret,
+    pub api_version: ApiVersion,
+    pub services: Vec<Service>,
+    /// Where collection starts; `None` means [`DEFAULT_LOOKBACK`] before the
+    /// service's first tick.
+    pub start_time: Option<DateTime<Utc>>,
+    pub page_size: u16,
+    pub devo_url: Endpoint,
+    pub devo_domain: String,
+    pub devo_token: Secret,
+    pub devo_host: String,
+    pub tags: BTreeMap<Service, String>,
+    /// Upper bound of one Devo request body (Devo's own limit by default).
+    pub devo_max_batch_bytes: usize,
+}
+
+impl Config {
+    /// Reads and validates every setting. `lookup` returns `Ok(None)` for an
+    /// unset key and `Err(detail)` when the config source itself failed.
+    pub fn load(
+        mut lookup: impl FnMut(&str) -> Result<Option<String>, String>,
+    ) -> Result<Config, CollectorError> {
+        let mut get = |key: &str| -> Result<Option<String>, CollectorError> {
+            match lookup(key) {
+                Ok(None) => Ok(None),
+                Ok(Some(v)) => {
+                    let v = v.trim();
+                    if v.is_empty() {
+                        Err(CollectorError::empty(key, hint(key)))
+                    } else {
+                        Ok(Some(v.to_string()))
+                    }
+                }
+                Err(detail) => Err(CollectorError::new(
+                    ErrorKind::ConfigSourceError,
+                    CONFIG_SOURCE,
+                    format!("the host could not read setting \"{key}\" ({detail}); check the host's variables provider"),
+                )),
+            }
+        };
+        let required =
+            |key: &str, v: Option<String>| v.ok_or_else(|| CollectorError::missing(key, hint(key)));
+
+        let base_url = endpoint("base_url", required("base_url", get("base_url")?)?)?;
+        let token = Secret::new(required("token", get("token")?)?);
+        let api_version = match get("api_version")? {
+            None => ApiVersion::V2,
+            Some(v) => v.parse().map_err(|()| {
+                CollectorError::invalid("api_version", "\"v1\" or \"v2\"", &quote(&v))
+            })?,
+        };
+        let services = match get("services")? {
+            None => Service::ALL.to_vec(),
+            Some(v) => parse_services(&v)?,
+        };
+        let start_time = get("start_time_value")?
+            .map(|v| parse_time("start_time_value", &v))
+            .transpose()?;
+        let page_size = match get("page_size")? {
+            None => DEFAULT_PAGE_SIZE,
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    CollectorError::invalid("page_size", "an integer from 1 to 1000", &quote(&v))
+                })?,
+        };
+        let devo_url = endpoint("devo_url", required("devo_url", get("devo_url")?)?)?;
+        let devo_domain =
+            path_segment("devo_domain", required("devo_domain", get("devo_domain")?)?)?;
+        let devo_token = required("devo_token", get("devo_token")?)?;
+        if !devo_token.chars().all(|c| c.is_ascii_alphanumeric()) {
+            // Describe, never echo: this is a secret.
+            return Err(CollectorError::invalid(
+                "devo_token",
+                "a Devo HTTP token (letters and digits only)",
+                "a value with other characters",
+            ));
+        }
+        let devo_host = match get("devo_host")? {
+            None => DEFAULT_DEVO_HOST.to_string(),
+            Some(v) => path_segment("devo_host", v)?,
+        };
+        let mut tags = BTreeMap::new();
+        for svc in Service::ALL {
+            let tag = match get(svc.tag_key())? {
+                None => svc.default_tag().to_string(),
+                Some(v) => tag(svc.tag_key(), v)?,
+            };
+            tags.insert(svc, tag);
+        }
+        Ok(Config {
+            base_url,
+            token,
+            api_version,
+            services,
+            start_time,
+            page_size,
+            devo_url,
+            devo_domain,
+            devo_token: Secret::new(devo_token),
+            devo_host,
+            tags,
+            devo_max_batch_bytes: crate::devo::MAX_BATCH_BYTES,
+        })
+    }
+
+    pub fn tag(&self, service: Service) -> &str {
+        &self.tags[&service]
+    }
+}
+
+/// What to set, per key, appended to "missing" and "empty" errors.
+fn hint(key: &str) -> &'static str {
+    match key {
+        "base_url" => "set it to your account's events server, e.g. https://events.1password.com",
+        "token" => "set it to a 1Password Events Reporting bearer token (from the Events Reporting integration)",
+        "devo_url" => "set it to your Devo HTTP endpoint, e.g. https://http-us.devo.io",
+        "devo_domain" => "set it to the Devo domain that receives the events",
+        "devo_token" => "set it to a Devo HTTP ingestion token scoped to the 1Password tags",
+        "start_time_value" => "remove it to start 24 hours back, or give an RFC 3339 time",
+        _ => "remove it to use the default, or give a value",
+    }
+}
+
+fn quote(v: &str) -> String {
+    format!("{v:?}")
+}
+
+fn endpoint(key: &str, value: String) -> Result<Endpoint, CollectorError> {
+    Endpoint::parse(&value)
+        .map_err(|expected| CollectorError::invalid(key, &expected, &quote(&value)))
+}
+
+fn parse_services(value: &str) -> Result<Vec<Service>, CollectorError> {
+    let mut services = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let svc: Service = name.parse().map_err(|()| {
+            CollectorError::invalid(
+                "services",
+                "a comma-separated list of audit, item_usage, sign_in_attempts",
+                &format!("{value:?} (unknown service {name:?})"),
+            )
+        })?;
+        if !services.contains(&svc) {
+            services.push(svc);
+        }
+    }
+    services.sort();
+    Ok(services)
+}
+
+pub fn parse_time(key: &str, value: &str) -> Result<DateTime<Utc>, CollectorError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            CollectorError::invalid(
+                key,
+                "an RFC 3339 time such as 2026-01-31T00:00:00Z",
+                &quote(value),
+            )
+        })
+}
+
+/// Devo domain and host are URL path segments: keep them to characters that
+/// need no escaping so the URL Devo sees is the URL we meant.
+fn path_segment(key: &str, value: String) -> Result<String, CollectorError> {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.@~".contains(c))
+    {
+        Ok(value)
+    } else {
+        Err(CollectorError::invalid(
+            key,
+            "a name of letters, digits and - _ . @ ~",
+            &quote(&value),
+        ))
+    }
+}
+
+fn tag(key: &str, value: String) -> Result<String, CollectorError> {
+    let ok = value.split('.').count() >= 2
+        && value.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        });
+    if ok {
+        Ok(value)
+    } else {
+        Err(CollectorError::invalid(
+            key,
+            "a Devo tag: dot-separated lowercase words, e.g. auth.agilebits.onepassword.audit",
+            &quote(&value),
+        ))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::error::{EMPTY_SETTING, INVALID_SETTING, MISSING_SETTING};
+    use std::collections::HashMap;
+
+    pub fn minimal() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("base_url", "https://events.1password.com".to_string()),
+            ("token", "op-secret-token".to_string()),
+            ("devo_url", "https://http-us.devo.io".to_string()),
+            ("devo_domain", "acme".to_string()),
+            ("devo_token", "abcdef0123456789abcdef0123456789".to_string()),
+        ])
+    }
+
+    pub fn load(map: &HashMap<&str, String>) -> Result<Config, CollectorError> {
+        Config::load(|k| Ok(map.get(k).cloned()))
+    }
+
+    #[test]
+    fn defaults_fill_the_optional_keys() {
+        let c = load(&minimal()).unwrap();
+        assert_eq!(c.api_version, ApiVersion::V2);
+        assert_eq!(c.services, Service::ALL.to_vec());
+        assert_eq!(c.page_size, 1000);
+        assert_eq!(c.start_time, None);
+        assert_eq!(c.devo_host, "onepassword-collector");
+        assert_eq!(
+            c.tag(Service::ItemUsage),
+            "auth.agilebits.onepassword.itemusage"
+        );
+    }
+
+    #[test]
+    fn every_required_key_missing_or_empty_is_named() {
+        for key in ["base_url", "token", "devo_url", "devo_domain", "devo_token"] {
+            let mut m = minimal();
+            m.remove(key);
+            let e = load(&m).unwrap_err();
+            assert_eq!(e.id, MISSING_SETTING, "{key}");
+            assert!(e.message.contains(&format!("\"{key}\"")), "{}", e.message);
+            m.insert(key, "  ".into());
+            let e = load(&m).unwrap_err();
+            assert_eq!(e.id, EMPTY_SETTING, "{key}");
+            assert!(e.message.contains(key));
+        }
+    }
+
+    #[test]
+    fn malformed_values_say_what_was_given_and_expected() {
+        let cases = [
+            ("page_size", "abc", "1 to 1000"),
+            ("page_size", "0", "1 to 1000"),
+            ("page_size", "1001", "1 to 1000"),
+            ("services", "audit,logins", "unknown service \"logins\""),
+            ("api_version", "v3", "\"v1\" or \"v2\""),
+            ("start_time_value", "yesterday", "RFC 3339"),
+            ("base_url", "http://events.1password.com", "loopback"),
+            ("devo_url", "not a url", "https://"),
+            ("devo_domain", "a/b", "letters"),
+            ("tag_audit", "Bad Tag", "Devo tag"),
+        ];
+        for (key, value, expected) in cases {
+            let mut m = minimal();
+            m.insert(key, value.into());
+            let e = load(&m).unwrap_err();
+            assert_eq!(e.id, INVALID_SETTING, "{key}={value}");
+            assert!(
+                e.message.contains(key) && e.message.contains(expected),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_described_not_echoed() {
+        let mut m = minimal();
+        m.insert("devo_token", "secret/with/slashes".into());
+        let e = load(&m).unwrap_err();
+        assert!(!e.message.contains("secret/with"), "{}", e.message);
+        let c = load(&minimal()).unwrap();
+        assert!(!format!("{c:?}").contains("op-secret-token"));
+    }
+
+    #[test]
+    fn services_and_times_parse() {
+        let mut m = minimal();
+        m.insert("services", "sign_in_attempts, audit,audit".into());
+        m.insert("start_time_value", "2026-01-01T00:00:00-03:00".into());
+        let c = load(&m).unwrap();
+        assert_eq!(c.services, vec![Service::Audit, Service::SignInAttempts]);
+        assert_eq!(
+            c.start_time.unwrap().to_rfc3339(),
+            "2026-01-01T03:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn a_failing_config_source_is_its_own_error() {
+        let e = Config::load(|_| Err("vault unreachable".into())).unwrap_err();
+        assert_eq!(e.id, CONFIG_SOURCE);
+        assert!(e.message.contains("base_url") && e.message.contains("vault unreachable"));
+    }
+}

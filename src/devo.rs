@@ -1,0 +1,189 @@
+//! Requests to Devo's HTTP ingestion endpoint (`stream` mode): one event per
+//! line, batches kept under Devo's per-request limit.
+
+use crate::config::Config;
+use crate::error::{CollectorError, ErrorKind, DEVO_REJECTED, DEVO_UNREACHABLE};
+use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
+use crate::service::Service;
+use std::borrow::Cow;
+
+/// Devo takes at most 32 MB per request; stay a little below it.
+pub const MAX_BATCH_BYTES: usize = 32_000_000;
+
+/// An event's JSON text on one line. 1Password's JSON is normally compact,
+/// but a raw value may contain whitespace (even newlines) between tokens;
+/// strings cannot contain raw newlines, so removing whitespace outside
+/// strings changes nothing but the layout.
+pub fn event_line(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['\n', '\r']) {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in raw.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One `stream` request body and how many events it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub body: Vec<u8>,
+    pub events: u32,
+}
+
+/// Splits lines into request bodies of at most `max_bytes` each (a single
+/// larger line goes alone: Devo will refuse it with 413 and say so).
+pub fn batches<'a>(lines: impl IntoIterator<Item = &'a str>, max_bytes: usize) -> Vec<Batch> {
+    let mut done = Vec::new();
+    let mut current = Batch {
+        body: Vec::new(),
+        events: 0,
+    };
+    for line in lines {
+        if current.events > 0 && current.body.len() + line.len() + 1 > max_bytes {
+            done.push(std::mem::replace(
+                &mut current,
+                Batch {
+                    body: Vec::new(),
+                    events: 0,
+                },
+            ));
+        }
+        current.body.extend_from_slice(line.as_bytes());
+        current.body.push(b'\n');
+        current.events += 1;
+    }
+    if current.events > 0 {
+        done.push(current);
+    }
+    done
+}
+
+pub fn stream_request(config: &Config, service: Service, body: Vec<u8>) -> HttpRequest {
+    let path = config.devo_url.path(&format!(
+        "/stream/{}/token!{}/{}/{}",
+        config.devo_domain,
+        config.devo_token.expose(),
+        config.devo_host,
+        config.tag(service)
+    ));
+    HttpRequest {
+        method: Method::Post,
+        scheme: config.devo_url.scheme,
+        authority: config.devo_url.authority.clone(),
+        path,
+        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+        body,
+    }
+}
+
+pub fn check_response(
+    service: Service,
+    tag: &str,
+    response: &HttpResponse,
+) -> Result<(), CollectorError> {
+    if (200..300).contains(&response.status) {
+        return Ok(());
+    }
+    let advice = match response.status {
+        401 | 403 => "check devo_domain and devo_token, and that the token may write this tag",
+        413 => "the batch is larger than Devo accepts",
+        _ => "Devo did not take the batch",
+    };
+    Err(CollectorError::new(
+        ErrorKind::DeliveryError,
+        DEVO_REJECTED,
+        format!(
+            "Devo answered HTTP {} for {service} events (tag {tag}): {advice}; the checkpoint was not \
+             advanced, so the page is sent again next tick",
+            response.status
+        ),
+    ))
+}
+
+pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorError {
+    CollectorError::new(
+        ErrorKind::DeliveryError,
+        DEVO_UNREACHABLE,
+        format!(
+            "Devo could not be reached for {service} events: {failure}; check devo_url and the host's \
+             allowed outbound hosts. The checkpoint was not advanced, so the page is sent again next tick"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{load, minimal};
+
+    #[test]
+    fn event_lines_are_single_lines_with_strings_untouched() {
+        assert!(matches!(event_line(r#"{"a":1}"#), Cow::Borrowed(_)));
+        let pretty = "{\n  \"a\": \"x y\\\" \\n z\",\r\n  \"b\": [1, 2]\n}";
+        let line = event_line(pretty);
+        assert_eq!(line, r#"{"a":"x y\" \n z","b":[1,2]}"#);
+        let a: serde_json::Value = serde_json::from_str(pretty).unwrap();
+        assert_eq!(a, serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+
+    #[test]
+    fn batches_respect_the_byte_limit_and_keep_order() {
+        let lines = ["aaaa", "bbbb", "cccc", "dddddddddddd"];
+        let got = batches(lines, 10);
+        let bodies: Vec<&[u8]> = got.iter().map(|b| b.body.as_slice()).collect();
+        assert_eq!(
+            bodies,
+            vec![&b"aaaa\nbbbb\n"[..], b"cccc\n", b"dddddddddddd\n"]
+        );
+        assert_eq!(
+            got.iter().map(|b| b.events).collect::<Vec<_>>(),
+            vec![2, 1, 1]
+        );
+        assert!(batches([], 10).is_empty());
+    }
+
+    #[test]
+    fn stream_url_carries_domain_token_host_tag_and_redacts() {
+        let c = load(&minimal()).unwrap();
+        let req = stream_request(&c, Service::ItemUsage, b"{}\n".to_vec());
+        assert_eq!(
+            req.path,
+            "/stream/acme/token!abcdef0123456789abcdef0123456789/onepassword-collector/auth.agilebits.onepassword.itemusage"
+        );
+        assert!(!req.redacted_url().contains("abcdef0123"));
+    }
+
+    #[test]
+    fn non_2xx_and_transport_failures_are_delivery_errors() {
+        let r = |status| HttpResponse {
+            status,
+            headers: vec![],
+            body: vec![],
+        };
+        assert!(check_response(Service::Audit, "t.a", &r(200)).is_ok());
+        assert!(check_response(Service::Audit, "t.a", &r(204)).is_ok());
+        let e = check_response(Service::Audit, "t.a", &r(401)).unwrap_err();
+        assert_eq!((e.id, e.kind), (DEVO_REJECTED, ErrorKind::DeliveryError));
+        assert!(e.message.contains("401") && e.message.contains("devo_token"));
+        assert_eq!(
+            transport_error(Service::Audit, &HttpFailure::Denied).id,
+            DEVO_UNREACHABLE
+        );
+    }
+}

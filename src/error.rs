@@ -1,0 +1,131 @@
+//! Errors the collector reports, each with a stable numeric id.
+//!
+//! The ids follow Devo's own 1Password collector where it has one
+//! (InitVariablesError 1-3, PrePullError 200, 1Password HTTP statuses as
+//! themselves) so a Devo user's runbooks keep working; the rest are ours and
+//! are listed in the README. Messages name what is wrong and what to do, and
+//! never carry a secret.
+
+use serde::Serialize;
+use std::fmt;
+
+/// A required setting is missing.
+pub const MISSING_SETTING: u32 = 1;
+/// A setting has the wrong type or shape.
+pub const INVALID_SETTING: u32 = 2;
+/// A setting is an empty string.
+pub const EMPTY_SETTING: u32 = 3;
+/// The host's config source could not be read at all.
+pub const CONFIG_SOURCE: u32 = 4;
+/// The key-value store (persistence) could not be opened, read or written.
+pub const PERSISTENCE: u32 = 200;
+/// A stored checkpoint exists but cannot be decoded.
+pub const CHECKPOINT_UNREADABLE: u32 = 201;
+/// 1Password could not be reached (connection, DNS, timeout, refused by host).
+pub const ONEPASSWORD_UNREACHABLE: u32 = 600;
+/// 1Password answered 200 with a body that is not a valid events page.
+pub const ONEPASSWORD_BAD_BODY: u32 = 601;
+/// Devo answered with a non-2xx status.
+pub const DEVO_REJECTED: u32 = 700;
+/// Devo could not be reached.
+pub const DEVO_UNREACHABLE: u32 = 701;
+
+/// The error families, named as Devo's collector names them where it can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ErrorKind {
+    InitVariablesError,
+    ConfigSourceError,
+    PrePullError,
+    /// 1Password answered with an unexpected status (id = the status).
+    PullError,
+    DeliveryError,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InitVariablesError => "InitVariablesError",
+            ErrorKind::ConfigSourceError => "ConfigSourceError",
+            ErrorKind::PrePullError => "PrePullError",
+            ErrorKind::PullError => "PullError",
+            ErrorKind::DeliveryError => "DeliveryError",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+pub struct CollectorError {
+    pub id: u32,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for CollectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind.as_str(), self.id, self.message)
+    }
+}
+
+impl CollectorError {
+    pub fn new(kind: ErrorKind, id: u32, message: impl Into<String>) -> Self {
+        CollectorError {
+            id,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn missing(key: &str, hint: &str) -> Self {
+        Self::new(
+            ErrorKind::InitVariablesError,
+            MISSING_SETTING,
+            format!("required setting \"{key}\" is missing: {hint}"),
+        )
+    }
+
+    pub fn empty(key: &str, hint: &str) -> Self {
+        Self::new(
+            ErrorKind::InitVariablesError,
+            EMPTY_SETTING,
+            format!("setting \"{key}\" is an empty string: {hint}"),
+        )
+    }
+
+    /// `given` must never be a secret's value: callers describe secrets instead.
+    pub fn invalid(key: &str, expected: &str, given: &str) -> Self {
+        Self::new(
+            ErrorKind::InitVariablesError,
+            INVALID_SETTING,
+            format!("setting \"{key}\" must be a valid instance of {expected}, not {given}"),
+        )
+    }
+
+    pub fn persistence(action: &str, detail: &str) -> Self {
+        Self::new(
+            ErrorKind::PrePullError,
+            PERSISTENCE,
+            format!(
+                "persistence could not be accessed ({action}: {detail}); nothing was sent for this \
+                 service and its checkpoint is unchanged. Check the host's key-value store \
+                 (the component needs the \"default\" store) and retry"
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_family_id_and_message() {
+        let e = CollectorError::missing("token", "set it");
+        assert_eq!(
+            e.to_string(),
+            "InitVariablesError 1: required setting \"token\" is missing: set it"
+        );
+        let e = CollectorError::invalid("page_size", "an integer from 1 to 1000", "\"abc\"");
+        assert_eq!(e.id, INVALID_SETTING);
+        assert!(e.message.contains("page_size") && e.message.contains("\"abc\""));
+    }
+}

@@ -1,0 +1,21 @@
+//! The 1Password → Devo collector.
+//!
+//! Everything but [`component`] is a sans-IO core: plain Rust that takes the
+//! time, stored bytes and HTTP responses as inputs and returns the requests
+//! and writes to perform. It builds and is tested natively. `component` is
+//! the thin wasm32 adapter from the WIT imports to that core.
+
+pub mod checkpoint;
+pub mod config;
+pub mod devo;
+pub mod endpoint;
+pub mod error;
+pub mod http;
+pub mod onepassword;
+pub mod report;
+pub mod secret;
+pub mod service;
+pub mod tick;
+
+#[cfg(target_arch = "wasm32")]
+mod component;

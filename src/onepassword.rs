@@ -1,0 +1,241 @@
+//! Requests to and responses from the 1Password Events Reporting API.
+//!
+//! Events are kept as raw JSON text (`RawValue`) from the response to Devo,
+//! so what Devo receives is what 1Password served, field order and numbers
+//! included.
+
+use crate::config::Config;
+use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, ONEPASSWORD_UNREACHABLE};
+use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
+use crate::service::Service;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Where a page request starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageStart {
+    /// A reset cursor: the first page from this time on.
+    From(DateTime<Utc>),
+    /// A continuation of a stored cursor.
+    Cursor(String),
+}
+
+pub fn page_request(config: &Config, service: Service, start: &PageStart) -> HttpRequest {
+    let body = match start {
+        PageStart::From(time) => serde_json::json!({
+            "limit": config.page_size,
+            "start_time": time.to_rfc3339_opts(SecondsFormat::Secs, true),
+        }),
+        PageStart::Cursor(cursor) => serde_json::json!({ "cursor": cursor }),
+    };
+    HttpRequest {
+        method: Method::Post,
+        scheme: config.base_url.scheme,
+        authority: config.base_url.authority.clone(),
+        path: config.base_url.path(&service.path(config.api_version)),
+        headers: vec![
+            (
+                "authorization".into(),
+                format!("Bearer {}", config.token.expose()),
+            ),
+            ("content-type".into(), "application/json".into()),
+            ("accept".into(), "application/json".into()),
+            (
+                "user-agent".into(),
+                concat!("onepassword-collector/", env!("CARGO_PKG_VERSION")).into(),
+            ),
+        ],
+        body: serde_json::to_vec(&body).expect("a JSON value always serialises"),
+    }
+}
+
+/// One page of events, each kept as the exact JSON text 1Password sent.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Box<RawValue>>,
+    pub cursor: String,
+    pub has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct PageBody {
+    #[serde(default)]
+    items: Option<Vec<Box<RawValue>>>,
+    cursor: String,
+    #[serde(default)]
+    has_more: bool,
+}
+
+/// The fields the collector itself reads from an event; all else is passed on untouched.
+#[derive(Deserialize)]
+struct EventMeta {
+    timestamp: Option<String>,
+}
+
+/// The event's `timestamp` if it is a valid RFC 3339 time.
+pub fn event_time(item: &RawValue) -> Option<(DateTime<Utc>, String)> {
+    let meta: EventMeta = serde_json::from_str(item.get()).ok()?;
+    let raw = meta.timestamp?;
+    let t = DateTime::parse_from_rfc3339(&raw).ok()?.with_timezone(&Utc);
+    Some((t, raw))
+}
+
+/// Turns an answer of the events endpoint into a page or an error that says
+/// what to do. Any non-200 leaves the checkpoint alone: the page is retried.
+pub fn parse_page(service: Service, response: &HttpResponse) -> Result<Page, CollectorError> {
+    if response.status != 200 {
+        return Err(status_error(service, response));
+    }
+    let body: PageBody = serde_json::from_slice(&response.body).map_err(|e| {
+        CollectorError::new(
+            ErrorKind::PullError,
+            ONEPASSWORD_BAD_BODY,
+            format!(
+                "1Password answered {service} with 200 but the body is not an events page ({e}); \
+                 the page will be requested again next tick. If this persists, check that base_url \
+                 points at the Events API and not at a proxy or login page"
+            ),
+        )
+    })?;
+    Ok(Page {
+        items: body.items.unwrap_or_default(),
+        cursor: body.cursor,
+        has_more: body.has_more,
+    })
+}
+
+fn status_error(service: Service, response: &HttpResponse) -> CollectorError {
+    let status = response.status;
+    let advice = match status {
+        400 => "the request or stored cursor was refused as malformed; if it repeats, delete the service's checkpoint to restart from start_time_value".to_string(),
+        401 => format!(
+            "the token is missing, invalid, revoked or not scoped for {} events; issue a token with the \"{}\" feature",
+            service,
+            service.feature()
+        ),
+        403 => "access is forbidden for this account; check the Events Reporting integration".to_string(),
+        404 => "the endpoint does not exist; check base_url and api_version".to_string(),
+        429 => "the account's rate limit (600/min, 30,000/h across all tokens) was exceeded; the page is retried on a later tick".to_string(),
+        500..=599 => "1Password had a server error; the page is retried on the next tick".to_string(),
+        _ => "unexpected answer; the page is retried on the next tick".to_string(),
+    };
+    CollectorError::new(
+        ErrorKind::PullError,
+        u32::from(status),
+        format!(
+            "1Password answered {service} with HTTP {status} ({advice}); body: {}",
+            response.body_excerpt()
+        ),
+    )
+}
+
+pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorError {
+    CollectorError::new(
+        ErrorKind::PullError,
+        ONEPASSWORD_UNREACHABLE,
+        format!(
+            "1Password could not be reached for {service}: {failure}; check base_url, the network and \
+             the host's allowed outbound hosts. Nothing was lost: the page is retried next tick"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{load, minimal};
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn first_page_uses_a_reset_cursor_then_the_stored_cursor() {
+        let mut m = minimal();
+        m.insert("page_size", "250".into());
+        m.insert("api_version", "v1".into());
+        let c = load(&m).unwrap();
+        let t = DateTime::parse_from_rfc3339("2026-03-01T10:00:00+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let req = page_request(&c, Service::Audit, &PageStart::From(t));
+        assert_eq!(req.method, Method::Post);
+        assert_eq!(req.authority, "events.1password.com");
+        assert_eq!(req.path, "/api/v1/auditevents");
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"limit": 250, "start_time": "2026-03-01T08:00:00Z"})
+        );
+        assert!(req
+            .headers
+            .contains(&("authorization".into(), "Bearer op-secret-token".into())));
+
+        let req = page_request(
+            &c,
+            Service::SignInAttempts,
+            &PageStart::Cursor("CUR".into()),
+        );
+        assert_eq!(req.path, "/api/v1/signinattempts");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&req.body).unwrap(),
+            serde_json::json!({"cursor": "CUR"})
+        );
+    }
+
+    #[test]
+    fn a_page_keeps_items_byte_for_byte() {
+        let body = r#"{"items":[{"uuid":"A","timestamp":"2020-06-11T16:32:50-03:00","n":1.50,"s":"a\"b\nc"}],"cursor":"C2","has_more":true}"#;
+        let page = parse_page(Service::SignInAttempts, &response(200, body)).unwrap();
+        assert_eq!(
+            page.items[0].get(),
+            r#"{"uuid":"A","timestamp":"2020-06-11T16:32:50-03:00","n":1.50,"s":"a\"b\nc"}"#
+        );
+        assert_eq!(page.cursor, "C2");
+        assert!(page.has_more);
+        let (t, raw) = event_time(&page.items[0]).unwrap();
+        assert_eq!(raw, "2020-06-11T16:32:50-03:00");
+        assert_eq!(t.to_rfc3339(), "2020-06-11T19:32:50+00:00");
+        let empty = parse_page(
+            Service::Audit,
+            &response(200, r#"{"cursor":"C3","has_more":false}"#),
+        )
+        .unwrap();
+        assert!(empty.items.is_empty() && !empty.has_more);
+    }
+
+    #[test]
+    fn statuses_and_bodies_map_to_ids_with_advice() {
+        let e = parse_page(
+            Service::ItemUsage,
+            &response(401, r#"{"Error":{"Message":"Unauthorized"}}"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.id, 401);
+        assert!(e.message.contains("itemusages") && e.message.contains("Unauthorized"));
+        assert_eq!(
+            parse_page(Service::Audit, &response(429, ""))
+                .unwrap_err()
+                .id,
+            429
+        );
+        assert_eq!(
+            parse_page(Service::Audit, &response(503, ""))
+                .unwrap_err()
+                .id,
+            503
+        );
+        for bad in ["not json", r#"{"items":[1,2"#, r#"{"items":[]}"#] {
+            let e = parse_page(Service::Audit, &response(200, bad)).unwrap_err();
+            assert_eq!(e.id, ONEPASSWORD_BAD_BODY, "{bad}");
+        }
+        let e = transport_error(Service::Audit, &HttpFailure::Timeout);
+        assert_eq!(e.id, ONEPASSWORD_UNREACHABLE);
+        assert!(e.message.contains("timed out"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Shared set-up for the end-to-end tests: the real component under the
+//! harness's runtime, against the loopback emulators.
+#![allow(dead_code)]
+
+use host_harness::emulator::{
+    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
+};
+use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick};
+use host_harness::tenant::Tenant;
+use onepassword_collector::service::{ApiVersion, Service};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+pub const OP_TOKEN: &str = "e2e-op-token-DO-NOT-LEAK";
+pub const DEVO_TOKEN: &str = "e2eDevoTokenDoNotLeak0123456789ab";
+pub const DEVO_DOMAIN: &str = "e2e";
+
+/// The component is compiled once per test binary.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let path = default_component_path();
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo build --release --target wasm32-wasip2 -p onepassword-collector` first (scripts/test.sh does)",
+            path.display()
+        );
+        Runtime::new(&path, Limits::default()).expect("component loads")
+    })
+}
+
+pub struct Fixture {
+    pub dataset: Dataset,
+    pub op: OnePasswordEmulator,
+    pub devo: DevoEmulator,
+    pub state: tempfile::TempDir,
+    pub tenant: Tenant,
+}
+
+impl Fixture {
+    /// `per_service` events per service within the default 24 h look-back.
+    pub fn new(per_service: usize, seed: u64) -> Fixture {
+        let now = chrono::Utc::now();
+        let dataset = Dataset::generate(
+            seed,
+            per_service,
+            now - chrono::Duration::hours(20),
+            chrono::Duration::hours(19),
+        );
+        let op =
+            OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
+        let devo = DevoEmulator::start(DevoOptions {
+            domain: DEVO_DOMAIN.into(),
+            token: DEVO_TOKEN.into(),
+        })
+        .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let tenant = Tenant {
+            name: "e2e".into(),
+            schedule: "* * * * * *".into(),
+            kv_path: state.path().join("e2e.sqlite"),
+            variables: BTreeMap::from([
+                ("base_url".into(), op.base_url()),
+                ("token".into(), OP_TOKEN.into()),
+                ("devo_url".into(), devo.base_url()),
+                ("devo_domain".into(), DEVO_DOMAIN.into()),
+                ("devo_token".into(), DEVO_TOKEN.into()),
+            ]),
+            allowed_outbound_hosts: None,
+        };
+        Fixture {
+            dataset,
+            op,
+            devo,
+            state,
+            tenant,
+        }
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.tenant.variables.insert(key.into(), value.into());
+    }
+
+    pub fn tick(&self) -> TenantTick {
+        tick(&self.tenant)
+    }
+
+    /// Ticks until every service is caught up (or `max` ticks); returns the ticks run.
+    pub fn drain(&self, max: usize) -> usize {
+        for n in 1..=max {
+            let t = self.tick();
+            let report = t
+                .result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("tick failed: {e}"));
+            assert!(report.ok(), "{}", t.to_json());
+            if report.services.iter().all(|s| !s.has_more) {
+                return n;
+            }
+        }
+        panic!("not caught up after {max} ticks");
+    }
+
+    /// Asserts that Devo holds every served event of every service exactly
+    /// once, under its tag, equal as JSON to what 1Password served.
+    pub fn assert_all_delivered_once(&self, version: ApiVersion) {
+        for service in Service::ALL {
+            let served = self.dataset.values_for(service, version);
+            let received = self.devo.event_values(service.default_tag());
+            assert_eq!(received.len(), served.len(), "{service}: count");
+            assert_eq!(
+                received, served,
+                "{service}: events differ from what was served (or their order)"
+            );
+        }
+    }
+}
+
+/// One tick on a fresh tokio runtime (tests are plain #[test]s so the
+/// blocking emulators and the async host never share a thread pool).
+pub fn tick(tenant: &Tenant) -> TenantTick {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(runtime().tick(tenant))
+}
+
+/// A printed tick must never carry a secret.
+pub fn assert_no_secrets(text: &str) {
+    assert!(!text.contains(OP_TOKEN), "1Password token leaked: {text}");
+    assert!(!text.contains(DEVO_TOKEN), "Devo token leaked: {text}");
+}

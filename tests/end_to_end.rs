@@ -1,0 +1,172 @@
+//! The real .wasm under the harness against the emulators, over loopback.
+
+mod common;
+
+use common::*;
+use onepassword_collector::error;
+use onepassword_collector::report::Outcome;
+use onepassword_collector::service::{ApiVersion, Service};
+
+#[test]
+fn every_event_of_every_service_reaches_its_tag_once_and_as_served() {
+    let mut f = Fixture::new(700, 11);
+    f.set("page_size", "300");
+    let ticks = f.drain(10);
+    assert_eq!(ticks, 3, "700 events at 300 per page take three ticks");
+    f.assert_all_delivered_once(ApiVersion::V2);
+    // byte for byte, not only as values: the collector forwards raw JSON
+    for service in Service::ALL {
+        assert_eq!(
+            f.devo.events(service.default_tag()),
+            f.dataset.events(service),
+            "{service}"
+        );
+    }
+    // caught up: another tick fetches nothing and sends nothing
+    let before = f.devo.requests().len();
+    let t = f.tick();
+    let report = t.result.unwrap();
+    assert!(report
+        .services
+        .iter()
+        .all(|s| s.outcome == Outcome::Idle && s.fetched == 0));
+    assert_eq!(f.devo.requests().len(), before);
+    assert_eq!(report.services[0].total_sent, 700);
+}
+
+#[test]
+fn api_v1_paths_deliver_v1_events() {
+    let mut f = Fixture::new(120, 12);
+    f.set("api_version", "v1");
+    f.drain(5);
+    f.assert_all_delivered_once(ApiVersion::V1);
+    assert!(f
+        .op
+        .requests()
+        .iter()
+        .all(|r| r.path.starts_with("/api/v1/")));
+}
+
+#[test]
+fn new_events_are_picked_up_from_the_stored_cursor() {
+    let f = Fixture::new(50, 13);
+    f.drain(3);
+    let later = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let extra = serde_json::json!({"uuid": "NEWEVENT0000000000000000AA", "timestamp": later.to_rfc3339(), "action": "fill"});
+    f.op.push_events(Service::ItemUsage, vec![extra.clone()]);
+    let report = f.tick().result.unwrap();
+    let item_usage = report
+        .services
+        .iter()
+        .find(|s| s.service == "item_usage")
+        .unwrap();
+    assert_eq!(
+        (item_usage.fetched, item_usage.sent, item_usage.total_sent),
+        (1, 1, 51)
+    );
+    let received = f.devo.event_values(Service::ItemUsage.default_tag());
+    assert_eq!(received.last(), Some(&extra));
+    assert_eq!(received.len(), 51);
+}
+
+#[test]
+fn checkpoints_survive_a_new_runtime_and_store() {
+    let mut f = Fixture::new(400, 14);
+    f.set("page_size", "150");
+    // first "process": one tick, then everything is dropped
+    {
+        let rt = host_harness::runtime::Runtime::new(
+            &host_harness::runtime::default_component_path(),
+            host_harness::runtime::Limits::default(),
+        )
+        .unwrap();
+        let t = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(rt.tick(&f.tenant));
+        assert!(t.ok(), "{}", t.to_json());
+    }
+    assert_eq!(f.devo.total_events(), 450);
+    // a second one opens the same SQLite file and carries on
+    f.drain(10);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
+
+#[test]
+fn a_devo_failure_loses_nothing_and_the_next_tick_recovers() {
+    let f = Fixture::new(80, 15);
+    f.devo.set_failure(Some(503));
+    let t = f.tick();
+    assert!(!t.ok());
+    let report = t.result.as_ref().unwrap();
+    for s in &report.services {
+        assert_eq!(s.outcome, Outcome::Failed);
+        assert_eq!(
+            s.error.as_ref().unwrap().id,
+            error::DEVO_REJECTED,
+            "{}",
+            t.to_json()
+        );
+        assert_eq!(s.total_sent, 0);
+    }
+    assert_no_secrets(&t.to_json().to_string());
+    assert_eq!(f.devo.total_events(), 0);
+    f.devo.set_failure(None);
+    f.drain(3);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
+
+#[test]
+fn a_missing_config_key_is_named_and_nothing_is_fetched_or_sent() {
+    let mut f = Fixture::new(10, 16);
+    f.tenant.variables.remove("devo_token");
+    let t = f.tick();
+    let e = t.result.as_ref().unwrap_err();
+    assert_eq!(
+        (e.id, e.kind),
+        (error::MISSING_SETTING, error::ErrorKind::InitVariablesError)
+    );
+    assert!(e.message.contains("\"devo_token\""), "{}", e.message);
+    let line = t.to_json();
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["error"]["id"], 1);
+    assert_no_secrets(&line.to_string());
+    assert_eq!(f.op.request_count(), 0);
+    assert_eq!(f.devo.requests().len(), 0);
+    // an empty value is its own error
+    f.set("devo_token", "");
+    assert_eq!(f.tick().result.unwrap_err().id, error::EMPTY_SETTING);
+}
+
+#[test]
+fn a_wrong_1password_token_fails_each_service_with_401_and_hides_the_token() {
+    let mut f = Fixture::new(10, 17);
+    f.set("token", "wrong-token-DO-NOT-LEAK");
+    let t = f.tick();
+    let text = t.to_json().to_string();
+    assert!(!text.contains("wrong-token"), "{text}");
+    for s in &t.result.unwrap().services {
+        assert_eq!(s.error.as_ref().unwrap().id, 401);
+    }
+    assert_eq!(f.devo.total_events(), 0);
+}
+
+#[test]
+fn a_host_outside_the_allow_list_is_refused() {
+    let mut f = Fixture::new(20, 18);
+    // The tenant may only reach 1Password: sending to Devo must be refused
+    // by the host, before any connection is made.
+    f.tenant.allowed_outbound_hosts = Some(vec![f.op.base_url()]);
+    let t = f.tick();
+    let report = t.result.as_ref().unwrap();
+    for s in &report.services {
+        let e = s.error.as_ref().unwrap();
+        assert_eq!(e.id, error::DEVO_UNREACHABLE);
+        assert!(e.message.contains("refused"), "{}", e.message);
+    }
+    assert!(f.devo.requests().is_empty(), "no request may reach Devo");
+    assert_no_secrets(&t.to_json().to_string());
+    // nothing lost: with Devo allowed again, everything arrives once
+    f.tenant.allowed_outbound_hosts = None;
+    f.drain(3);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
