@@ -30,17 +30,9 @@ struct Stream {
 impl Dataset {
     /// `per_service` events for each service, timestamps inside
     /// `[start truncated to the second, start + span)`. Same seed, same bytes.
-    pub fn generate(
-        seed: u64,
-        per_service: usize,
-        start: DateTime<Utc>,
-        span: Duration,
-    ) -> Dataset {
+    pub fn generate(seed: u64, per_service: usize, start: DateTime<Utc>, span: Duration) -> Dataset {
         let mut gen = Generator::new(seed);
-        let mut dataset = Dataset {
-            account_uuid: Some(gen.account_uuid.clone()),
-            ..Dataset::default()
-        };
+        let mut dataset = Dataset { account_uuid: Some(gen.account_uuid.clone()), ..Dataset::default() };
         for service in Service::ALL {
             let times = schedule(&mut gen.rng, per_service, start, span);
             let stream = dataset.streams.entry(service).or_default();
@@ -107,17 +99,12 @@ impl Dataset {
     /// If an event has no RFC 3339 `timestamp`, or is older than the newest
     /// event already held: positions handed out in cursors must stay valid.
     pub fn push(&mut self, service: Service, events: Vec<Value>) {
-        let mut batch: Vec<(DateTime<Utc>, Value)> = events
-            .into_iter()
-            .map(|event| (event_instant(&event), event))
-            .collect();
+        let mut batch: Vec<(DateTime<Utc>, Value)> =
+            events.into_iter().map(|event| (event_instant(&event), event)).collect();
         batch.sort_by_key(|(at, _)| *at);
         let stream = self.streams.entry(service).or_default();
         if let (Some(last), Some((first, _))) = (stream.at.last(), batch.first()) {
-            assert!(
-                first >= last,
-                "pushed {service} event at {first} is older than the newest held ({last})"
-            );
+            assert!(first >= last, "pushed {service} event at {first} is older than the newest held ({last})");
         }
         for (at, event) in batch {
             stream.v2.push(event.to_string());
@@ -156,12 +143,7 @@ const OFFSETS: [i32; 6] = [0, -3 * 3600, 2 * 3600, 5 * 3600 + 1800, -7 * 3600, 0
 /// Ascending instants with their rendered timestamps. Indices 3 and 4 of every
 /// ten (plus a few random ones) repeat the previous timestamp exactly, so runs
 /// of three identical timestamps always occur.
-fn schedule(
-    rng: &mut Rng,
-    n: usize,
-    start: DateTime<Utc>,
-    span: Duration,
-) -> Vec<(DateTime<Utc>, String)> {
+fn schedule(rng: &mut Rng, n: usize, start: DateTime<Utc>, span: Duration) -> Vec<(DateTime<Utc>, String)> {
     let start = start.trunc_subsecs(0);
     let span_ms = i128::from(span.num_milliseconds().max(1));
     let count = n.max(1) as i128;
@@ -178,11 +160,8 @@ fn schedule(
         if let Some((previous, _)) = out.last() {
             at = at.max(*previous);
         }
-        let offset = FixedOffset::east_opt(OFFSETS[rng.usize(..OFFSETS.len())])
-            .expect("offsets are within a day");
-        let text = at
-            .with_timezone(&offset)
-            .to_rfc3339_opts(SecondsFormat::Secs, true);
+        let offset = FixedOffset::east_opt(OFFSETS[rng.usize(..OFFSETS.len())]).expect("offsets are within a day");
+        let text = at.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Secs, true);
         out.push((at, text));
     }
     out
@@ -256,31 +235,10 @@ const PEOPLE: [(&str, &str); 7] = [
 
 /// app_name, app_version, platform_name, platform_version, os_name, os_version.
 const CLIENTS: [[&str; 6]; 4] = [
-    [
-        "1Password Extension",
-        "20127",
-        "Chrome",
-        "85.0",
-        "MacOSX",
-        "10.15.6",
-    ],
-    [
-        "1Password for Windows",
-        "81050012",
-        "Windows",
-        "10.0.19045",
-        "Windows",
-        "10.0.19045",
-    ],
+    ["1Password Extension", "20127", "Chrome", "85.0", "MacOSX", "10.15.6"],
+    ["1Password for Windows", "81050012", "Windows", "10.0.19045", "Windows", "10.0.19045"],
     ["1Password CLI", "2.30.0", "go", "1.22.5", "Linux", "6.8.0"],
-    [
-        "1Password for iOS",
-        "80900005",
-        "iPhone",
-        "17.5",
-        "iOS",
-        "17.5",
-    ],
+    ["1Password for iOS", "80900005", "iPhone", "17.5", "iOS", "17.5"],
 ];
 
 /// country, region, city, latitude, longitude, continent.
@@ -288,14 +246,7 @@ const LOCATIONS: [(&str, &str, &str, f64, f64, &str); 5] = [
     ("CA", "Ontario", "Toronto", 43.64, -79.433, "North America"),
     ("JP", "Tokyo", "東京", 35.6895, 139.6917, "Asia"),
     ("DE", "Bayern", "München", 48.137, 11.575, "Europe"),
-    (
-        "BR",
-        "São Paulo",
-        "São Paulo",
-        -23.5505,
-        -46.6333,
-        "South America",
-    ),
+    ("BR", "São Paulo", "São Paulo", -23.5505, -46.6333, "South America"),
     ("FR", "Île-de-France", "Paris", 48.8566, 2.3522, "Europe"),
 ];
 
@@ -367,14 +318,7 @@ impl Generator {
             account_uuid: String::new(),
         };
         gen.account_uuid = gen.fresh_id();
-        gen.people = PEOPLE
-            .iter()
-            .map(|&(name, email)| Person {
-                uuid: gen.fresh_id(),
-                name,
-                email,
-            })
-            .collect();
+        gen.people = PEOPLE.iter().map(|&(name, email)| Person { uuid: gen.fresh_id(), name, email }).collect();
         gen
     }
 
@@ -402,27 +346,16 @@ impl Generator {
 
     fn user_json(&self, who: usize) -> Json {
         let person = &self.people[who];
-        Json::Obj(vec![
-            ("uuid", s(&person.uuid)),
-            ("name", s(person.name)),
-            ("email", s(person.email)),
-        ])
+        Json::Obj(vec![("uuid", s(&person.uuid)), ("name", s(person.name)), ("email", s(person.email))])
     }
 
     fn ip(&mut self) -> String {
         let rng = &mut self.rng;
-        format!(
-            "{}.{}.{}.{}",
-            rng.u8(1..=223),
-            rng.u8(..),
-            rng.u8(..),
-            rng.u8(1..=254)
-        )
+        format!("{}.{}.{}.{}", rng.u8(1..=223), rng.u8(..), rng.u8(..), rng.u8(1..=254))
     }
 
     fn client(&mut self) -> Json {
-        let [app, app_version, platform, platform_version, os, os_version] =
-            CLIENTS[self.rng.usize(..CLIENTS.len())];
+        let [app, app_version, platform, platform_version, os, os_version] = CLIENTS[self.rng.usize(..CLIENTS.len())];
         Json::Obj(vec![
             ("app_name", s(app)),
             ("app_version", s(app_version)),
@@ -435,8 +368,7 @@ impl Generator {
     }
 
     fn location(&mut self) -> (Json, &'static str, &'static str) {
-        let (country, region, city, lat, lon, continent) =
-            LOCATIONS[self.rng.usize(..LOCATIONS.len())];
+        let (country, region, city, lat, lon, continent) = LOCATIONS[self.rng.usize(..LOCATIONS.len())];
         let json = Json::Obj(vec![
             ("country", s(country)),
             ("region", s(region)),
@@ -567,16 +499,10 @@ mod tests {
         let end = start() + Duration::hours(2);
         for service in Service::ALL {
             let at = data.timestamps(service);
-            assert!(
-                at.windows(2).all(|w| w[0] <= w[1]),
-                "{service} out of order"
-            );
+            assert!(at.windows(2).all(|w| w[0] <= w[1]), "{service} out of order");
             assert!(at.iter().all(|t| *t >= start() && *t < end));
-            let texts: Vec<String> = data
-                .values(service)
-                .iter()
-                .map(|v| v["timestamp"].as_str().unwrap().to_owned())
-                .collect();
+            let texts: Vec<String> =
+                data.values(service).iter().map(|v| v["timestamp"].as_str().unwrap().to_owned()).collect();
             for (text, instant) in texts.iter().zip(at) {
                 assert_eq!(DateTime::parse_from_rfc3339(text).unwrap(), *instant);
             }
@@ -584,9 +510,7 @@ mod tests {
             assert!(repeats >= 60 / 5, "{service}: only {repeats} repeats");
             assert!(texts.windows(3).any(|w| w[0] == w[1] && w[1] == w[2]));
             assert!(texts.iter().any(|t| t.ends_with('Z')));
-            assert!(texts
-                .iter()
-                .any(|t| t.ends_with("-03:00") || t.ends_with("+02:00")));
+            assert!(texts.iter().any(|t| t.ends_with("-03:00") || t.ends_with("+02:00")));
         }
     }
 
@@ -607,44 +531,21 @@ mod tests {
     #[test]
     fn events_carry_awkward_strings_and_expected_fields() {
         let data = sample();
-        let all: String = Service::ALL
-            .iter()
-            .flat_map(|s| data.events(*s).iter().cloned())
-            .collect();
+        let all: String = Service::ALL.iter().flat_map(|s| data.events(*s).iter().cloned()).collect();
         for needle in [r#"\"Jackie\""#, r"\n", r"\\", "José Müller", "東京", "🚀"] {
             assert!(all.contains(needle), "no {needle:?} in generated data");
         }
         let sign_in = &data.values(Service::SignInAttempts)[0];
-        for key in [
-            "session_uuid",
-            "category",
-            "type",
-            "details",
-            "target_user",
-            "client",
-        ] {
+        for key in ["session_uuid", "category", "type", "details", "target_user", "client"] {
             assert!(sign_in.get(key).is_some(), "sign-in lacks {key}");
         }
         assert!(sign_in["client"]["ip_address"].is_string());
         let usage = &data.values(Service::ItemUsage)[0];
-        for key in [
-            "used_version",
-            "vault_uuid",
-            "item_uuid",
-            "action",
-            "user",
-            "location",
-        ] {
+        for key in ["used_version", "vault_uuid", "item_uuid", "action", "user", "location"] {
             assert!(usage.get(key).is_some(), "item usage lacks {key}");
         }
         let audit = &data.values(Service::Audit)[0];
-        for key in [
-            "actor_uuid",
-            "actor_details",
-            "object_uuid",
-            "aux_info",
-            "session",
-        ] {
+        for key in ["actor_uuid", "actor_details", "object_uuid", "aux_info", "session"] {
             assert!(audit.get(key).is_some(), "audit event lacks {key}");
         }
         assert!(audit["session"]["login_time"].is_string());
@@ -660,10 +561,7 @@ mod tests {
             for (new, old) in v2.iter().zip(v1) {
                 assert!(new.starts_with(r#"{"uuid":""#));
                 let suffix = format!(r#","account_uuid":"{account}"}}"#);
-                assert_eq!(
-                    new.strip_suffix(&suffix).map(|s| format!("{s}}}")),
-                    Some(old.clone())
-                );
+                assert_eq!(new.strip_suffix(&suffix).map(|s| format!("{s}}}")), Some(old.clone()));
             }
         }
     }
@@ -674,11 +572,7 @@ mod tests {
         let late = serde_json::json!({"uuid": "B", "timestamp": "2025-01-01T10:00:00-03:00", "account_uuid": "X"});
         let early = serde_json::json!({"uuid": "A", "timestamp": "2025-01-01T12:00:00Z"});
         data.push(Service::Audit, vec![late, early]);
-        let uuids: Vec<Value> = data
-            .values(Service::Audit)
-            .iter()
-            .map(|v| v["uuid"].clone())
-            .collect();
+        let uuids: Vec<Value> = data.values(Service::Audit).iter().map(|v| v["uuid"].clone()).collect();
         assert_eq!(uuids, ["A", "B"]);
         assert!(!data.events_for(Service::Audit, ApiVersion::V1)[1].contains("account_uuid"));
         let older = serde_json::json!({"uuid": "C", "timestamp": "2024-01-01T00:00:00Z"});
