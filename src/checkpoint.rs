@@ -1,64 +1,38 @@
-//! What the collector remembers per service between ticks, stored as one JSON
-//! value in the host's key-value store and written only after Devo accepted
-//! the page it describes.
+//! Where a service's collection stands: the part of its state record that
+//! moves only after Devo accepted a page.
 
-use crate::error::{CollectorError, ErrorKind, CHECKPOINT_UNREADABLE};
-use crate::service::Service;
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever the stored shape changes in a way older code cannot read.
-pub const SCHEMA_VERSION: u32 = 1;
+/// How many delivered event uuids are remembered to drop repeats when a page
+/// has to be read again from a time instead of a cursor (about two pages).
+pub const RECENT_UUIDS: usize = 2000;
 
-/// The key-value bucket every host maps (Spin's default store).
-pub const BUCKET: &str = "default";
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
-    pub version: u32,
-    /// 1Password's opaque cursor for the next page.
-    pub cursor: String,
+    /// 1Password's opaque cursor for the next page. `None` after 1Password
+    /// refused the cursor: the next page is read again from `newest_event`,
+    /// and `recent_uuids` drops what was already delivered.
+    pub cursor: Option<String>,
     /// `start_time_value` this checkpoint was started from (normalised RFC
     /// 3339, or none when the default look-back was used). A config with a
     /// different value resets the service exactly once.
     pub start_time_value: Option<String>,
     /// Timestamp of the newest event delivered, as 1Password wrote it.
     pub newest_event: Option<String>,
-    /// Events delivered since this checkpoint record was created.
+    /// Events delivered since this service's record was created.
     pub total_sent: u64,
-    /// When this record was last written (RFC 3339, host clock).
-    pub updated_at: String,
+    /// Uuids of the most recently delivered events, newest last, at most
+    /// [`RECENT_UUIDS`].
+    #[serde(default)]
+    pub recent_uuids: Vec<String>,
 }
 
 impl Checkpoint {
-    pub fn key(service: Service) -> String {
-        format!("checkpoint/{}", service.name())
-    }
-
-    pub fn decode(service: Service, bytes: &[u8]) -> Result<Checkpoint, CollectorError> {
-        let unreadable = |why: String| {
-            CollectorError::new(
-                ErrorKind::PrePullError,
-                CHECKPOINT_UNREADABLE,
-                format!(
-                    "the stored checkpoint of {service} cannot be read ({why}); nothing was fetched. \
-                     Delete key \"{}\" to start again from start_time_value",
-                    Checkpoint::key(service)
-                ),
-            )
-        };
-        let cp: Checkpoint =
-            serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))?;
-        if cp.version > SCHEMA_VERSION {
-            return Err(unreadable(format!(
-                "written by a newer release, schema version {} > {SCHEMA_VERSION}; upgrade the collector",
-                cp.version
-            )));
-        }
-        Ok(cp)
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a checkpoint always serialises")
+    /// Appends delivered uuids, keeping only the newest [`RECENT_UUIDS`].
+    pub fn remember(&mut self, uuids: impl IntoIterator<Item = String>) {
+        self.recent_uuids.extend(uuids);
+        let excess = self.recent_uuids.len().saturating_sub(RECENT_UUIDS);
+        self.recent_uuids.drain(..excess);
     }
 }
 
@@ -67,29 +41,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_rejects_garbage_and_future_versions() {
-        let cp = Checkpoint {
-            version: SCHEMA_VERSION,
-            cursor: "abc".into(),
-            start_time_value: None,
-            newest_event: Some("2026-01-01T00:00:00Z".into()),
-            total_sent: 7,
-            updated_at: "2026-01-01T00:00:01Z".into(),
-        };
-        assert_eq!(
-            Checkpoint::decode(Service::Audit, &cp.encode()).unwrap(),
-            cp
-        );
-        let e = Checkpoint::decode(Service::Audit, b"{not json").unwrap_err();
-        assert_eq!(e.id, CHECKPOINT_UNREADABLE);
-        assert!(e.message.contains("checkpoint/audit"));
-        let future = Checkpoint {
-            version: SCHEMA_VERSION + 1,
-            ..cp
-        };
-        assert!(Checkpoint::decode(Service::Audit, &future.encode())
-            .unwrap_err()
-            .message
-            .contains("newer release"));
+    fn remembered_uuids_stay_bounded_and_newest() {
+        let mut cp = Checkpoint::default();
+        cp.remember((0..RECENT_UUIDS + 10).map(|i| i.to_string()));
+        assert_eq!(cp.recent_uuids.len(), RECENT_UUIDS);
+        assert_eq!(cp.recent_uuids[0], "10");
+        assert_eq!(cp.recent_uuids.last().unwrap(), &(RECENT_UUIDS + 9).to_string());
     }
 }

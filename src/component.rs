@@ -26,20 +26,13 @@ impl Guest for Component {
     fn handle_cron_event(_metadata: cron_types::Metadata) -> Result<(), cron_types::Error> {
         let report = run_tick().map_err(|e| cron_types::Error::Other(e.to_string()))?;
         let mut failures = Vec::new();
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
         for s in &report.services {
-            // One line per service: Spin collects component stderr as the log.
-            eprintln!(
-                "service={} outcome={:?} fetched={} sent={} total_sent={} has_more={} checkpoint={} elapsed_ms={}{}",
-                s.service,
-                s.outcome,
-                s.fetched,
-                s.sent,
-                s.total_sent,
-                s.has_more,
-                s.checkpoint.as_deref().unwrap_or("-"),
-                s.elapsed_ms,
-                s.error.as_ref().map(|e| format!(" error=\"{e}\"")).unwrap_or_default()
-            );
+            // One line per service, Devo's sender statistics and more: Spin
+            // collects component stderr as the log.
+            eprintln!("{}", log_line(s));
             if let Some(e) = &s.error {
                 failures.push(format!("{}: {e}", s.service));
             }
@@ -52,6 +45,33 @@ impl Guest for Component {
     }
 }
 
+fn log_line(s: &ServiceReport) -> String {
+    let mut line = format!(
+        "service={} outcome={:?} fetched={} sent={} pages={} bytes_sent={} total_sent={} checkpoint={} lag_s={} has_more={} elapsed_ms={}",
+        s.service,
+        s.outcome,
+        s.fetched,
+        s.sent,
+        s.pages,
+        s.bytes_sent,
+        s.total_sent,
+        s.checkpoint.as_deref().unwrap_or("-"),
+        s.lag_seconds.map_or("-".to_string(), |l| l.to_string()),
+        s.has_more,
+        s.elapsed_ms
+    );
+    if let (Some(until), Some(reason)) = (&s.deferred_until, &s.deferred_reason) {
+        line.push_str(&format!(" deferred_until={until} reason=\"{reason}\""));
+    }
+    if s.unconfirmed > 0 {
+        line.push_str(&format!(" unconfirmed={}", s.unconfirmed));
+    }
+    if let Some(e) = &s.error {
+        line.push_str(&format!(" error=\"{e}\""));
+    }
+    line
+}
+
 impl wit::Guest for Component {
     fn tick() -> Result<wit::TickReport, wit::CollectorError> {
         run_tick().map(to_wit_report).map_err(to_wit_error)
@@ -60,17 +80,34 @@ impl wit::Guest for Component {
 
 fn run_tick() -> Result<TickReport, CollectorError> {
     let config = Config::load(|key| wasi::config::store::get(key).map_err(config_error_text))?;
-    let bucket = wasi::keyvalue::store::open(crate::checkpoint::BUCKET)
+    let bucket = wasi::keyvalue::store::open(crate::state::BUCKET)
         .map_err(|e| CollectorError::persistence("open", &kv_error_text(e)))?;
-    let mut tick = Tick::new(config, now());
+    let timeout_ns = config.request_timeout_ms * 1_000_000;
+    let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64());
+    // The compare-and-swap handle between a `Watch` and its `Swap`.
+    let mut watched: Option<wasi::keyvalue::atomics::Cas> = None;
     loop {
         let input = match tick.poll() {
             Action::Done(report) => return Ok(report),
             Action::Load { key } => Input::Loaded(bucket.get(&key).map_err(kv_error_text)),
-            Action::Store { key, value } => {
-                Input::Stored(bucket.set(&key, &value).map_err(kv_error_text))
+            Action::Store { key, value } => Input::Stored(bucket.set(&key, &value).map_err(kv_error_text)),
+            Action::Watch { key } => {
+                let cas = wasi::keyvalue::atomics::Cas::new(&bucket, &key).map_err(kv_error_text);
+                Input::Loaded(cas.and_then(|cas| {
+                    let value = cas.current().map_err(kv_error_text)?;
+                    watched = Some(cas);
+                    Ok(value)
+                }))
             }
-            Action::Send { request } => Input::Response(send(&request)),
+            Action::Swap { value } => {
+                let cas = watched.take().expect("the core swaps only after a watch");
+                Input::Swapped(match wasi::keyvalue::atomics::swap(cas, &value) {
+                    Ok(()) => Ok(true),
+                    Err(wasi::keyvalue::atomics::CasError::CasFailed(_)) => Ok(false),
+                    Err(wasi::keyvalue::atomics::CasError::StoreError(e)) => Err(kv_error_text(e)),
+                })
+            }
+            Action::Send { request } => Input::Response(send(&request, timeout_ns)),
         };
         tick.handle(input, now());
     }
@@ -96,23 +133,14 @@ fn kv_error_text(e: wasi::keyvalue::store::Error) -> String {
     }
 }
 
-/// Request timeouts handed to the host, in nanoseconds.
-const CONNECT_TIMEOUT_NS: u64 = 10_000_000_000;
-const FIRST_BYTE_TIMEOUT_NS: u64 = 60_000_000_000;
-const BETWEEN_BYTES_TIMEOUT_NS: u64 = 30_000_000_000;
-
-fn send(req: &HttpRequest) -> Result<HttpResponse, HttpFailure> {
+fn send(req: &HttpRequest, timeout_ns: u64) -> Result<HttpResponse, HttpFailure> {
     let headers = http::Fields::new();
     for (name, value) in &req.headers {
-        headers
-            .append(name, value.as_bytes())
-            .map_err(|e| HttpFailure::Transport(format!("header {name}: {e:?}")))?;
+        headers.append(name, value.as_bytes()).map_err(|e| HttpFailure::Transport(format!("header {name}: {e:?}")))?;
     }
     if req.method == Method::Post {
         let len = req.body.len().to_string();
-        headers
-            .append("content-length", len.as_bytes())
-            .map_err(|e| HttpFailure::Transport(format!("{e:?}")))?;
+        headers.append("content-length", len.as_bytes()).map_err(|e| HttpFailure::Transport(format!("{e:?}")))?;
     }
     let outgoing = http::OutgoingRequest::new(headers);
     let method = match req.method {
@@ -123,27 +151,18 @@ fn send(req: &HttpRequest) -> Result<HttpResponse, HttpFailure> {
         crate::endpoint::Scheme::Http => http::Scheme::Http,
         crate::endpoint::Scheme::Https => http::Scheme::Https,
     };
-    let invalid =
-        |what: &str| HttpFailure::Transport(format!("the host rejected the request {what}"));
-    outgoing
-        .set_method(&method)
-        .map_err(|()| invalid("method"))?;
-    outgoing
-        .set_scheme(Some(&scheme))
-        .map_err(|()| invalid("scheme"))?;
-    outgoing
-        .set_authority(Some(&req.authority))
-        .map_err(|()| invalid("authority"))?;
-    outgoing
-        .set_path_with_query(Some(&req.path))
-        .map_err(|()| invalid("path"))?;
+    let invalid = |what: &str| HttpFailure::Transport(format!("the host rejected the request {what}"));
+    outgoing.set_method(&method).map_err(|()| invalid("method"))?;
+    outgoing.set_scheme(Some(&scheme)).map_err(|()| invalid("scheme"))?;
+    outgoing.set_authority(Some(&req.authority)).map_err(|()| invalid("authority"))?;
+    outgoing.set_path_with_query(Some(&req.path)).map_err(|()| invalid("path"))?;
     let body = outgoing.body().map_err(|()| invalid("body"))?;
 
     let options = http::RequestOptions::new();
     // A host may not support every timeout; what it does support is applied.
-    let _ = options.set_connect_timeout(Some(CONNECT_TIMEOUT_NS));
-    let _ = options.set_first_byte_timeout(Some(FIRST_BYTE_TIMEOUT_NS));
-    let _ = options.set_between_bytes_timeout(Some(BETWEEN_BYTES_TIMEOUT_NS));
+    let _ = options.set_connect_timeout(Some(timeout_ns));
+    let _ = options.set_first_byte_timeout(Some(timeout_ns));
+    let _ = options.set_between_bytes_timeout(Some(timeout_ns));
 
     // Hand the request over before writing the body: the host streams it and
     // would otherwise stop accepting writes once its buffer is full.
@@ -155,20 +174,12 @@ fn send(req: &HttpRequest) -> Result<HttpResponse, HttpFailure> {
         // A refused or failed request also breaks the body stream; the
         // response's error says why, so it goes first.
         Some(Ok(Err(code))) => return Err(failure(code)),
-        Some(Err(())) | None => {
-            return Err(HttpFailure::Transport(
-                "response future in a bad state".into(),
-            ))
-        }
+        Some(Err(())) | None => return Err(HttpFailure::Transport("response future in a bad state".into())),
     };
     written?;
     let status = response.status();
-    let headers = response
-        .headers()
-        .entries()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect();
+    let headers =
+        response.headers().entries().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
     let incoming = response.consume().map_err(|()| invalid("response body"))?;
     let mut bytes = Vec::new();
     {
@@ -182,22 +193,14 @@ fn send(req: &HttpRequest) -> Result<HttpResponse, HttpFailure> {
         }
     }
     drop(incoming);
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: bytes,
-    })
+    Ok(HttpResponse { status, headers, body: bytes })
 }
 
 fn write_body(body: http::OutgoingBody, bytes: &[u8]) -> Result<(), HttpFailure> {
     {
-        let stream = body
-            .write()
-            .map_err(|()| HttpFailure::Transport("the host gave no body stream".into()))?;
+        let stream = body.write().map_err(|()| HttpFailure::Transport("the host gave no body stream".into()))?;
         for chunk in bytes.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpFailure::Transport(stream_error_text(e)))?;
+            stream.blocking_write_and_flush(chunk).map_err(|e| HttpFailure::Transport(stream_error_text(e)))?;
         }
     }
     http::OutgoingBody::finish(body, None).map_err(failure)
@@ -221,11 +224,7 @@ fn failure(code: http::ErrorCode) -> HttpFailure {
 }
 
 fn to_wit_error(e: CollectorError) -> wit::CollectorError {
-    wit::CollectorError {
-        id: e.id,
-        kind: e.kind.as_str().to_string(),
-        message: e.message,
-    }
+    wit::CollectorError { id: e.id, kind: e.kind.as_str().to_string(), message: e.message }
 }
 
 fn to_wit_report(r: TickReport) -> wit::TickReport {
@@ -233,6 +232,7 @@ fn to_wit_report(r: TickReport) -> wit::TickReport {
         started_at: r.started_at,
         elapsed_ms: r.elapsed_ms,
         services: r.services.into_iter().map(to_wit_service).collect(),
+        warnings: r.warnings,
     }
 }
 
@@ -243,13 +243,20 @@ fn to_wit_service(s: ServiceReport) -> wit::ServiceReport {
             Outcome::Delivered => wit::Outcome::Delivered,
             Outcome::Idle => wit::Outcome::Idle,
             Outcome::Failed => wit::Outcome::Failed,
+            Outcome::Deferred => wit::Outcome::Deferred,
         },
         fetched: s.fetched,
         sent: s.sent,
+        unconfirmed: s.unconfirmed,
+        pages: s.pages,
+        bytes_sent: s.bytes_sent,
         has_more: s.has_more,
         checkpoint: s.checkpoint,
         total_sent: s.total_sent,
+        lag_seconds: s.lag_seconds,
         elapsed_ms: s.elapsed_ms,
+        deferred_until: s.deferred_until,
+        deferred_reason: s.deferred_reason,
         error: s.error.map(to_wit_error),
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! Keys are flat and lowercase so they double as Spin variable names.
 
+use crate::budget::{Ceilings, DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE};
 use crate::endpoint::Endpoint;
 use crate::error::{CollectorError, ErrorKind, CONFIG_SOURCE};
+use crate::obfuscate::{Mode, Obfuscator};
 use crate::secret::Secret;
 use crate::service::{ApiVersion, Service};
 use chrono::{DateTime, Utc};
@@ -26,12 +28,28 @@ pub const KEYS: &[&str] = &[
     "tag_audit",
     "tag_item_usage",
     "tag_sign_in_attempts",
+    "max_requests_per_minute",
+    "max_requests_per_hour",
+    "max_pages_per_tick",
+    "tick_deadline_ms",
+    "request_timeout_ms",
+    "devo_max_batch_events",
+    "devo_gzip",
+    "obfuscate_fields",
+    "obfuscation_mode",
+    "obfuscation_key",
 ];
 
 /// Keys whose values are secrets: never echoed in an error.
-pub const SECRET_KEYS: &[&str] = &["token", "devo_token"];
+pub const SECRET_KEYS: &[&str] = &["token", "devo_token", "obfuscation_key"];
 
 pub const DEFAULT_PAGE_SIZE: u16 = 1000;
+pub const DEFAULT_MAX_PAGES_PER_TICK: u32 = 1;
+pub const DEFAULT_TICK_DEADLINE_MS: u64 = 30_000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_DEVO_MAX_BATCH_EVENTS: u32 = 1000;
+/// 1Password serves no data older than this.
+pub const RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(120);
 pub const DEFAULT_DEVO_HOST: &str = "onepassword-collector";
 /// Without `start_time_value`, a service's first page starts this long
 /// before its first tick.
@@ -54,14 +72,21 @@ pub struct Config {
     pub tags: BTreeMap<Service, String>,
     /// Upper bound of one Devo request body (Devo's own limit by default).
     pub devo_max_batch_bytes: usize,
+    pub devo_max_batch_events: u32,
+    pub devo_gzip: bool,
+    pub ceilings: Ceilings,
+    pub max_pages_per_tick: u32,
+    /// No new page is started after this long into the tick.
+    pub tick_deadline: chrono::TimeDelta,
+    /// Connect, first-byte and between-bytes timeout of every request.
+    pub request_timeout_ms: u64,
+    pub obfuscator: Option<Obfuscator>,
 }
 
 impl Config {
     /// Reads and validates every setting. `lookup` returns `Ok(None)` for an
     /// unset key and `Err(detail)` when the config source itself failed.
-    pub fn load(
-        mut lookup: impl FnMut(&str) -> Result<Option<String>, String>,
-    ) -> Result<Config, CollectorError> {
+    pub fn load(mut lookup: impl FnMut(&str) -> Result<Option<String>, String>) -> Result<Config, CollectorError> {
         let mut get = |key: &str| -> Result<Option<String>, CollectorError> {
             match lookup(key) {
                 Ok(None) => Ok(None),
@@ -76,41 +101,37 @@ impl Config {
                 Err(detail) => Err(CollectorError::new(
                     ErrorKind::ConfigSourceError,
                     CONFIG_SOURCE,
-                    format!("the host could not read setting \"{key}\" ({detail}); check the host's variables provider"),
+                    format!(
+                        "the host could not read setting \"{key}\" ({detail}); check the host's variables provider"
+                    ),
                 )),
             }
         };
-        let required =
-            |key: &str, v: Option<String>| v.ok_or_else(|| CollectorError::missing(key, hint(key)));
+        let required = |key: &str, v: Option<String>| v.ok_or_else(|| CollectorError::missing(key, hint(key)));
 
         let base_url = endpoint("base_url", required("base_url", get("base_url")?)?)?;
         let token = Secret::new(required("token", get("token")?)?);
         let api_version = match get("api_version")? {
             None => ApiVersion::V2,
-            Some(v) => v.parse().map_err(|()| {
-                CollectorError::invalid("api_version", "\"v1\" or \"v2\"", &quote(&v))
-            })?,
+            Some(v) => {
+                v.parse().map_err(|()| CollectorError::invalid("api_version", "\"v1\" or \"v2\"", &quote(&v)))?
+            }
         };
         let services = match get("services")? {
             None => Service::ALL.to_vec(),
             Some(v) => parse_services(&v)?,
         };
-        let start_time = get("start_time_value")?
-            .map(|v| parse_time("start_time_value", &v))
-            .transpose()?;
+        let start_time = get("start_time_value")?.map(|v| parse_time("start_time_value", &v)).transpose()?;
         let page_size = match get("page_size")? {
             None => DEFAULT_PAGE_SIZE,
             Some(v) => v
                 .parse::<u16>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| {
-                    CollectorError::invalid("page_size", "an integer from 1 to 1000", &quote(&v))
-                })?,
+                .ok_or_else(|| CollectorError::invalid("page_size", "an integer from 1 to 1000", &quote(&v)))?,
         };
         let devo_url = endpoint("devo_url", required("devo_url", get("devo_url")?)?)?;
-        let devo_domain =
-            path_segment("devo_domain", required("devo_domain", get("devo_domain")?)?)?;
+        let devo_domain = path_segment("devo_domain", required("devo_domain", get("devo_domain")?)?)?;
         let devo_token = required("devo_token", get("devo_token")?)?;
         if !devo_token.chars().all(|c| c.is_ascii_alphanumeric()) {
             // Describe, never echo: this is a secret.
@@ -132,6 +153,22 @@ impl Config {
             };
             tags.insert(svc, tag);
         }
+        let ceilings = Ceilings {
+            per_minute: number(&mut get, "max_requests_per_minute", 1, 600, DEFAULT_PER_MINUTE.into())? as u32,
+            per_hour: number(&mut get, "max_requests_per_hour", 1, 30_000, DEFAULT_PER_HOUR.into())? as u32,
+        };
+        let max_pages_per_tick =
+            number(&mut get, "max_pages_per_tick", 1, 10_000, DEFAULT_MAX_PAGES_PER_TICK.into())? as u32;
+        let tick_deadline_ms = number(&mut get, "tick_deadline_ms", 1_000, 3_600_000, DEFAULT_TICK_DEADLINE_MS)?;
+        let request_timeout_ms = number(&mut get, "request_timeout_ms", 100, 600_000, DEFAULT_REQUEST_TIMEOUT_MS)?;
+        let devo_max_batch_events =
+            number(&mut get, "devo_max_batch_events", 1, 1_000_000, DEFAULT_DEVO_MAX_BATCH_EVENTS.into())? as u32;
+        let devo_gzip = match get("devo_gzip")?.as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => return Err(CollectorError::invalid("devo_gzip", "true or false", &quote(other))),
+        };
+        let obfuscator = obfuscator(&mut get)?;
         Ok(Config {
             base_url,
             token,
@@ -145,12 +182,62 @@ impl Config {
             devo_host,
             tags,
             devo_max_batch_bytes: crate::devo::MAX_BATCH_BYTES,
+            devo_max_batch_events,
+            devo_gzip,
+            ceilings,
+            max_pages_per_tick,
+            tick_deadline: chrono::TimeDelta::milliseconds(tick_deadline_ms as i64),
+            request_timeout_ms,
+            obfuscator,
         })
     }
 
     pub fn tag(&self, service: Service) -> &str {
         &self.tags[&service]
     }
+}
+
+/// An integer setting within `min..=max`.
+fn number(
+    get: &mut impl FnMut(&str) -> Result<Option<String>, CollectorError>,
+    key: &str,
+    min: u64,
+    max: u64,
+    default: u64,
+) -> Result<u64, CollectorError> {
+    match get(key)? {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| CollectorError::invalid(key, &format!("an integer from {min} to {max}"), &quote(&v))),
+    }
+}
+
+fn obfuscator(
+    get: &mut impl FnMut(&str) -> Result<Option<String>, CollectorError>,
+) -> Result<Option<Obfuscator>, CollectorError> {
+    let mode = match get("obfuscation_mode")?.as_deref() {
+        None | Some("hash") => Mode::Hash,
+        Some("mask") => Mode::Mask,
+        Some(other) => return Err(CollectorError::invalid("obfuscation_mode", "\"hash\" or \"mask\"", &quote(other))),
+    };
+    let key = get("obfuscation_key")?;
+    let Some(fields) = get("obfuscate_fields")? else { return Ok(None) };
+    if mode == Mode::Hash && key.is_none() {
+        return Err(CollectorError::missing(
+            "obfuscation_key",
+            "hash mode needs a secret key (any long random string) so hashes cannot be reversed by guessing; or set obfuscation_mode = \"mask\"",
+        ));
+    }
+    Obfuscator::new(&fields, mode, key.as_deref().map(str::as_bytes)).map(Some).map_err(|e| {
+        CollectorError::invalid(
+            "obfuscate_fields",
+            "comma-separated dotted field paths, e.g. target_user.email,client.ip_address",
+            &format!("{fields:?} ({e})"),
+        )
+    })
 }
 
 /// What to set, per key, appended to "missing" and "empty" errors.
@@ -171,8 +258,7 @@ fn quote(v: &str) -> String {
 }
 
 fn endpoint(key: &str, value: String) -> Result<Endpoint, CollectorError> {
-    Endpoint::parse(&value)
-        .map_err(|expected| CollectorError::invalid(key, &expected, &quote(&value)))
+    Endpoint::parse(&value).map_err(|expected| CollectorError::invalid(key, &expected, &quote(&value)))
 }
 
 fn parse_services(value: &str) -> Result<Vec<Service>, CollectorError> {
@@ -196,29 +282,16 @@ fn parse_services(value: &str) -> Result<Vec<Service>, CollectorError> {
 pub fn parse_time(key: &str, value: &str) -> Result<DateTime<Utc>, CollectorError> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            CollectorError::invalid(
-                key,
-                "an RFC 3339 time such as 2026-01-31T00:00:00Z",
-                &quote(value),
-            )
-        })
+        .map_err(|_| CollectorError::invalid(key, "an RFC 3339 time such as 2026-01-31T00:00:00Z", &quote(value)))
 }
 
 /// Devo domain and host are URL path segments: keep them to characters that
 /// need no escaping so the URL Devo sees is the URL we meant.
 fn path_segment(key: &str, value: String) -> Result<String, CollectorError> {
-    if value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.@~".contains(c))
-    {
+    if value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@~".contains(c)) {
         Ok(value)
     } else {
-        Err(CollectorError::invalid(
-            key,
-            "a name of letters, digits and - _ . @ ~",
-            &quote(&value),
-        ))
+        Err(CollectorError::invalid(key, "a name of letters, digits and - _ . @ ~", &quote(&value)))
     }
 }
 
@@ -226,9 +299,7 @@ fn tag(key: &str, value: String) -> Result<String, CollectorError> {
     let ok = value.split('.').count() >= 2
         && value.split('.').all(|part| {
             !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         });
     if ok {
         Ok(value)
@@ -269,10 +340,7 @@ pub(crate) mod tests {
         assert_eq!(c.page_size, 1000);
         assert_eq!(c.start_time, None);
         assert_eq!(c.devo_host, "onepassword-collector");
-        assert_eq!(
-            c.tag(Service::ItemUsage),
-            "auth.agilebits.onepassword.itemusage"
-        );
+        assert_eq!(c.tag(Service::ItemUsage), "auth.agilebits.onepassword.itemusage");
     }
 
     #[test]
@@ -303,17 +371,21 @@ pub(crate) mod tests {
             ("devo_url", "not a url", "https://"),
             ("devo_domain", "a/b", "letters"),
             ("tag_audit", "Bad Tag", "Devo tag"),
+            ("max_requests_per_minute", "601", "1 to 600"),
+            ("max_requests_per_hour", "-1", "1 to 30000"),
+            ("max_pages_per_tick", "0", "1 to 10000"),
+            ("tick_deadline_ms", "10", "1000 to 3600000"),
+            ("request_timeout_ms", "fast", "100 to 600000"),
+            ("devo_max_batch_events", "0", "1 to 1000000"),
+            ("devo_gzip", "yes", "true or false"),
+            ("obfuscation_mode", "scramble", "\"hash\" or \"mask\""),
         ];
         for (key, value, expected) in cases {
             let mut m = minimal();
             m.insert(key, value.into());
             let e = load(&m).unwrap_err();
             assert_eq!(e.id, INVALID_SETTING, "{key}={value}");
-            assert!(
-                e.message.contains(key) && e.message.contains(expected),
-                "{}",
-                e.message
-            );
+            assert!(e.message.contains(key) && e.message.contains(expected), "{}", e.message);
         }
     }
 
@@ -334,10 +406,7 @@ pub(crate) mod tests {
         m.insert("start_time_value", "2026-01-01T00:00:00-03:00".into());
         let c = load(&m).unwrap();
         assert_eq!(c.services, vec![Service::Audit, Service::SignInAttempts]);
-        assert_eq!(
-            c.start_time.unwrap().to_rfc3339(),
-            "2026-01-01T03:00:00+00:00"
-        );
+        assert_eq!(c.start_time.unwrap().to_rfc3339(), "2026-01-01T03:00:00+00:00");
     }
 
     #[test]

@@ -46,23 +46,16 @@ pub struct Batch {
     pub events: u32,
 }
 
-/// Splits lines into request bodies of at most `max_bytes` each (a single
-/// larger line goes alone: Devo will refuse it with 413 and say so).
-pub fn batches<'a>(lines: impl IntoIterator<Item = &'a str>, max_bytes: usize) -> Vec<Batch> {
+/// Splits lines into request bodies of at most `max_bytes` and `max_events`
+/// each (a single larger line goes alone: Devo will refuse it with 413 and
+/// say so). Sizes are before compression, so a batch always fits.
+pub fn batches<'a>(lines: impl IntoIterator<Item = &'a str>, max_bytes: usize, max_events: u32) -> Vec<Batch> {
     let mut done = Vec::new();
-    let mut current = Batch {
-        body: Vec::new(),
-        events: 0,
-    };
+    let mut current = Batch { body: Vec::new(), events: 0 };
     for line in lines {
-        if current.events > 0 && current.body.len() + line.len() + 1 > max_bytes {
-            done.push(std::mem::replace(
-                &mut current,
-                Batch {
-                    body: Vec::new(),
-                    events: 0,
-                },
-            ));
+        let full = current.body.len() + line.len() + 1 > max_bytes || current.events >= max_events;
+        if current.events > 0 && full {
+            done.push(std::mem::replace(&mut current, Batch { body: Vec::new(), events: 0 }));
         }
         current.body.extend_from_slice(line.as_bytes());
         current.body.push(b'\n');
@@ -74,6 +67,15 @@ pub fn batches<'a>(lines: impl IntoIterator<Item = &'a str>, max_bytes: usize) -
     done
 }
 
+/// gzip, as Devo's `stream` mode accepts with `Content-Encoding: gzip`.
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    encoder.write_all(body).expect("writing to memory cannot fail");
+    encoder.finish().expect("writing to memory cannot fail")
+}
+
+/// A `stream` request for one batch; compressed when `devo_gzip` is on.
 pub fn stream_request(config: &Config, service: Service, body: Vec<u8>) -> HttpRequest {
     let path = config.devo_url.path(&format!(
         "/stream/{}/token!{}/{}/{}",
@@ -82,21 +84,24 @@ pub fn stream_request(config: &Config, service: Service, body: Vec<u8>) -> HttpR
         config.devo_host,
         config.tag(service)
     ));
+    let mut headers = vec![("content-type".into(), "text/plain; charset=utf-8".into())];
+    let body = if config.devo_gzip {
+        headers.push(("content-encoding".into(), "gzip".into()));
+        gzip(&body)
+    } else {
+        body
+    };
     HttpRequest {
         method: Method::Post,
         scheme: config.devo_url.scheme,
         authority: config.devo_url.authority.clone(),
         path,
-        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+        headers,
         body,
     }
 }
 
-pub fn check_response(
-    service: Service,
-    tag: &str,
-    response: &HttpResponse,
-) -> Result<(), CollectorError> {
+pub fn check_response(service: Service, tag: &str, response: &HttpResponse) -> Result<(), CollectorError> {
     if (200..300).contains(&response.status) {
         return Ok(());
     }
@@ -145,45 +150,42 @@ mod tests {
     #[test]
     fn batches_respect_the_byte_limit_and_keep_order() {
         let lines = ["aaaa", "bbbb", "cccc", "dddddddddddd"];
-        let got = batches(lines, 10);
+        let got = batches(lines, 10, 100);
         let bodies: Vec<&[u8]> = got.iter().map(|b| b.body.as_slice()).collect();
-        assert_eq!(
-            bodies,
-            vec![&b"aaaa\nbbbb\n"[..], b"cccc\n", b"dddddddddddd\n"]
-        );
-        assert_eq!(
-            got.iter().map(|b| b.events).collect::<Vec<_>>(),
-            vec![2, 1, 1]
-        );
-        assert!(batches([], 10).is_empty());
+        assert_eq!(bodies, vec![&b"aaaa\nbbbb\n"[..], b"cccc\n", b"dddddddddddd\n"]);
+        assert_eq!(got.iter().map(|b| b.events).collect::<Vec<_>>(), vec![2, 1, 1]);
+        assert!(batches([], 10, 100).is_empty());
+        let by_count: Vec<u32> = batches(["a", "b", "c", "d", "e"], 1000, 2).iter().map(|b| b.events).collect();
+        assert_eq!(by_count, vec![2, 2, 1]);
     }
 
     #[test]
     fn stream_url_carries_domain_token_host_tag_and_redacts() {
-        let c = load(&minimal()).unwrap();
+        let mut c = load(&minimal()).unwrap();
+        c.devo_gzip = false;
         let req = stream_request(&c, Service::ItemUsage, b"{}\n".to_vec());
+        assert_eq!(req.body, b"{}\n");
         assert_eq!(
             req.path,
             "/stream/acme/token!abcdef0123456789abcdef0123456789/onepassword-collector/auth.agilebits.onepassword.itemusage"
         );
         assert!(!req.redacted_url().contains("abcdef0123"));
+        c.devo_gzip = true;
+        let req = stream_request(&c, Service::ItemUsage, b"{\"a\":1}\n".to_vec());
+        assert!(req.headers.contains(&("content-encoding".into(), "gzip".into())));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&req.body[..]), &mut text).unwrap();
+        assert_eq!(text, "{\"a\":1}\n");
     }
 
     #[test]
     fn non_2xx_and_transport_failures_are_delivery_errors() {
-        let r = |status| HttpResponse {
-            status,
-            headers: vec![],
-            body: vec![],
-        };
+        let r = |status| HttpResponse { status, headers: vec![], body: vec![] };
         assert!(check_response(Service::Audit, "t.a", &r(200)).is_ok());
         assert!(check_response(Service::Audit, "t.a", &r(204)).is_ok());
         let e = check_response(Service::Audit, "t.a", &r(401)).unwrap_err();
         assert_eq!((e.id, e.kind), (DEVO_REJECTED, ErrorKind::DeliveryError));
         assert!(e.message.contains("401") && e.message.contains("devo_token"));
-        assert_eq!(
-            transport_error(Service::Audit, &HttpFailure::Denied).id,
-            DEVO_UNREACHABLE
-        );
+        assert_eq!(transport_error(Service::Audit, &HttpFailure::Denied).id, DEVO_UNREACHABLE);
     }
 }

@@ -43,9 +43,7 @@ impl Endpoint {
         } else {
             return Err("a URL starting with https://".into());
         };
-        if rest.contains(['?', '#', '@'])
-            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("a plain base URL (no user, query, fragment or spaces)".into());
         }
         let (authority, path) = match rest.find('/') {
@@ -60,15 +58,9 @@ impl Endpoint {
                 return Err("a URL with a valid port (1-65535)".into());
             }
         }
-        let endpoint = Endpoint {
-            scheme,
-            authority: authority.to_ascii_lowercase(),
-            base_path: path.to_string(),
-        };
+        let endpoint = Endpoint { scheme, authority: authority.to_ascii_lowercase(), base_path: path.to_string() };
         if scheme == Scheme::Http && !endpoint.is_loopback() {
-            return Err(
-                "an https:// URL (plain http:// is allowed only for loopback hosts)".into(),
-            );
+            return Err("an https:// URL (plain http:// is allowed only for loopback hosts)".into());
         }
         Ok(endpoint)
     }
@@ -84,11 +76,7 @@ impl Endpoint {
 
     pub fn is_loopback(&self) -> bool {
         let host = self.host();
-        host == "localhost"
-            || host == "::1"
-            || host
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        host == "localhost" || host == "::1" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     /// The path of a request below this base, e.g. `/api/v2/auditevents`.
@@ -107,13 +95,7 @@ fn port_of(authority: &str) -> Option<&str> {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}{}",
-            self.scheme.as_str(),
-            self.authority,
-            self.base_path
-        )
+        write!(f, "{}://{}{}", self.scheme.as_str(), self.authority, self.base_path)
     }
 }
 
@@ -136,9 +118,7 @@ mod tests {
         assert!(Endpoint::parse("http://127.0.0.1:8080").is_ok());
         assert!(Endpoint::parse("http://localhost").is_ok());
         assert!(Endpoint::parse("http://[::1]:9000").unwrap().is_loopback());
-        assert!(Endpoint::parse("http://events.1password.com")
-            .unwrap_err()
-            .contains("loopback"));
+        assert!(Endpoint::parse("http://events.1password.com").unwrap_err().contains("loopback"));
         assert!(Endpoint::parse("http://10.0.0.1").is_err());
     }
 

@@ -21,6 +21,10 @@ pub const CONFIG_SOURCE: u32 = 4;
 pub const PERSISTENCE: u32 = 200;
 /// A stored checkpoint exists but cannot be decoded.
 pub const CHECKPOINT_UNREADABLE: u32 = 201;
+/// Another instance took this service's lease while this tick was working.
+pub const LEASE_LOST: u32 = 202;
+/// The token is not scoped for the service (from introspection or its claims).
+pub const SCOPE_MISSING: u32 = 610;
 /// 1Password could not be reached (connection, DNS, timeout, refused by host).
 pub const ONEPASSWORD_UNREACHABLE: u32 = 600;
 /// 1Password answered 200 with a body that is not a valid events page.
@@ -39,6 +43,8 @@ pub enum ErrorKind {
     /// 1Password answered with an unexpected status (id = the status).
     PullError,
     DeliveryError,
+    /// The token may not read a service.
+    TokenScopeError,
 }
 
 impl ErrorKind {
@@ -49,6 +55,7 @@ impl ErrorKind {
             ErrorKind::PrePullError => "PrePullError",
             ErrorKind::PullError => "PullError",
             ErrorKind::DeliveryError => "DeliveryError",
+            ErrorKind::TokenScopeError => "TokenScopeError",
         }
     }
 }
@@ -68,11 +75,7 @@ impl fmt::Display for CollectorError {
 
 impl CollectorError {
     pub fn new(kind: ErrorKind, id: u32, message: impl Into<String>) -> Self {
-        CollectorError {
-            id,
-            kind,
-            message: message.into(),
-        }
+        CollectorError { id, kind, message: message.into() }
     }
 
     pub fn missing(key: &str, hint: &str) -> Self {
@@ -84,11 +87,7 @@ impl CollectorError {
     }
 
     pub fn empty(key: &str, hint: &str) -> Self {
-        Self::new(
-            ErrorKind::InitVariablesError,
-            EMPTY_SETTING,
-            format!("setting \"{key}\" is an empty string: {hint}"),
-        )
+        Self::new(ErrorKind::InitVariablesError, EMPTY_SETTING, format!("setting \"{key}\" is an empty string: {hint}"))
     }
 
     /// `given` must never be a secret's value: callers describe secrets instead.
@@ -98,6 +97,20 @@ impl CollectorError {
             INVALID_SETTING,
             format!("setting \"{key}\" must be a valid instance of {expected}, not {given}"),
         )
+    }
+
+    /// The inverse of [`ErrorKind::as_str`], for hosts that receive the name.
+    pub fn kind_from_str(name: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::InitVariablesError,
+            ErrorKind::ConfigSourceError,
+            ErrorKind::PrePullError,
+            ErrorKind::PullError,
+            ErrorKind::DeliveryError,
+            ErrorKind::TokenScopeError,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
     }
 
     pub fn persistence(action: &str, detail: &str) -> Self {
@@ -120,10 +133,7 @@ mod tests {
     #[test]
     fn display_names_family_id_and_message() {
         let e = CollectorError::missing("token", "set it");
-        assert_eq!(
-            e.to_string(),
-            "InitVariablesError 1: required setting \"token\" is missing: set it"
-        );
+        assert_eq!(e.to_string(), "InitVariablesError 1: required setting \"token\" is missing: set it");
         let e = CollectorError::invalid("page_size", "an integer from 1 to 1000", "\"abc\"");
         assert_eq!(e.id, INVALID_SETTING);
         assert!(e.message.contains("page_size") && e.message.contains("\"abc\""));

@@ -28,12 +28,7 @@ impl HttpRequest {
     /// The URL with any Devo token in the path replaced: the only form of a
     /// URL that may appear in a log or an error.
     pub fn redacted_url(&self) -> String {
-        format!(
-            "{}://{}{}",
-            self.scheme.as_str(),
-            self.authority,
-            redact_path(&self.path)
-        )
+        format!("{}://{}{}", self.scheme.as_str(), self.authority, redact_path(&self.path))
     }
 }
 
@@ -52,13 +47,7 @@ impl fmt::Debug for HttpRequest {
 /// Replaces the value of a `token!...` path segment (Devo's URL form).
 pub fn redact_path(path: &str) -> String {
     path.split('/')
-        .map(|seg| {
-            if seg.starts_with("token!") {
-                "token!<redacted>"
-            } else {
-                seg
-            }
-        })
+        .map(|seg| if seg.starts_with("token!") { "token!<redacted>" } else { seg })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -72,10 +61,7 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The start of the body as text, for error messages: error bodies are
@@ -104,9 +90,7 @@ pub enum HttpFailure {
 impl fmt::Display for HttpFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HttpFailure::Denied => {
-                f.write_str("the host refused the request (destination not allowed)")
-            }
+            HttpFailure::Denied => f.write_str("the host refused the request (destination not allowed)"),
             HttpFailure::Timeout => f.write_str("the request timed out"),
             HttpFailure::Transport(detail) => write!(f, "transport error: {detail}"),
         }
@@ -128,13 +112,7 @@ mod tests {
             body: b"x".to_vec(),
         };
         let shown = format!("{req:?}");
-        assert!(
-            !shown.contains("S3CR3T") && !shown.contains("OPTOKEN"),
-            "{shown}"
-        );
-        assert_eq!(
-            req.redacted_url(),
-            "https://http-us.devo.io/stream/acme/token!<redacted>/host/my.tag"
-        );
+        assert!(!shown.contains("S3CR3T") && !shown.contains("OPTOKEN"), "{shown}");
+        assert_eq!(req.redacted_url(), "https://http-us.devo.io/stream/acme/token!<redacted>/host/my.tag");
     }
 }

@@ -5,16 +5,23 @@
 //! and writes to perform. It builds and is tested natively. `component` is
 //! the thin wasm32 adapter from the WIT imports to that core.
 
+pub mod account;
+pub mod backoff;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod devo;
 pub mod endpoint;
 pub mod error;
 pub mod http;
+pub mod obfuscate;
 pub mod onepassword;
 pub mod report;
 pub mod secret;
 pub mod service;
+#[cfg(test)]
+mod sim;
+pub mod state;
 pub mod tick;
 
 #[cfg(target_arch = "wasm32")]

@@ -35,16 +35,10 @@ pub fn page_request(config: &Config, service: Service, start: &PageStart) -> Htt
         authority: config.base_url.authority.clone(),
         path: config.base_url.path(&service.path(config.api_version)),
         headers: vec![
-            (
-                "authorization".into(),
-                format!("Bearer {}", config.token.expose()),
-            ),
+            ("authorization".into(), format!("Bearer {}", config.token.expose())),
             ("content-type".into(), "application/json".into()),
             ("accept".into(), "application/json".into()),
-            (
-                "user-agent".into(),
-                concat!("onepassword-collector/", env!("CARGO_PKG_VERSION")).into(),
-            ),
+            ("user-agent".into(), concat!("onepassword-collector/", env!("CARGO_PKG_VERSION")).into()),
         ],
         body: serde_json::to_vec(&body).expect("a JSON value always serialises"),
     }
@@ -68,17 +62,35 @@ struct PageBody {
 }
 
 /// The fields the collector itself reads from an event; all else is passed on untouched.
-#[derive(Deserialize)]
-struct EventMeta {
-    timestamp: Option<String>,
+#[derive(Default, Deserialize)]
+pub struct EventMeta {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
 }
 
-/// The event's `timestamp` if it is a valid RFC 3339 time.
-pub fn event_time(item: &RawValue) -> Option<(DateTime<Utc>, String)> {
-    let meta: EventMeta = serde_json::from_str(item.get()).ok()?;
-    let raw = meta.timestamp?;
-    let t = DateTime::parse_from_rfc3339(&raw).ok()?.with_timezone(&Utc);
-    Some((t, raw))
+impl EventMeta {
+    pub fn of(item: &RawValue) -> EventMeta {
+        serde_json::from_str(item.get()).unwrap_or_default()
+    }
+
+    /// The `timestamp` if it is a valid RFC 3339 time, with its raw text.
+    pub fn time(&self) -> Option<(DateTime<Utc>, String)> {
+        let raw = self.timestamp.as_ref()?;
+        let t = DateTime::parse_from_rfc3339(raw).ok()?.with_timezone(&Utc);
+        Some((t, raw.clone()))
+    }
+}
+
+impl PageStart {
+    /// A stable name of the page this start reads, to recognise a repeat.
+    pub fn id(&self) -> String {
+        match self {
+            PageStart::From(t) => format!("time:{}", t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            PageStart::Cursor(c) => format!("cursor:{c}"),
+        }
+    }
 }
 
 /// Turns an answer of the events endpoint into a page or an error that says
@@ -98,11 +110,7 @@ pub fn parse_page(service: Service, response: &HttpResponse) -> Result<Page, Col
             ),
         )
     })?;
-    Ok(Page {
-        items: body.items.unwrap_or_default(),
-        cursor: body.cursor,
-        has_more: body.has_more,
-    })
+    Ok(Page { items: body.items.unwrap_or_default(), cursor: body.cursor, has_more: body.has_more })
 }
 
 fn status_error(service: Service, response: &HttpResponse) -> CollectorError {
@@ -123,10 +131,7 @@ fn status_error(service: Service, response: &HttpResponse) -> CollectorError {
     CollectorError::new(
         ErrorKind::PullError,
         u32::from(status),
-        format!(
-            "1Password answered {service} with HTTP {status} ({advice}); body: {}",
-            response.body_excerpt()
-        ),
+        format!("1Password answered {service} with HTTP {status} ({advice}); body: {}", response.body_excerpt()),
     )
 }
 
@@ -147,11 +152,7 @@ mod tests {
     use crate::config::tests::{load, minimal};
 
     fn response(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        }
+        HttpResponse { status, headers: vec![], body: body.as_bytes().to_vec() }
     }
 
     #[test]
@@ -160,27 +161,16 @@ mod tests {
         m.insert("page_size", "250".into());
         m.insert("api_version", "v1".into());
         let c = load(&m).unwrap();
-        let t = DateTime::parse_from_rfc3339("2026-03-01T10:00:00+02:00")
-            .unwrap()
-            .with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-03-01T10:00:00+02:00").unwrap().with_timezone(&Utc);
         let req = page_request(&c, Service::Audit, &PageStart::From(t));
         assert_eq!(req.method, Method::Post);
         assert_eq!(req.authority, "events.1password.com");
         assert_eq!(req.path, "/api/v1/auditevents");
         let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
-        assert_eq!(
-            body,
-            serde_json::json!({"limit": 250, "start_time": "2026-03-01T08:00:00Z"})
-        );
-        assert!(req
-            .headers
-            .contains(&("authorization".into(), "Bearer op-secret-token".into())));
+        assert_eq!(body, serde_json::json!({"limit": 250, "start_time": "2026-03-01T08:00:00Z"}));
+        assert!(req.headers.contains(&("authorization".into(), "Bearer op-secret-token".into())));
 
-        let req = page_request(
-            &c,
-            Service::SignInAttempts,
-            &PageStart::Cursor("CUR".into()),
-        );
+        let req = page_request(&c, Service::SignInAttempts, &PageStart::Cursor("CUR".into()));
         assert_eq!(req.path, "/api/v1/signinattempts");
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&req.body).unwrap(),
@@ -198,38 +188,22 @@ mod tests {
         );
         assert_eq!(page.cursor, "C2");
         assert!(page.has_more);
-        let (t, raw) = event_time(&page.items[0]).unwrap();
+        let (t, raw) = EventMeta::of(&page.items[0]).time().unwrap();
         assert_eq!(raw, "2020-06-11T16:32:50-03:00");
         assert_eq!(t.to_rfc3339(), "2020-06-11T19:32:50+00:00");
-        let empty = parse_page(
-            Service::Audit,
-            &response(200, r#"{"cursor":"C3","has_more":false}"#),
-        )
-        .unwrap();
+        let empty = parse_page(Service::Audit, &response(200, r#"{"cursor":"C3","has_more":false}"#)).unwrap();
         assert!(empty.items.is_empty() && !empty.has_more);
+        assert_eq!(EventMeta::of(&page.items[0]).uuid.as_deref(), Some("A"));
+        assert_eq!(PageStart::Cursor("C".into()).id(), "cursor:C");
     }
 
     #[test]
     fn statuses_and_bodies_map_to_ids_with_advice() {
-        let e = parse_page(
-            Service::ItemUsage,
-            &response(401, r#"{"Error":{"Message":"Unauthorized"}}"#),
-        )
-        .unwrap_err();
+        let e = parse_page(Service::ItemUsage, &response(401, r#"{"Error":{"Message":"Unauthorized"}}"#)).unwrap_err();
         assert_eq!(e.id, 401);
         assert!(e.message.contains("itemusages") && e.message.contains("Unauthorized"));
-        assert_eq!(
-            parse_page(Service::Audit, &response(429, ""))
-                .unwrap_err()
-                .id,
-            429
-        );
-        assert_eq!(
-            parse_page(Service::Audit, &response(503, ""))
-                .unwrap_err()
-                .id,
-            503
-        );
+        assert_eq!(parse_page(Service::Audit, &response(429, "")).unwrap_err().id, 429);
+        assert_eq!(parse_page(Service::Audit, &response(503, "")).unwrap_err().id, 503);
         for bad in ["not json", r#"{"items":[1,2"#, r#"{"items":[]}"#] {
             let e = parse_page(Service::Audit, &response(200, bad)).unwrap_err();
             assert_eq!(e.id, ONEPASSWORD_BAD_BODY, "{bad}");

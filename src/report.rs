@@ -13,6 +13,10 @@ pub enum Outcome {
     Idle,
     /// A step failed; the checkpoint did not move past undelivered events.
     Failed,
+    /// Not attempted this tick, by design: the request budget is spent,
+    /// 1Password asked us to back off, or another instance holds the
+    /// service's lease. `deferred_until` says when it can go on.
+    Deferred,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -21,11 +25,24 @@ pub struct ServiceReport {
     pub outcome: Outcome,
     pub fetched: u32,
     pub sent: u32,
+    /// Of `sent`, events whose delivery could not be recorded (the state
+    /// write after Devo's answer failed): the next tick sends them again.
+    pub unconfirmed: u32,
+    /// Pages fetched in this tick.
+    pub pages: u32,
+    /// Bytes sent to Devo in this tick (after compression).
+    pub bytes_sent: u64,
     pub has_more: bool,
     /// Timestamp of the newest event delivered so far, as 1Password wrote it.
     pub checkpoint: Option<String>,
     pub total_sent: u64,
+    /// Seconds between the tick and the newest delivered event: how far
+    /// behind the service is.
+    pub lag_seconds: Option<u64>,
     pub elapsed_ms: u64,
+    /// Why and until when a deferred service waits.
+    pub deferred_until: Option<String>,
+    pub deferred_reason: Option<String>,
     pub error: Option<CollectorError>,
 }
 
@@ -34,6 +51,9 @@ pub struct TickReport {
     pub started_at: String,
     pub elapsed_ms: u64,
     pub services: Vec<ServiceReport>,
+    /// Things to fix before they become errors (token expiring, start time
+    /// clamped to 1Password's retention, ...).
+    pub warnings: Vec<String>,
 }
 
 impl TickReport {

@@ -80,10 +80,7 @@ impl fmt::Display for Service {
 impl FromStr for Service {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Service::ALL
-            .into_iter()
-            .find(|svc| svc.name() == s)
-            .ok_or(())
+        Service::ALL.into_iter().find(|svc| svc.name() == s).ok_or(())
     }
 }
 
@@ -125,18 +122,9 @@ mod tests {
             assert_eq!(svc.name().parse::<Service>(), Ok(svc));
         }
         assert_eq!("auditevents".parse::<Service>(), Err(()));
-        assert_eq!(
-            Service::ItemUsage.path(ApiVersion::V1),
-            "/api/v1/itemusages"
-        );
-        assert_eq!(
-            Service::SignInAttempts.path(ApiVersion::V2),
-            "/api/v2/signinattempts"
-        );
+        assert_eq!(Service::ItemUsage.path(ApiVersion::V1), "/api/v1/itemusages");
+        assert_eq!(Service::SignInAttempts.path(ApiVersion::V2), "/api/v2/signinattempts");
         assert_eq!(ApiVersion::V1.introspect_path(), "/api/auth/introspect");
-        assert_eq!(
-            Service::SignInAttempts.default_tag(),
-            "auth.agilebits.onepassword.signinattempt"
-        );
+        assert_eq!(Service::SignInAttempts.default_tag(), "auth.agilebits.onepassword.signinattempt");
     }
 }

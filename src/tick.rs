@@ -2,32 +2,47 @@
 //! adapter, or a test) asks [`Tick::poll`] what to do, does it, and hands
 //! the result back with [`Tick::handle`], together with the current time.
 //!
-//! Per enabled service, in order: load the checkpoint, fetch one page, send
-//! it to Devo in batches, and only when every batch was accepted store the
-//! new checkpoint. A failure at any step ends that service's part of the
-//! tick with the checkpoint where it was (so the next tick repeats the page)
-//! and the next service carries on.
+//! A tick first learns the token's account and scopes (introspection,
+//! cached) and whether the account is backing off after a 429. Then, per
+//! enabled service: take the service's lease (compare-and-swap on its state
+//! record), spend one request of the account's budget, fetch a page, send it
+//! to Devo in batches (recording progress between batches so a repeat does
+//! not resend them), and only when every batch was accepted write the new
+//! checkpoint — in the same swap that renews or releases the lease. Up to
+//! `max_pages_per_tick` pages while the tick deadline allows. A failure ends
+//! that service's part with its checkpoint unchanged (and a back-off where
+//! retrying at once would not help); the next service carries on.
 
-use crate::checkpoint::{Checkpoint, SCHEMA_VERSION};
-use crate::config::{Config, DEFAULT_LOOKBACK};
+use crate::account::{self, AccountInfo};
+use crate::backoff::Backoff;
+use crate::budget::{BudgetRecord, Refusal};
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, DEFAULT_LOOKBACK, RETENTION};
 use crate::devo::{self, Batch};
-use crate::error::CollectorError;
+use crate::error::{CollectorError, ErrorKind, LEASE_LOST, SCOPE_MISSING};
 use crate::http::{HttpFailure, HttpRequest, HttpResponse};
-use crate::onepassword::{self, PageStart};
+use crate::onepassword::{self, EventMeta, PageStart};
 use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::service::Service;
-use chrono::{DateTime, SecondsFormat, Utc};
-use std::collections::VecDeque;
+use crate::state::{Lease, Partial, ServiceState, StoredError};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use std::collections::{HashSet, VecDeque};
 
 /// What the driver must do next.
 #[derive(Debug)]
 pub enum Action {
     /// Read `key` from the key-value bucket; answer with [`Input::Loaded`].
     Load { key: String },
-    /// Perform the request; answer with [`Input::Response`].
-    Send { request: HttpRequest },
     /// Write `value` under `key`; answer with [`Input::Stored`].
     Store { key: String, value: Vec<u8> },
+    /// Start a compare-and-swap on `key` and read its current value;
+    /// answer with [`Input::Loaded`].
+    Watch { key: String },
+    /// Write `value` to the key of the last `Watch`, only if it still holds
+    /// what was read; answer with [`Input::Swapped`].
+    Swap { value: Vec<u8> },
+    /// Perform the request; answer with [`Input::Response`].
+    Send { request: HttpRequest },
     /// The tick is over.
     Done(TickReport),
 }
@@ -37,64 +52,143 @@ pub enum Action {
 #[derive(Debug)]
 pub enum Input {
     Loaded(Result<Option<Vec<u8>>, String>),
-    Response(Result<HttpResponse, HttpFailure>),
     Stored(Result<(), String>),
+    /// `Ok(false)`: the value changed since the `Watch`; nothing was written.
+    Swapped(Result<bool, String>),
+    Response(Result<HttpResponse, HttpFailure>),
 }
+
+/// How often a compare-and-swap is retried when others keep changing the value.
+const MAX_SWAP_ATTEMPTS: u32 = 20;
 
 pub struct Tick {
     config: Config,
+    /// Names this tick as a lease holder.
+    me: String,
+    entropy: u64,
     started_at: DateTime<Utc>,
     now: DateTime<Utc>,
+    account: Option<AccountInfo>,
+    budget_key: String,
+    step: Step,
     queue: VecDeque<Service>,
     run: Option<ServiceRun>,
     reports: Vec<ServiceReport>,
+    warnings: Vec<String>,
 }
 
+/// One service's part of the tick.
 struct ServiceRun {
     service: Service,
     started_at: DateTime<Utc>,
-    phase: Phase,
-    previous: Option<Checkpoint>,
+    /// The state record as last read or written by us.
+    state: ServiceState,
+    start: Option<PageStart>,
     fetched: u32,
     sent: u32,
+    /// Of `sent`, events whose delivery is recorded in the store.
+    confirmed: u32,
+    pages: u32,
+    bytes_sent: u64,
     has_more: bool,
+    /// Uuids of the current page Devo took so far (including an earlier
+    /// tick's, from `partial`).
+    delivered: Vec<String>,
+    /// The checkpoint to commit once the current page is delivered.
+    next: Option<Checkpoint>,
+    batches: VecDeque<(Batch, Vec<String>)>,
+    /// Until when and why this service waits (budget, back-off, lease).
+    deferred: Option<(DateTime<Utc>, String)>,
+    /// `bytes_sent` already added to the stored statistics.
+    bytes_counted: u64,
 }
 
-enum Phase {
-    Load,
-    AwaitLoad,
-    Fetch(PageStart),
+/// A compare-and-swap the tick performs, and what follows it.
+#[derive(Clone, Debug)]
+enum Update {
+    TakeLease,
+    SpendBudget,
+    /// 1Password answered 429: every service of the account waits.
+    AccountBackoff {
+        retry_after: Option<String>,
+        error: CollectorError,
+    },
+    /// Some batches of the page were accepted; remember which.
+    Progress,
+    /// The page is delivered: move the checkpoint.
+    Commit,
+    /// End the service's part: release the lease, record the error (and a
+    /// back-off when `backoff`), optionally forget a refused cursor.
+    Release {
+        ending: Ending,
+        backoff: bool,
+        forget_cursor: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Ending {
+    outcome: Outcome,
+    error: Option<CollectorError>,
+}
+
+enum Step {
+    LoadAccount,
+    AwaitAccount,
+    Introspect { cached: Option<AccountInfo> },
+    AwaitIntrospect { cached: Option<AccountInfo> },
+    StoreAccount(AccountInfo),
+    AwaitStoreAccount,
+    LoadGate,
+    AwaitGate,
+    NextService,
+    Watch(Update, u32),
+    AwaitCurrent(Update, u32),
+    Swap(Update, u32, Vec<u8>),
+    AwaitSwap(Update, u32),
+    Fetch,
     AwaitPage,
-    /// Batches still to send, and the checkpoint to store once all are taken.
-    Deliver {
-        batches: VecDeque<Batch>,
-        next: Checkpoint,
-    },
-    AwaitDevo {
-        batch_events: u32,
-        batches: VecDeque<Batch>,
-        next: Checkpoint,
-    },
-    Store(Checkpoint),
-    AwaitStore {
-        next: Checkpoint,
-    },
-    Finished {
-        outcome: Outcome,
-        error: Option<CollectorError>,
-        checkpoint: Option<Checkpoint>,
-    },
+    Deliver,
+    AwaitDevo,
+    Finish(Ending),
+}
+
+/// What a compare-and-swap decided after reading the current value.
+enum Decision {
+    Write(Vec<u8>),
+    Skip(Step),
 }
 
 impl Tick {
-    pub fn new(config: Config, now: DateTime<Utc>) -> Tick {
+    /// `entropy` is any random number (lease identity, back-off jitter).
+    pub fn new(config: Config, now: DateTime<Utc>, entropy: u64) -> Tick {
+        let mut warnings = Vec::new();
+        if let Some(claims) = account::token_claims(&config.token) {
+            warnings.extend(account::expiry_warning(&claims, now));
+        }
+        if config.start_time.is_some_and(|t| t < now - RETENTION) {
+            warnings.push(format!(
+                "start_time_value is older than the {} days 1Password keeps; collection starts at the oldest available events",
+                RETENTION.num_days()
+            ));
+        }
+        // Start at a different service each tick, so that when the budget
+        // only allows some of them, none is starved.
+        let mut queue: VecDeque<Service> = config.services.iter().copied().collect();
+        queue.rotate_left((entropy % queue.len().max(1) as u64) as usize);
         Tick {
-            queue: config.services.iter().copied().collect(),
+            queue,
+            budget_key: String::new(),
             config,
+            me: format!("{entropy:016x}"),
+            entropy,
             started_at: now,
             now,
+            account: None,
+            step: Step::LoadAccount,
             run: None,
             reports: Vec::new(),
+            warnings,
         }
     }
 
@@ -102,78 +196,60 @@ impl Tick {
     /// [`Tick::handle`] before `poll` is called again.
     pub fn poll(&mut self) -> Action {
         loop {
-            let Some(run) = self.run.as_mut() else {
-                match self.queue.pop_front() {
-                    Some(service) => {
-                        self.run = Some(ServiceRun {
-                            service,
-                            started_at: self.now,
-                            phase: Phase::Load,
-                            previous: None,
-                            fetched: 0,
-                            sent: 0,
-                            has_more: false,
-                        });
-                        continue;
-                    }
+            match std::mem::replace(&mut self.step, Step::NextService) {
+                Step::LoadAccount => {
+                    self.step = Step::AwaitAccount;
+                    return Action::Load { key: account::cache_key(&self.config.token) };
+                }
+                Step::Introspect { cached } => {
+                    self.step = Step::AwaitIntrospect { cached };
+                    return Action::Send { request: account::introspect_request(&self.config) };
+                }
+                Step::StoreAccount(info) => {
+                    self.step = Step::AwaitStoreAccount;
+                    let value = serde_json::to_vec(&info).expect("account info serialises");
+                    return Action::Store { key: account::cache_key(&self.config.token), value };
+                }
+                Step::LoadGate => {
+                    self.budget_key =
+                        BudgetRecord::key(&account::budget_account(self.account.as_ref(), &self.config.token));
+                    self.step = Step::AwaitGate;
+                    return Action::Load { key: self.budget_key.clone() };
+                }
+                Step::NextService => match self.queue.pop_front() {
                     None => return Action::Done(self.report()),
-                }
-            };
-            let service = run.service;
-            match std::mem::replace(&mut run.phase, Phase::AwaitLoad) {
-                Phase::Load => {
-                    run.phase = Phase::AwaitLoad;
-                    return Action::Load {
-                        key: Checkpoint::key(service),
-                    };
-                }
-                Phase::Fetch(start) => {
-                    run.phase = Phase::AwaitPage;
-                    return Action::Send {
-                        request: onepassword::page_request(&self.config, service, &start),
-                    };
-                }
-                Phase::Deliver { mut batches, next } => match batches.pop_front() {
-                    Some(batch) => {
-                        run.phase = Phase::AwaitDevo {
-                            batch_events: batch.events,
-                            batches,
-                            next,
-                        };
-                        return Action::Send {
-                            request: devo::stream_request(&self.config, service, batch.body),
-                        };
-                    }
-                    None => run.phase = Phase::Store(next),
+                    Some(service) => self.begin(service),
                 },
-                Phase::Store(next) => {
-                    let value = next.encode();
-                    run.phase = Phase::AwaitStore { next };
-                    return Action::Store {
-                        key: Checkpoint::key(service),
-                        value,
-                    };
+                Step::Watch(update, attempt) => {
+                    let key = self.update_key(&update);
+                    self.step = Step::AwaitCurrent(update, attempt);
+                    return Action::Watch { key };
                 }
-                Phase::Finished {
-                    outcome,
-                    error,
-                    checkpoint,
-                } => {
-                    let checkpoint = checkpoint.or_else(|| run.previous.clone());
-                    let elapsed = elapsed_ms(run.started_at, self.now);
-                    self.reports.push(ServiceReport {
-                        service: service.name().to_string(),
-                        outcome,
-                        fetched: run.fetched,
-                        sent: run.sent,
-                        has_more: run.has_more,
-                        checkpoint: checkpoint.as_ref().and_then(|c| c.newest_event.clone()),
-                        total_sent: checkpoint.as_ref().map_or(0, |c| c.total_sent),
-                        elapsed_ms: elapsed,
-                        error,
-                    });
-                    self.run = None;
+                Step::Swap(update, attempt, value) => {
+                    self.step = Step::AwaitSwap(update, attempt);
+                    return Action::Swap { value };
                 }
+                Step::Fetch => {
+                    let run = self.run.as_mut().expect("a service is running");
+                    let start = page_start(&self.config, &run.state, self.now);
+                    let request = onepassword::page_request(&self.config, run.service, &start);
+                    run.start = Some(start);
+                    self.step = Step::AwaitPage;
+                    return Action::Send { request };
+                }
+                Step::Deliver => {
+                    let run = self.run.as_mut().expect("a service is running");
+                    match run.batches.front() {
+                        Some((batch, _)) => {
+                            let request = devo::stream_request(&self.config, run.service, batch.body.clone());
+                            run.bytes_sent += request.body.len() as u64;
+                            self.step = Step::AwaitDevo;
+                            return Action::Send { request };
+                        }
+                        None => self.step = Step::Watch(Update::Commit, 0),
+                    }
+                }
+                Step::Finish(ending) => self.finish(ending),
                 awaiting => panic!("Tick::poll called while {} awaits input", awaiting.name()),
             }
         }
@@ -182,132 +258,500 @@ impl Tick {
     /// Feeds the result of the last action, with the time it arrived.
     pub fn handle(&mut self, input: Input, now: DateTime<Utc>) {
         self.now = now;
-        let config = &self.config;
-        let run = self
-            .run
-            .as_mut()
-            .expect("Tick::handle called with no action outstanding");
-        let service = run.service;
-        let phase = std::mem::replace(&mut run.phase, Phase::AwaitLoad);
-        run.phase = match (phase, input) {
-            (Phase::AwaitLoad, Input::Loaded(Err(detail))) => {
-                failed(CollectorError::persistence("get", &detail))
+        let step = std::mem::replace(&mut self.step, Step::NextService);
+        self.step = match (step, input) {
+            (Step::AwaitAccount, Input::Loaded(result)) => {
+                let cached: Option<AccountInfo> =
+                    result.ok().flatten().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                match cached {
+                    Some(info) if info.fresh(now) => {
+                        self.account = Some(info);
+                        Step::LoadGate
+                    }
+                    cached => Step::Introspect { cached },
+                }
             }
-            (Phase::AwaitLoad, Input::Loaded(Ok(stored))) => {
-                match stored
-                    .map(|bytes| Checkpoint::decode(service, &bytes))
-                    .transpose()
-                {
-                    Err(e) => failed(e),
-                    Ok(previous) => {
-                        run.previous = previous;
-                        Phase::Fetch(page_start(config, run.previous.as_ref(), now))
+            (Step::AwaitIntrospect { cached }, Input::Response(result)) => {
+                match result.map(|r| account::parse_introspection(&r, now)) {
+                    Ok(Ok(info)) => {
+                        self.account = Some(info.clone());
+                        Step::StoreAccount(info)
+                    }
+                    Ok(Err(e)) if e.id == 401 => {
+                        // The token itself is refused: no service can be read.
+                        self.fail_all(e);
+                        Step::NextService
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(failure) => failure.to_string(),
+                            Ok(Ok(_)) => unreachable!(),
+                        };
+                        self.warnings.push(format!("token introspection failed ({why}); using what is known"));
+                        self.account = cached;
+                        Step::LoadGate
                     }
                 }
             }
-            (Phase::AwaitPage, Input::Response(Err(failure))) => {
-                failed(onepassword::transport_error(service, &failure))
+            (Step::AwaitStoreAccount, Input::Stored(result)) => {
+                if let Err(e) = result {
+                    self.warnings.push(format!("could not cache the token introspection ({e})"));
+                }
+                Step::LoadGate
             }
-            (Phase::AwaitPage, Input::Response(Ok(response))) => {
-                match onepassword::parse_page(service, &response) {
-                    Err(e) => failed(e),
-                    Ok(page) => {
-                        run.fetched = page.items.len() as u32;
-                        run.has_more = page.has_more;
-                        let next = next_checkpoint(config, run.previous.as_ref(), &page, now);
-                        if page.items.is_empty() {
-                            if run
-                                .previous
-                                .as_ref()
-                                .is_some_and(|p| p.cursor == next.cursor)
-                            {
-                                Phase::Finished {
-                                    outcome: Outcome::Idle,
-                                    error: None,
-                                    checkpoint: None,
-                                }
-                            } else {
-                                Phase::Store(next)
-                            }
-                        } else {
-                            let lines: Vec<_> = page
-                                .items
-                                .iter()
-                                .map(|item| devo::event_line(item.get()))
-                                .collect();
-                            let batches = devo::batches(
-                                lines.iter().map(|l| l.as_ref()),
-                                config.devo_max_batch_bytes,
-                            );
-                            Phase::Deliver {
-                                batches: batches.into(),
-                                next,
-                            }
+            (Step::AwaitGate, Input::Loaded(result)) => {
+                match result {
+                    Err(detail) => self.fail_all(CollectorError::persistence("get", &detail)),
+                    Ok(bytes) => {
+                        let budget = BudgetRecord::decode(bytes.as_deref());
+                        if let Err(refusal @ Refusal::RateLimited { .. }) = budget.check(now, self.config.ceilings) {
+                            self.defer_all(&refusal);
                         }
                     }
                 }
+                Step::NextService
             }
-            (Phase::AwaitDevo { .. }, Input::Response(Err(failure))) => {
-                failed(devo::transport_error(service, &failure))
-            }
-            (
-                Phase::AwaitDevo {
-                    batch_events,
-                    batches,
-                    next,
+            (Step::AwaitCurrent(update, attempt), Input::Loaded(result)) => match result {
+                Err(_) if matches!(update, Update::Commit | Update::Progress) && attempt < 3 => {
+                    Step::Watch(update, attempt + 1)
+                }
+                Err(detail) => {
+                    let mut e = CollectorError::persistence("read", &detail);
+                    if matches!(update, Update::Commit | Update::Progress) {
+                        e.message.push_str(
+                            "; Devo already took part of this page, so the next tick sends that part again (a duplicate, not a loss)",
+                        );
+                    }
+                    Step::Finish(failed(e))
+                }
+                Ok(current) => match self.decide(&update, current.as_deref()) {
+                    Decision::Write(value) => Step::Swap(update, attempt, value),
+                    Decision::Skip(step) => step,
                 },
-                Input::Response(Ok(response)),
-            ) => match devo::check_response(service, config.tag(service), &response) {
-                Err(e) => failed(e),
-                Ok(()) => {
-                    run.sent += batch_events;
-                    Phase::Deliver { batches, next }
-                }
             },
-            (Phase::AwaitStore { .. }, Input::Stored(Err(detail))) => {
-                let mut e = CollectorError::persistence("set", &detail);
-                if run.sent > 0 {
-                    e.message.push_str(
-                        "; Devo already took this page, so the next tick sends it again (a duplicate, not a loss)",
-                    );
+            (Step::AwaitSwap(update, attempt), Input::Swapped(result)) => match result {
+                // A delivery that is not recorded will be sent again: worth
+                // a few more tries of a store that failed once.
+                Err(_) if matches!(update, Update::Commit | Update::Progress) && attempt < 3 => {
+                    Step::Watch(update, attempt + 1)
                 }
-                failed(e)
-            }
-            (Phase::AwaitStore { next }, Input::Stored(Ok(()))) => {
-                let outcome = if run.sent > 0 {
-                    Outcome::Delivered
-                } else {
-                    Outcome::Idle
-                };
-                Phase::Finished {
-                    outcome,
-                    error: None,
-                    checkpoint: Some(next),
+                Err(detail) => {
+                    let mut e = CollectorError::persistence("compare-and-swap", &detail);
+                    if matches!(update, Update::Commit) {
+                        e.message.push_str(
+                            "; Devo already took this page, so the next tick sends it again (a duplicate, not a loss)",
+                        );
+                    }
+                    Step::Finish(failed(e))
                 }
-            }
-            (phase, input) => panic!(
-                "Tick::handle got {} while {} was expected",
-                input.name(),
-                phase.name()
-            ),
+                Ok(true) => self.after_write(update),
+                Ok(false) if attempt + 1 < MAX_SWAP_ATTEMPTS => Step::Watch(update, attempt + 1),
+                Ok(false) => Step::Finish(failed(CollectorError::persistence(
+                    "compare-and-swap",
+                    "the value kept changing under concurrent writers",
+                ))),
+            },
+            (Step::AwaitPage, Input::Response(result)) => self.on_page(result),
+            (Step::AwaitDevo, Input::Response(result)) => self.on_devo(result),
+            (step, input) => panic!("Tick::handle got {} while {} was expected", input.name(), step.name()),
         };
     }
 
+    fn begin(&mut self, service: Service) {
+        if let Some(features) =
+            self.account.as_ref().and_then(|a| a.features.as_ref()).or(self.claimed_features().as_ref())
+        {
+            if !features.iter().any(|f| f == service.feature()) {
+                self.run = Some(ServiceRun::new(service, self.now));
+                let e = CollectorError::new(
+                    ErrorKind::TokenScopeError,
+                    SCOPE_MISSING,
+                    format!(
+                        "the 1Password token is not scoped to read {service} (its features: {}); issue a token with \"{}\" or remove {service} from services",
+                        if features.is_empty() { "none".to_string() } else { features.join(", ") },
+                        service.feature()
+                    ),
+                );
+                self.step = Step::Finish(failed(e));
+                return;
+            }
+        }
+        self.run = Some(ServiceRun::new(service, self.now));
+        self.step = Step::Watch(Update::TakeLease, 0);
+    }
+
+    fn claimed_features(&self) -> Option<Vec<String>> {
+        account::token_claims(&self.config.token).and_then(|c| c.features)
+    }
+
+    fn update_key(&self, update: &Update) -> String {
+        match update {
+            Update::SpendBudget | Update::AccountBackoff { .. } => self.budget_key.clone(),
+            _ => ServiceState::key(self.run.as_ref().expect("a service is running").service),
+        }
+    }
+
+    fn lease(&self) -> Lease {
+        let ttl = self.config.tick_deadline + TimeDelta::milliseconds(4 * self.config.request_timeout_ms as i64);
+        Lease { holder: self.me.clone(), expires: self.now + ttl }
+    }
+
+    /// Reads the current value of a compare-and-swap and decides the write.
+    fn decide(&mut self, update: &Update, current: Option<&[u8]>) -> Decision {
+        let now = self.now;
+        if let Update::SpendBudget | Update::AccountBackoff { .. } = update {
+            let budget = BudgetRecord::decode(current);
+            return match update {
+                Update::SpendBudget => match budget.spend(now, self.config.ceilings) {
+                    Ok(next) => Decision::Write(next.encode()),
+                    Err(refusal) => {
+                        let run = self.run.as_mut().expect("a service is running");
+                        run.deferred = Some((refusal.until(), refusal.describe()));
+                        // Nothing more this tick; a page delivered earlier in
+                        // the tick still counts.
+                        let outcome = if run.sent > 0 { Outcome::Delivered } else { Outcome::Deferred };
+                        Decision::Skip(Step::Watch(
+                            Update::Release {
+                                ending: Ending { outcome, error: None },
+                                backoff: false,
+                                forget_cursor: false,
+                            },
+                            0,
+                        ))
+                    }
+                },
+                Update::AccountBackoff { retry_after, .. } => {
+                    let mut next = budget;
+                    let backoff = Backoff::after_failure(
+                        next.backoff.as_ref(),
+                        now,
+                        retry_after.as_deref(),
+                        self.entropy ^ nanos(now),
+                    );
+                    next.backoff = Some(backoff);
+                    Decision::Write(next.encode())
+                }
+                _ => unreachable!(),
+            };
+        }
+        let lease = self.lease();
+        let entropy = self.entropy ^ nanos(now);
+        let me = self.me.clone();
+        let run = self.run.as_mut().expect("a service is running");
+        let service = run.service;
+        let mut state = match current.map(|b| ServiceState::decode(service, b)).transpose() {
+            Err(e) => return Decision::Skip(Step::Finish(failed(e))),
+            Ok(state) => state.unwrap_or_else(|| ServiceState::new(now)),
+        };
+        match update {
+            Update::TakeLease => {
+                if state.leased_to_other(&me, now) {
+                    let until = state.lease.as_ref().map_or(now, |l| l.expires);
+                    run.deferred = Some((until, "another instance is collecting this service".into()));
+                    return Decision::Skip(Step::Finish(Ending { outcome: Outcome::Deferred, error: None }));
+                }
+                if let Some(b) = state.backoff.as_ref().filter(|b| b.until > now) {
+                    let reason = format!("backing off after {} consecutive failure(s)", b.attempts);
+                    run.deferred = Some((b.until, reason));
+                    run.state = state;
+                    return Decision::Skip(Step::Finish(Ending { outcome: Outcome::Deferred, error: None }));
+                }
+                if state.initial_start.is_none() {
+                    state.initial_start = Some(now - DEFAULT_LOOKBACK);
+                }
+                state.lease = Some(lease);
+            }
+            Update::Progress | Update::Commit => {
+                if !state.holds_lease(&me) {
+                    return Decision::Skip(Step::Finish(failed(CollectorError::new(
+                        ErrorKind::PrePullError,
+                        LEASE_LOST,
+                        format!(
+                            "another instance took over {service} while this tick was delivering (its lease expired: raise tick_deadline_ms or request_timeout_ms if ticks are slow); this page will be completed by the next tick"
+                        ),
+                    ))));
+                }
+                if let Update::Progress = update {
+                    state.partial = Some(Partial {
+                        page: run.start.as_ref().expect("a page was requested").id(),
+                        delivered: run.delivered.clone(),
+                    });
+                    state.lease = Some(lease);
+                } else {
+                    state.checkpoint = run.next.clone();
+                    state.partial = None;
+                    state.backoff = None;
+                    state.stats.last_success_at = Some(now);
+                    state.stats.pages += 1;
+                    state.stats.bytes_sent += run.bytes_sent - run.bytes_counted;
+                    state.lease = Some(lease);
+                }
+            }
+            Update::Release { ending, backoff, forget_cursor } => {
+                if state.leased_to_other(&me, now) {
+                    // Someone else holds it now: leave their record alone.
+                    return Decision::Skip(Step::Finish(ending.clone()));
+                }
+                state.lease = None;
+                if let Some(e) = &ending.error {
+                    state.stats.last_error = Some(StoredError { id: e.id, message: e.message.clone(), at: now });
+                }
+                if *backoff {
+                    state.backoff = Some(Backoff::after_failure(state.backoff.as_ref(), now, None, entropy));
+                }
+                if *forget_cursor {
+                    if let Some(cp) = state.checkpoint.as_mut() {
+                        cp.cursor = None;
+                    }
+                }
+            }
+            Update::SpendBudget | Update::AccountBackoff { .. } => unreachable!(),
+        }
+        run.state = state.clone();
+        Decision::Write(state.encode())
+    }
+
+    /// What follows a successful write.
+    fn after_write(&mut self, update: Update) -> Step {
+        let deadline_passed = self.now - self.started_at >= self.config.tick_deadline;
+        let max_pages = self.config.max_pages_per_tick;
+        let run = self.run.as_mut().expect("a service is running");
+        match update {
+            Update::TakeLease => Step::Watch(Update::SpendBudget, 0),
+            Update::SpendBudget => Step::Fetch,
+            Update::AccountBackoff { error, .. } => {
+                Step::Watch(Update::Release { ending: failed(error), backoff: false, forget_cursor: false }, 0)
+            }
+            Update::Progress => {
+                run.batches.pop_front();
+                run.confirmed = run.sent;
+                Step::Deliver
+            }
+            Update::Commit => {
+                run.confirmed = run.sent;
+                run.bytes_counted = run.bytes_sent;
+                if run.has_more && run.pages < max_pages && !deadline_passed {
+                    Step::Watch(Update::SpendBudget, 0)
+                } else {
+                    let outcome = if run.sent > 0 { Outcome::Delivered } else { Outcome::Idle };
+                    Step::Watch(
+                        Update::Release {
+                            ending: Ending { outcome, error: None },
+                            backoff: false,
+                            forget_cursor: false,
+                        },
+                        0,
+                    )
+                }
+            }
+            Update::Release { ending, .. } => Step::Finish(ending),
+        }
+    }
+
+    fn on_page(&mut self, result: Result<HttpResponse, HttpFailure>) -> Step {
+        let config = &self.config;
+
+        let run = self.run.as_mut().expect("a service is running");
+        let service = run.service;
+        let release = |error: CollectorError, backoff: bool, forget_cursor: bool| {
+            Step::Watch(Update::Release { ending: failed(error), backoff, forget_cursor }, 0)
+        };
+        let response = match result {
+            Err(failure) => return release(onepassword::transport_error(service, &failure), true, false),
+            Ok(r) => r,
+        };
+        let page = match onepassword::parse_page(service, &response) {
+            Ok(page) => page,
+            Err(e) if response.status == 429 => {
+                let retry_after = response.header("retry-after").map(str::to_owned);
+                return Step::Watch(Update::AccountBackoff { retry_after, error: e }, 0);
+            }
+            Err(mut e) if response.status == 400 && matches!(run.start, Some(PageStart::Cursor(_))) => {
+                e.message.push_str(
+                    "; the stored cursor is dropped and the next tick reads again from the newest delivered event, skipping events already delivered",
+                );
+                return release(e, false, true);
+            }
+            Err(e) => {
+                let retry_soon = response.status >= 500 || response.status == 200;
+                return release(e, retry_soon, false);
+            }
+        };
+        run.pages += 1;
+        run.fetched += page.items.len() as u32;
+        run.has_more = page.has_more;
+        let start = run.start.clone().expect("a page was requested");
+        // Events this page may repeat: the part of it delivered before a cut,
+        // and, when re-reading from a time after a refused cursor, the
+        // events delivered last.
+        let mut skip: HashSet<&str> = HashSet::new();
+        // Whatever page this is, an event Devo already took is never sent
+        // again (the page may differ from the cut one: a refused cursor, a
+        // changed start).
+        if let Some(p) = run.state.partial.as_ref() {
+            skip.extend(p.delivered.iter().map(String::as_str));
+            run.delivered = p.delivered.clone();
+        } else {
+            run.delivered.clear();
+        }
+        // Delivered by the cut attempt but not yet in the checkpoint's count.
+        let delivered_before = run.delivered.len() as u64;
+        let previous = run.state.checkpoint.as_ref();
+        let rereading = matches!(start, PageStart::From(_))
+            && previous.is_some_and(|cp| cp.cursor.is_none() && cp.start_time_value == start_value(config));
+        if rereading {
+            skip.extend(previous.into_iter().flat_map(|cp| cp.recent_uuids.iter().map(String::as_str)));
+        }
+        let mut lines: Vec<(String, Option<String>)> = Vec::with_capacity(page.items.len());
+        let mut page_uuids = Vec::with_capacity(page.items.len());
+        let mut newest: Option<(DateTime<Utc>, String)> = None;
+        for item in &page.items {
+            let meta = EventMeta::of(item);
+            if let Some((t, raw)) = meta.time() {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, raw));
+                }
+            }
+            if let Some(uuid) = &meta.uuid {
+                page_uuids.push(uuid.clone());
+                if skip.contains(uuid.as_str()) {
+                    continue;
+                }
+            }
+            let line = devo::event_line(item.get());
+            let line = match &config.obfuscator {
+                None => line.into_owned(),
+                Some(o) => match o.apply(&line) {
+                    Ok(obfuscated) => obfuscated.into_owned(),
+                    Err(e) => {
+                        // Sending the clear value would break the user's rule: hold the page.
+                        let e = CollectorError::new(
+                            ErrorKind::PullError,
+                            crate::error::ONEPASSWORD_BAD_BODY,
+                            format!("an event of {service} could not be obfuscated ({e}); the page is held back and retried"),
+                        );
+                        return release(e, true, false);
+                    }
+                },
+            };
+            lines.push((line, meta.uuid));
+        }
+        let new_events = lines.len() as u64 + delivered_before;
+        run.next = Some(next_checkpoint(config, previous, newest, &page.cursor, page_uuids, new_events));
+        run.batches = batch_with_uuids(&lines, config);
+        Step::Deliver
+    }
+
+    fn on_devo(&mut self, result: Result<HttpResponse, HttpFailure>) -> Step {
+        let run = self.run.as_mut().expect("a service is running");
+        let service = run.service;
+        let outcome = match result {
+            Err(failure) => Err(devo::transport_error(service, &failure)),
+            Ok(response) => devo::check_response(service, self.config.tag(service), &response),
+        };
+        if let Err(e) = outcome {
+            return Step::Watch(Update::Release { ending: failed(e), backoff: true, forget_cursor: false }, 0);
+        }
+        let (batch, uuids) = run.batches.front().expect("a batch was sent");
+        run.sent += batch.events;
+        run.delivered.extend(uuids.iter().cloned());
+        if run.batches.len() > 1 {
+            Step::Watch(Update::Progress, 0)
+        } else {
+            run.batches.pop_front();
+            Step::Deliver
+        }
+    }
+
+    fn finish(&mut self, ending: Ending) {
+        let run = self.run.take().expect("a service is running");
+        let checkpoint = run.state.checkpoint.as_ref();
+        let newest = checkpoint.and_then(|c| c.newest_event.clone());
+        let lag_seconds = newest
+            .as_deref()
+            .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
+            .map(|n| (self.now - n.with_timezone(&Utc)).num_seconds().max(0) as u64);
+        let (deferred_until, deferred_reason) = match (&run.deferred, ending.outcome) {
+            (Some((until, reason)), Outcome::Deferred | Outcome::Delivered) => {
+                (Some(rfc3339(*until)), Some(reason.clone()))
+            }
+            _ => (None, None),
+        };
+        self.reports.push(ServiceReport {
+            service: run.service.name().to_string(),
+            outcome: ending.outcome,
+            fetched: run.fetched,
+            sent: run.sent,
+            unconfirmed: run.sent - run.confirmed,
+            pages: run.pages,
+            bytes_sent: run.bytes_sent,
+            has_more: run.has_more,
+            checkpoint: newest,
+            total_sent: checkpoint.map_or(0, |c| c.total_sent),
+            lag_seconds,
+            elapsed_ms: elapsed_ms(run.started_at, self.now),
+            deferred_until,
+            deferred_reason,
+            error: ending.error,
+        });
+        self.step = Step::NextService;
+    }
+
+    /// Reports every remaining service with the same error (a refused token).
+    fn fail_all(&mut self, error: CollectorError) {
+        while let Some(service) = self.queue.pop_front() {
+            self.run = Some(ServiceRun::new(service, self.now));
+            self.finish(failed(error.clone()));
+        }
+    }
+
+    /// Reports every remaining service as deferred (the account backs off).
+    fn defer_all(&mut self, refusal: &Refusal) {
+        while let Some(service) = self.queue.pop_front() {
+            let mut run = ServiceRun::new(service, self.now);
+            run.deferred = Some((refusal.until(), refusal.describe()));
+            self.run = Some(run);
+            self.finish(Ending { outcome: Outcome::Deferred, error: None });
+        }
+    }
+
     fn report(&self) -> TickReport {
+        let mut services = self.reports.clone();
+        services.sort_by_key(|s| s.service.parse::<Service>().ok());
         TickReport {
             started_at: rfc3339(self.started_at),
             elapsed_ms: elapsed_ms(self.started_at, self.now),
-            services: self.reports.clone(),
+            services,
+            warnings: self.warnings.clone(),
         }
     }
 }
 
-fn failed(error: CollectorError) -> Phase {
-    Phase::Finished {
-        outcome: Outcome::Failed,
-        error: Some(error),
-        checkpoint: None,
+impl ServiceRun {
+    fn new(service: Service, now: DateTime<Utc>) -> ServiceRun {
+        ServiceRun {
+            service,
+            started_at: now,
+            state: ServiceState::new(now),
+            start: None,
+            fetched: 0,
+            sent: 0,
+            confirmed: 0,
+            pages: 0,
+            bytes_sent: 0,
+            bytes_counted: 0,
+            has_more: false,
+            delivered: Vec::new(),
+            next: None,
+            batches: VecDeque::new(),
+            deferred: None,
+        }
     }
+}
+
+fn failed(error: CollectorError) -> Ending {
+    Ending { outcome: Outcome::Failed, error: Some(error) }
 }
 
 /// The configured start as stored in a checkpoint, to notice when it changes.
@@ -317,33 +761,40 @@ fn start_value(config: &Config) -> Option<String> {
 
 /// Continue from the stored cursor, unless there is none or the configured
 /// `start_time_value` changed since it was stored (Devo's way of asking for a
-/// re-ingest): then a reset cursor from the configured start.
-fn page_start(config: &Config, previous: Option<&Checkpoint>, now: DateTime<Utc>) -> PageStart {
-    match previous {
-        Some(cp) if cp.start_time_value == start_value(config) => {
-            PageStart::Cursor(cp.cursor.clone())
-        }
-        _ => PageStart::From(config.start_time.unwrap_or(now - DEFAULT_LOOKBACK)),
+/// re-ingest): then a reset cursor from the configured start. After a
+/// refused cursor, read again from the newest delivered event.
+fn page_start(config: &Config, state: &ServiceState, now: DateTime<Utc>) -> PageStart {
+    let configured = || {
+        let start = config.start_time.or(state.initial_start).unwrap_or(now - DEFAULT_LOOKBACK);
+        // 1Password serves nothing older; asking for it is an error there.
+        PageStart::From(start.max(now - RETENTION + TimeDelta::minutes(5)))
+    };
+    match &state.checkpoint {
+        Some(cp) if cp.start_time_value == start_value(config) => match (&cp.cursor, &cp.newest_event) {
+            (Some(cursor), _) => PageStart::Cursor(cursor.clone()),
+            (None, Some(newest)) => match DateTime::parse_from_rfc3339(newest) {
+                Ok(t) => PageStart::From(t.with_timezone(&Utc)),
+                Err(_) => configured(),
+            },
+            (None, None) => configured(),
+        },
+        _ => configured(),
     }
 }
 
 fn next_checkpoint(
     config: &Config,
     previous: Option<&Checkpoint>,
-    page: &onepassword::Page,
-    now: DateTime<Utc>,
+    newest_in_page: Option<(DateTime<Utc>, String)>,
+    cursor: &str,
+    page_uuids: Vec<String>,
+    new_events: u64,
 ) -> Checkpoint {
-    let newest_in_page = page
-        .items
-        .iter()
-        .filter_map(|item| onepassword::event_time(item))
-        .max_by_key(|(t, _)| *t);
-    let previous_newest = previous.and_then(|p| p.newest_event.clone());
+    let reset = previous.is_some_and(|p| p.start_time_value != start_value(config));
+    let previous_newest = previous.filter(|_| !reset).and_then(|p| p.newest_event.clone());
     let newest_event = match (newest_in_page, previous_newest) {
         (Some((t, raw)), Some(old)) => {
-            let old_t = DateTime::parse_from_rfc3339(&old)
-                .ok()
-                .map(|o| o.with_timezone(&Utc));
+            let old_t = DateTime::parse_from_rfc3339(&old).ok().map(|o| o.with_timezone(&Utc));
             if old_t.is_some_and(|o| o > t) {
                 Some(old)
             } else {
@@ -353,14 +804,29 @@ fn next_checkpoint(
         (Some((_, raw)), None) => Some(raw),
         (None, old) => old,
     };
-    Checkpoint {
-        version: SCHEMA_VERSION,
-        cursor: page.cursor.clone(),
+    let mut next = Checkpoint {
+        cursor: Some(cursor.to_string()),
         start_time_value: start_value(config),
         newest_event,
-        total_sent: previous.map_or(0, |p| p.total_sent) + page.items.len() as u64,
-        updated_at: rfc3339(now),
-    }
+        total_sent: previous.map_or(0, |p| p.total_sent) + new_events,
+        recent_uuids: previous.filter(|_| !reset).map(|p| p.recent_uuids.clone()).unwrap_or_default(),
+    };
+    next.remember(page_uuids);
+    next
+}
+
+/// Devo batches, each with the uuids of the events it holds.
+fn batch_with_uuids(lines: &[(String, Option<String>)], config: &Config) -> VecDeque<(Batch, Vec<String>)> {
+    let batches =
+        devo::batches(lines.iter().map(|(l, _)| l.as_str()), config.devo_max_batch_bytes, config.devo_max_batch_events);
+    let mut uuids = lines.iter().map(|(_, u)| u.clone());
+    batches
+        .into_iter()
+        .map(|b| {
+            let ids = uuids.by_ref().take(b.events as usize).flatten().collect();
+            (b, ids)
+        })
+        .collect()
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -371,18 +837,22 @@ fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_milliseconds().max(0) as u64
 }
 
-impl Phase {
+fn nanos(t: DateTime<Utc>) -> u64 {
+    t.timestamp_nanos_opt().unwrap_or_default() as u64
+}
+
+impl Step {
     fn name(&self) -> &'static str {
         match self {
-            Phase::Load => "load",
-            Phase::AwaitLoad => "a checkpoint load",
-            Phase::Fetch(_) => "fetch",
-            Phase::AwaitPage => "a 1Password response",
-            Phase::Deliver { .. } => "deliver",
-            Phase::AwaitDevo { .. } => "a Devo response",
-            Phase::Store(_) => "store",
-            Phase::AwaitStore { .. } => "a checkpoint store",
-            Phase::Finished { .. } => "finished",
+            Step::AwaitAccount => "a cached account load",
+            Step::AwaitIntrospect { .. } => "an introspection response",
+            Step::AwaitStoreAccount => "an account store",
+            Step::AwaitGate => "a budget load",
+            Step::AwaitCurrent(..) => "a compare-and-swap read",
+            Step::AwaitSwap(..) => "a swap result",
+            Step::AwaitPage => "a 1Password response",
+            Step::AwaitDevo => "a Devo response",
+            _ => "no input",
         }
     }
 }
@@ -391,367 +861,13 @@ impl Input {
     fn name(&self) -> &'static str {
         match self {
             Input::Loaded(_) => "a load result",
-            Input::Response(_) => "an HTTP response",
             Input::Stored(_) => "a store result",
+            Input::Swapped(_) => "a swap result",
+            Input::Response(_) => "an HTTP response",
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::tests::{load, minimal};
-    use crate::error::{DEVO_REJECTED, DEVO_UNREACHABLE, ONEPASSWORD_UNREACHABLE, PERSISTENCE};
-    use std::collections::HashMap;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn ok(status: u16, body: &str) -> Result<HttpResponse, HttpFailure> {
-        Ok(HttpResponse {
-            status,
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        })
-    }
-
-    /// Plays the driver: an in-memory store and an answer function for requests.
-    struct World {
-        store: HashMap<String, Vec<u8>>,
-        fail_get: bool,
-        fail_set: bool,
-        requests: Vec<HttpRequest>,
-    }
-
-    impl World {
-        fn new() -> World {
-            World {
-                store: HashMap::new(),
-                fail_get: false,
-                fail_set: false,
-                requests: vec![],
-            }
-        }
-
-        fn run(
-            &mut self,
-            config: Config,
-            now: DateTime<Utc>,
-            mut answer: impl FnMut(&HttpRequest) -> Result<HttpResponse, HttpFailure>,
-        ) -> TickReport {
-            let mut tick = Tick::new(config, now);
-            loop {
-                let input = match tick.poll() {
-                    Action::Done(report) => return report,
-                    Action::Load { key } => Input::Loaded(if self.fail_get {
-                        Err("disk on fire".into())
-                    } else {
-                        Ok(self.store.get(&key).cloned())
-                    }),
-                    Action::Store { key, value } => Input::Stored(if self.fail_set {
-                        Err("read-only".into())
-                    } else {
-                        self.store.insert(key, value);
-                        Ok(())
-                    }),
-                    Action::Send { request } => {
-                        let r = answer(&request);
-                        self.requests.push(request);
-                        Input::Response(r)
-                    }
-                };
-                tick.handle(input, now + chrono::TimeDelta::milliseconds(5));
-            }
-        }
-
-        fn checkpoint(&self, s: Service) -> Option<Checkpoint> {
-            self.store
-                .get(&Checkpoint::key(s))
-                .map(|b| Checkpoint::decode(s, b).unwrap())
-        }
-    }
-
-    fn audit_only() -> Config {
-        let mut m = minimal();
-        m.insert("services", "audit".into());
-        load(&m).unwrap()
-    }
-
-    const PAGE: &str = r#"{"items":[{"uuid":"A","timestamp":"2026-01-01T00:00:01Z"},{"uuid":"B","timestamp":"2026-01-01T00:00:03-01:00"},{"uuid":"C","timestamp":"2026-01-01T00:00:02Z"}],"cursor":"CUR1","has_more":true}"#;
-
-    fn is_devo(r: &HttpRequest) -> bool {
-        r.path.starts_with("/stream/")
-    }
-
-    #[test]
-    fn first_tick_starts_24h_back_delivers_then_checkpoints() {
-        let mut w = World::new();
-        let now = t("2026-01-02T12:00:00Z");
-        let report = w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let s = &report.services[0];
-        assert_eq!(
-            (s.outcome, s.fetched, s.sent, s.has_more),
-            (Outcome::Delivered, 3, 3, true)
-        );
-        // the newest event by instant, not by position or string order
-        assert_eq!(s.checkpoint.as_deref(), Some("2026-01-01T00:00:03-01:00"));
-        assert_eq!(s.total_sent, 3);
-        assert_eq!(s.elapsed_ms, 5);
-        let first: serde_json::Value = serde_json::from_slice(&w.requests[0].body).unwrap();
-        assert_eq!(first["start_time"], "2026-01-01T12:00:00Z");
-        assert_eq!(first["limit"], 1000);
-        // Devo got the events as served, one per line, in order
-        assert_eq!(
-            String::from_utf8(w.requests[1].body.clone()).unwrap(),
-            "{\"uuid\":\"A\",\"timestamp\":\"2026-01-01T00:00:01Z\"}\n{\"uuid\":\"B\",\"timestamp\":\"2026-01-01T00:00:03-01:00\"}\n{\"uuid\":\"C\",\"timestamp\":\"2026-01-01T00:00:02Z\"}\n"
-        );
-        let cp = w.checkpoint(Service::Audit).unwrap();
-        assert_eq!((cp.cursor.as_str(), cp.total_sent), ("CUR1", 3));
-        assert_eq!(cp.start_time_value, None);
-    }
-
-    #[test]
-    fn later_ticks_continue_from_the_stored_cursor_and_count_up() {
-        let mut w = World::new();
-        let now = t("2026-01-02T12:00:00Z");
-        w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let page2 = r#"{"items":[{"uuid":"D","timestamp":"2026-01-01T00:00:00Z"}],"cursor":"CUR2","has_more":false}"#;
-        let report = w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, page2)
-            }
-        });
-        let body: serde_json::Value = serde_json::from_slice(&w.requests[2].body).unwrap();
-        assert_eq!(body, serde_json::json!({"cursor": "CUR1"}));
-        let s = &report.services[0];
-        assert_eq!((s.sent, s.total_sent, s.has_more), (1, 4, false));
-        // an older event does not move the newest-event mark backwards
-        assert_eq!(s.checkpoint.as_deref(), Some("2026-01-01T00:00:03-01:00"));
-        assert_eq!(w.checkpoint(Service::Audit).unwrap().cursor, "CUR2");
-    }
-
-    #[test]
-    fn an_empty_page_sends_nothing_and_only_moves_the_cursor() {
-        let mut w = World::new();
-        let now = t("2026-01-02T12:00:00Z");
-        let empty = r#"{"items":[],"cursor":"E1","has_more":false}"#;
-        let report = w.run(audit_only(), now, |_| ok(200, empty));
-        assert_eq!(report.services[0].outcome, Outcome::Idle);
-        assert_eq!(w.requests.len(), 1, "no Devo request for an empty page");
-        assert_eq!(w.checkpoint(Service::Audit).unwrap().cursor, "E1");
-        // same cursor again: nothing to write
-        let before = w.store.clone();
-        let report = w.run(audit_only(), now, |_| ok(200, empty));
-        assert_eq!(report.services[0].outcome, Outcome::Idle);
-        assert_eq!(w.store, before);
-    }
-
-    #[test]
-    fn devo_failure_keeps_the_checkpoint_and_the_next_tick_repeats_the_page() {
-        let mut w = World::new();
-        let now = t("2026-01-02T12:00:00Z");
-        let report = w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                ok(503, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let s = &report.services[0];
-        assert_eq!((s.outcome, s.sent), (Outcome::Failed, 0));
-        assert_eq!(s.error.as_ref().unwrap().id, DEVO_REJECTED);
-        assert!(w.checkpoint(Service::Audit).is_none());
-        let report = w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                Err(HttpFailure::Transport("refused".into()))
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        assert_eq!(
-            report.services[0].error.as_ref().unwrap().id,
-            DEVO_UNREACHABLE
-        );
-        // both retries asked for the same reset page
-        assert_eq!(w.requests[0].body, w.requests[2].body);
-        assert!(w.checkpoint(Service::Audit).is_none());
-    }
-
-    #[test]
-    fn services_are_independent() {
-        let mut w = World::new();
-        let now = t("2026-01-02T12:00:00Z");
-        let report = w.run(load(&minimal()).unwrap(), now, |r| {
-            if r.path.contains("itemusages") {
-                Err(HttpFailure::Timeout)
-            } else if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let outcomes: Vec<_> = report
-            .services
-            .iter()
-            .map(|s| (s.service.as_str(), s.outcome))
-            .collect();
-        assert_eq!(
-            outcomes,
-            vec![
-                ("audit", Outcome::Delivered),
-                ("item_usage", Outcome::Failed),
-                ("sign_in_attempts", Outcome::Delivered)
-            ]
-        );
-        assert_eq!(
-            report.services[1].error.as_ref().unwrap().id,
-            ONEPASSWORD_UNREACHABLE
-        );
-        assert!(!report.ok());
-        assert!(w.checkpoint(Service::ItemUsage).is_none());
-        assert!(w.checkpoint(Service::SignInAttempts).is_some());
-        // each service's events went to its own tag
-        let tags: Vec<_> = w
-            .requests
-            .iter()
-            .filter(|r| is_devo(r))
-            .map(|r| r.path.rsplit('/').next().unwrap().to_string())
-            .collect();
-        assert_eq!(
-            tags,
-            vec![
-                "auth.agilebits.onepassword.audit",
-                "auth.agilebits.onepassword.signinattempt"
-            ]
-        );
-    }
-
-    #[test]
-    fn store_failures_send_nothing_or_say_a_duplicate_follows() {
-        let mut w = World::new();
-        w.fail_get = true;
-        let now = t("2026-01-02T12:00:00Z");
-        let report = w.run(audit_only(), now, |_| {
-            panic!("no request may be made without a checkpoint")
-        });
-        assert_eq!(report.services[0].error.as_ref().unwrap().id, PERSISTENCE);
-
-        let mut w = World::new();
-        w.fail_set = true;
-        let report = w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let e = report.services[0].error.as_ref().unwrap();
-        assert_eq!(e.id, PERSISTENCE);
-        assert!(e.message.contains("duplicate"), "{}", e.message);
-    }
-
-    #[test]
-    fn a_corrupt_checkpoint_stops_that_service_without_fetching() {
-        let mut w = World::new();
-        w.store
-            .insert(Checkpoint::key(Service::Audit), b"garbage".to_vec());
-        let report = w.run(audit_only(), t("2026-01-02T12:00:00Z"), |_| {
-            panic!("must not fetch")
-        });
-        assert_eq!(
-            report.services[0].error.as_ref().unwrap().id,
-            crate::error::CHECKPOINT_UNREADABLE
-        );
-    }
-
-    #[test]
-    fn a_changed_start_time_value_resets_once() {
-        let mut w = World::new();
-        let now = t("2026-01-02T12:00:00Z");
-        w.run(audit_only(), now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let mut m = minimal();
-        m.insert("services", "audit".into());
-        m.insert("start_time_value", "2025-12-31T00:00:00Z".into());
-        let changed = load(&m).unwrap();
-        w.run(changed.clone(), now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let reset: serde_json::Value = serde_json::from_slice(&w.requests[2].body).unwrap();
-        assert_eq!(reset["start_time"], "2025-12-31T00:00:00Z");
-        assert_eq!(
-            w.checkpoint(Service::Audit)
-                .unwrap()
-                .start_time_value
-                .as_deref(),
-            Some("2025-12-31T00:00:00Z")
-        );
-        w.run(changed, now, |r| {
-            if is_devo(r) {
-                ok(200, "")
-            } else {
-                ok(200, PAGE)
-            }
-        });
-        let next: serde_json::Value = serde_json::from_slice(&w.requests[4].body).unwrap();
-        assert_eq!(
-            next,
-            serde_json::json!({"cursor": "CUR1"}),
-            "unchanged config never resets"
-        );
-    }
-
-    #[test]
-    fn a_large_page_is_split_into_batches_and_counts_only_accepted_ones() {
-        let mut config = audit_only();
-        config.devo_max_batch_bytes = 1000;
-        let big = "x".repeat(config.devo_max_batch_bytes / 2);
-        let items: Vec<String> = (0..3)
-            .map(|i| {
-                format!(r#"{{"uuid":"U{i}","timestamp":"2026-01-01T00:00:0{i}Z","pad":"{big}"}}"#)
-            })
-            .collect();
-        let page = format!(
-            r#"{{"items":[{}],"cursor":"C","has_more":false}}"#,
-            items.join(",")
-        );
-        let mut w = World::new();
-        let mut devo_calls = 0;
-        let report = w.run(config, t("2026-01-02T12:00:00Z"), |r| {
-            if is_devo(r) {
-                devo_calls += 1;
-                ok(if devo_calls == 1 { 200 } else { 413 }, "")
-            } else {
-                ok(200, &page)
-            }
-        });
-        let s = &report.services[0];
-        assert_eq!(devo_calls, 2, "second batch refused, third never sent");
-        assert_eq!((s.fetched, s.sent, s.outcome), (3, 1, Outcome::Failed));
-        assert!(w.checkpoint(Service::Audit).is_none());
-    }
-}
+#[path = "tick_tests.rs"]
+mod tests;

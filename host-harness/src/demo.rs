@@ -2,9 +2,7 @@
 //! generated data set, ticks the real component until every service has
 //! caught up, and shows what reached Devo per tag.
 
-use crate::emulator::{
-    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
-};
+use crate::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use crate::runtime::{Limits, Runtime};
 use crate::tenant::Tenant;
 use onepassword_collector::service::Service;
@@ -26,9 +24,7 @@ pub struct DemoSummary {
 impl DemoSummary {
     /// Every served event arrived exactly once.
     pub fn complete(&self) -> bool {
-        self.per_tag
-            .values()
-            .all(|(got, want, distinct)| got == want && distinct == want)
+        self.per_tag.values().all(|(got, want, distinct)| got == want && distinct == want)
     }
 }
 
@@ -40,17 +36,9 @@ pub async fn run(
 ) -> anyhow::Result<DemoSummary> {
     let now = chrono::Utc::now();
     // Inside the collector's default 24-hour look-back.
-    let dataset = Dataset::generate(
-        7,
-        per_service,
-        now - chrono::Duration::hours(23),
-        chrono::Duration::hours(22),
-    );
+    let dataset = Dataset::generate(7, per_service, now - chrono::Duration::hours(23), chrono::Duration::hours(22));
     let op = OnePasswordEmulator::start(OnePasswordOptions::new(DEMO_OP_TOKEN, dataset.clone()))?;
-    let devo = DevoEmulator::start(DevoOptions {
-        domain: "demo".into(),
-        token: DEMO_DEVO_TOKEN.into(),
-    })?;
+    let devo = DevoEmulator::start(DevoOptions { domain: "demo".into(), token: DEMO_DEVO_TOKEN.into() })?;
     let state = tempdir()?;
     let tenant = Tenant {
         name: "demo".into(),
@@ -66,16 +54,8 @@ pub async fn run(
         ]),
         allowed_outbound_hosts: None,
     };
-    writeln!(
-        out,
-        "1Password emulator at {}, Devo receiver at {}",
-        op.base_url(),
-        devo.base_url()
-    )?;
-    writeln!(
-        out,
-        "{per_service} events per service, page size {page_size}; ticking until caught up…"
-    )?;
+    writeln!(out, "1Password emulator at {}, Devo receiver at {}", op.base_url(), devo.base_url())?;
+    writeln!(out, "{per_service} events per service, page size {page_size}; ticking until caught up…")?;
     let runtime = Runtime::new(component, Limits::default())?;
     let mut ticks = 0;
     loop {
@@ -86,10 +66,7 @@ pub async fn run(
             Ok(r) => r,
             Err(e) => anyhow::bail!("the tick failed: {e}"),
         };
-        let caught_up = report
-            .services
-            .iter()
-            .all(|s| s.error.is_none() && !s.has_more);
+        let caught_up = report.services.iter().all(|s| s.error.is_none() && !s.has_more);
         if caught_up || ticks >= MAX_TICKS {
             break;
         }
@@ -98,26 +75,13 @@ pub async fn run(
     for service in Service::ALL {
         let tag = service.default_tag().to_string();
         let received = devo.event_values(&tag);
-        let distinct: std::collections::HashSet<String> = received
-            .iter()
-            .filter_map(|v| v["uuid"].as_str().map(str::to_owned))
-            .collect();
-        per_tag.insert(
-            tag,
-            (
-                received.len(),
-                dataset.events(service).len(),
-                distinct.len(),
-            ),
-        );
+        let distinct: std::collections::HashSet<String> =
+            received.iter().filter_map(|v| v["uuid"].as_str().map(str::to_owned)).collect();
+        per_tag.insert(tag, (received.len(), dataset.events(service).len(), distinct.len()));
     }
     let _ = std::fs::remove_dir_all(&state);
     let summary = DemoSummary { ticks, per_tag };
-    writeln!(
-        out,
-        "\n{:<44} {:>9} {:>9} {:>9}",
-        "Devo tag", "received", "served", "distinct"
-    )?;
+    writeln!(out, "\n{:<44} {:>9} {:>9} {:>9}", "Devo tag", "received", "served", "distinct")?;
     for (tag, (got, want, distinct)) in &summary.per_tag {
         writeln!(out, "{tag:<44} {got:>9} {want:>9} {distinct:>9}")?;
     }
@@ -125,11 +89,7 @@ pub async fn run(
         out,
         "\n{} ticks; {}",
         summary.ticks,
-        if summary.complete() {
-            "every event arrived exactly once"
-        } else {
-            "SOME EVENTS ARE MISSING OR DUPLICATED"
-        }
+        if summary.complete() { "every event arrived exactly once" } else { "SOME EVENTS ARE MISSING OR DUPLICATED" }
     )?;
     Ok(summary)
 }

@@ -15,25 +15,19 @@ impl KvStore {
     /// Opens (creating if needed) the store file and its parent folder.
     pub fn open(path: &Path) -> Result<KvStore, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let conn =
-            Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         // Two harness processes may share a file; wait for the other's write
         // rather than failing at once.
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS spin_key_value (
                  store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
                  PRIMARY KEY (store, key));",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(KvStore {
-            conn,
-            path: path.to_path_buf(),
-        })
+        Ok(KvStore { conn, path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -42,11 +36,9 @@ impl KvStore {
 
     pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.conn
-            .query_row(
-                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| e.to_string())
     }
@@ -64,12 +56,68 @@ impl KvStore {
 
     pub fn delete(&self, store: &str, key: &str) -> Result<(), String> {
         self.conn
-            .execute(
-                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-            )
+            .execute("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key])
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    /// Writes `value` only if the key still holds `expected` (`None`: absent),
+    /// atomically across every process sharing the file. `Ok(false)` when
+    /// the value had changed; nothing is written then.
+    pub fn compare_and_swap(
+        &mut self,
+        store: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, String> {
+        let tx =
+            self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+        let current: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| e.to_string())?;
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            params![store, key, value],
+        )
+        .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Adds `delta` to a counter stored as decimal text; absent counts as 0.
+    pub fn increment(&mut self, store: &str, key: &str, delta: i64) -> Result<i64, String> {
+        let tx =
+            self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+        let current: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| e.to_string())?;
+        let now = match current {
+            None => 0,
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| format!("key {key} does not hold a counter"))?,
+        };
+        let next = now.checked_add(delta).ok_or("counter overflow")?;
+        tx.execute(
+            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            params![store, key, next.to_string().into_bytes()],
+        )
+        .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+        Ok(next)
     }
 
     pub fn keys(&self, store: &str) -> Result<Vec<String>, String> {
@@ -77,11 +125,8 @@ impl KvStore {
             .conn
             .prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")
             .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map(params![store], |r| r.get(0))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<Vec<String>, _>>()
-            .map_err(|e| e.to_string())
+        let rows = stmt.query_map(params![store], |r| r.get(0)).map_err(|e| e.to_string())?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(|e| e.to_string())
     }
 }
 
@@ -106,5 +151,32 @@ mod tests {
         assert_eq!(kv.get("other", "a").unwrap(), Some(b"x".to_vec()));
         assert_eq!(kv.get("default", "b").unwrap(), None);
         assert_eq!(kv.keys("default").unwrap(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn compare_and_swap_and_increment_are_atomic_across_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let mut a = KvStore::open(&path).unwrap();
+        let mut b = KvStore::open(&path).unwrap();
+        assert!(a.compare_and_swap("default", "k", None, b"1").unwrap());
+        assert!(!b.compare_and_swap("default", "k", None, b"2").unwrap(), "b read it absent: stale");
+        assert!(b.compare_and_swap("default", "k", Some(b"1"), b"2").unwrap());
+        assert!(!a.compare_and_swap("default", "k", Some(b"1"), b"3").unwrap());
+        assert_eq!(a.get("default", "k").unwrap(), Some(b"2".to_vec()));
+        // two writers racing on one counter lose no increment
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut kv = KvStore::open(&path).unwrap();
+                    for _ in 0..50 {
+                        kv.increment("default", "n", 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(a.increment("default", "n", 0).unwrap(), 100);
     }
 }

@@ -7,4 +7,5 @@ pub mod kv;
 pub mod outbound;
 pub mod runtime;
 pub mod schedule;
+pub mod spin_check;
 pub mod tenant;

@@ -10,11 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(
-    name = "host-harness",
-    version,
-    about = "Runs the 1Password → Devo collector component under wasmtime"
-)]
+#[command(name = "host-harness", version, about = "Runs the 1Password → Devo collector component under wasmtime")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,46 +61,25 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Tick {
-            config,
-            component,
-            tenant: only,
-        } => {
+        Command::Tick { config, component, tenant: only } => {
             let mut tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
             if let Some(name) = only {
                 tenants.retain(|t| t.name == name);
-                anyhow::ensure!(
-                    !tenants.is_empty(),
-                    "no tenant named {name:?} in {}",
-                    config.display()
-                );
+                anyhow::ensure!(!tenants.is_empty(), "no tenant named {name:?} in {}", config.display());
             }
-            let runtime = Runtime::new(
-                &component.unwrap_or_else(default_component_path),
-                Limits::default(),
-            )?;
+            let runtime = Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?;
             let mut all_ok = true;
             for t in &tenants {
                 let tick = runtime.tick(t).await;
                 all_ok &= tick.ok();
                 println!("{}", tick.to_json());
             }
-            Ok(if all_ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Run { config, component } => {
             let tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
-            let runtime = Arc::new(Runtime::new(
-                &component.unwrap_or_else(default_component_path),
-                Limits::default(),
-            )?);
-            eprintln!(
-                "host-harness: running {} tenant(s); Ctrl-C stops",
-                tenants.len()
-            );
+            let runtime = Arc::new(Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?);
+            eprintln!("host-harness: running {} tenant(s); Ctrl-C stops", tenants.len());
             let mut tasks = tokio::task::JoinSet::new();
             for t in tenants {
                 let runtime = runtime.clone();
@@ -127,20 +102,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tasks.abort_all();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo {
-            component,
-            events,
-            page_size,
-        } => {
+        Command::Demo { component, events, page_size } => {
             let component = component.unwrap_or_else(default_component_path);
-            let summary =
-                host_harness::demo::run(&component, events, page_size, &mut std::io::stdout())
-                    .await?;
-            Ok(if summary.complete() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let summary = host_harness::demo::run(&component, events, page_size, &mut std::io::stdout()).await?;
+            Ok(if summary.complete() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

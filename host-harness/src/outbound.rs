@@ -19,36 +19,20 @@ pub struct OutboundPolicy {
 impl OutboundPolicy {
     /// Allows the hosts of the given base URLs (the tenant's `base_url` and
     /// `devo_url`); values that are not URLs allow nothing.
-    pub fn for_urls<'a>(
-        urls: impl IntoIterator<Item = &'a str>,
-        max_timeout: Duration,
-    ) -> OutboundPolicy {
+    pub fn for_urls<'a>(urls: impl IntoIterator<Item = &'a str>, max_timeout: Duration) -> OutboundPolicy {
         let allowed = urls.into_iter().filter_map(destination_of_url).collect();
-        OutboundPolicy {
-            allowed,
-            max_timeout,
-        }
+        OutboundPolicy { allowed, max_timeout }
     }
 
     pub fn allows(&self, uri: &http::Uri) -> bool {
         let Some(host) = uri.host() else { return false };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("http") {
-                80
-            } else {
-                443
-            });
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 });
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         self.allowed.iter().any(|(h, p)| *h == host && *p == port)
     }
 
     fn capped(&self, options: Option<RequestOptions>) -> RequestOptions {
-        let cap =
-            |t: Option<Duration>| Some(t.map_or(self.max_timeout, |t| t.min(self.max_timeout)));
+        let cap = |t: Option<Duration>| Some(t.map_or(self.max_timeout, |t| t.min(self.max_timeout)));
         let o = options.unwrap_or_default();
         RequestOptions {
             connect_timeout: cap(o.connect_timeout),
@@ -65,11 +49,7 @@ fn destination_of_url(url: &str) -> Option<Destination> {
         "https" => 443,
         _ => return None,
     });
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     Some((host, port))
 }
 
@@ -94,12 +74,8 @@ impl WasiHttpHooks for OutboundPolicy {
         }
         let options = self.capped(options);
         Box::new(async move {
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }
@@ -111,11 +87,7 @@ mod tests {
     #[test]
     fn only_the_configured_hosts_and_ports_pass() {
         let p = OutboundPolicy::for_urls(
-            [
-                "https://events.1password.com",
-                "http://127.0.0.1:8080",
-                "not a url",
-            ],
+            ["https://events.1password.com", "http://127.0.0.1:8080", "not a url"],
             Duration::from_secs(5),
         );
         let ok = |u: &str| p.allows(&u.parse().unwrap());

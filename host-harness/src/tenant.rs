@@ -39,10 +39,9 @@ impl Tenant {
     pub fn outbound_urls(&self) -> Vec<&str> {
         match &self.allowed_outbound_hosts {
             Some(urls) => urls.iter().map(String::as_str).collect(),
-            None => ["base_url", "devo_url"]
-                .iter()
-                .filter_map(|k| self.variables.get(*k).map(String::as_str))
-                .collect(),
+            None => {
+                ["base_url", "devo_url"].iter().filter_map(|k| self.variables.get(*k).map(String::as_str)).collect()
+            }
         }
     }
 }
@@ -67,17 +66,12 @@ struct TenantFile {
 /// the file. `env` resolves `${NAME}` references (the process environment
 /// in production, a map in tests).
 pub fn load_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Tenant>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base, env).with_context(|| format!("in config file {}", path.display()))
 }
 
-pub fn parse(
-    text: &str,
-    base: &Path,
-    env: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<Vec<Tenant>> {
+pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Tenant>> {
     let file: FileConfig = toml::from_str(text).context("not a valid harness config")?;
     if file.tenants.is_empty() {
         bail!("no [tenants.NAME] table: add at least one tenant");
@@ -85,8 +79,7 @@ pub fn parse(
     let mut tenants = Vec::new();
     for (name, t) in file.tenants {
         let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
-        crate::schedule::parse(&schedule)
-            .with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
+        crate::schedule::parse(&schedule).with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
         let kv = t.kv.unwrap_or_else(|| format!("state/{name}.sqlite"));
         let mut variables = BTreeMap::new();
         for (key, value) in t.variables {
@@ -94,10 +87,7 @@ pub fn parse(
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                other => bail!(
-                    "tenant {name}: variable {key} must be a string or number, not {}",
-                    other.type_str()
-                ),
+                other => bail!("tenant {name}: variable {key} must be a string or number, not {}", other.type_str()),
             };
             let text = match text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
                 Some(env_name) => env(env_name).with_context(|| {
@@ -147,19 +137,9 @@ mod tests {
 
     #[test]
     fn bad_files_say_what_is_wrong() {
-        let e = parse(
-            "[tenants.a.variables]\ntoken = \"${NOPE}\"",
-            Path::new("."),
-            |_| None,
-        )
-        .unwrap_err();
+        let e = parse("[tenants.a.variables]\ntoken = \"${NOPE}\"", Path::new("."), |_| None).unwrap_err();
         assert!(format!("{e:#}").contains("NOPE"), "{e:#}");
-        let e = parse(
-            "[tenants.a]\nschedule = \"every minute\"",
-            Path::new("."),
-            |_| None,
-        )
-        .unwrap_err();
+        let e = parse("[tenants.a]\nschedule = \"every minute\"", Path::new("."), |_| None).unwrap_err();
         assert!(format!("{e:#}").contains("schedule"), "{e:#}");
         assert!(parse("", Path::new("."), |_| None).is_err());
         assert!(parse("[tenants.a]\nshedule = \"x\"", Path::new("."), |_| None).is_err());

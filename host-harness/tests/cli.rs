@@ -1,9 +1,7 @@
 //! The `host-harness` binary as a user runs it: a TOML config, secrets from
 //! the environment, one JSON line per tenant, state kept across processes.
 
-use host_harness::emulator::{
-    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
-};
+use host_harness::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use onepassword_collector::service::Service;
 use std::process::Command;
 
@@ -20,34 +18,18 @@ fn harness(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     for text in [&stdout, &stderr] {
-        assert!(
-            !text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN),
-            "secret printed: {text}"
-        );
+        assert!(!text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN), "secret printed: {text}");
     }
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let lines = stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     (out.status.success(), lines, stderr)
 }
 
 #[test]
 fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
     let now = chrono::Utc::now();
-    let dataset = Dataset::generate(
-        3,
-        30,
-        now - chrono::Duration::hours(2),
-        chrono::Duration::hours(1),
-    );
-    let op =
-        OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
-    let devo = DevoEmulator::start(DevoOptions {
-        domain: "cli".into(),
-        token: DEVO_TOKEN.into(),
-    })
-    .unwrap();
+    let dataset = Dataset::generate(3, 30, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
+    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
+    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("harness.toml");
     std::fs::write(
@@ -101,21 +83,14 @@ token = "x"
     let broken = lines.iter().find(|l| l["tenant"] == "broken").unwrap();
     assert_eq!(broken["ok"], false);
     assert_eq!(broken["error"]["id"], 1);
-    assert!(broken["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("base_url"));
+    assert!(broken["error"]["message"].as_str().unwrap().contains("base_url"));
 }
 
 #[test]
 fn a_bad_config_file_is_reported_without_a_tick() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(
-        &config,
-        "[tenants.a.variables]\ntoken = \"${CLI_UNSET_VARIABLE}\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[tenants.a.variables]\ntoken = \"${CLI_UNSET_VARIABLE}\"\n").unwrap();
     let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap()]);
     assert!(!ok && lines.is_empty());
     assert!(stderr.contains("CLI_UNSET_VARIABLE"), "{stderr}");
@@ -126,12 +101,7 @@ fn demo_delivers_everything_exactly_once() {
     let mut out = Vec::new();
     let summary = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(host_harness::demo::run(
-            &host_harness::runtime::default_component_path(),
-            120,
-            50,
-            &mut out,
-        ))
+        .block_on(host_harness::demo::run(&host_harness::runtime::default_component_path(), 120, 50, &mut out))
         .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(summary.complete(), "{text}");

@@ -1,10 +1,7 @@
 //! Shared set-up for the end-to-end tests: the real component under the
 //! harness's runtime, against the loopback emulators.
-#![allow(dead_code)]
 
-use host_harness::emulator::{
-    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
-};
+use host_harness::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick};
 use host_harness::tenant::Tenant;
 use onepassword_collector::service::{ApiVersion, Service};
@@ -32,28 +29,24 @@ pub fn runtime() -> &'static Runtime {
 pub struct Fixture {
     pub dataset: Dataset,
     pub op: OnePasswordEmulator,
-    pub devo: DevoEmulator,
+    pub devo: std::sync::Arc<DevoEmulator>,
     pub state: tempfile::TempDir,
     pub tenant: Tenant,
+    /// How far ahead of the real clock the component's clock is, in
+    /// seconds: tests move time past back-offs and leases without sleeping.
+    pub clock: std::cell::Cell<u64>,
 }
 
 impl Fixture {
     /// `per_service` events per service within the default 24 h look-back.
     pub fn new(per_service: usize, seed: u64) -> Fixture {
         let now = chrono::Utc::now();
-        let dataset = Dataset::generate(
-            seed,
-            per_service,
-            now - chrono::Duration::hours(20),
-            chrono::Duration::hours(19),
+        let dataset =
+            Dataset::generate(seed, per_service, now - chrono::Duration::hours(20), chrono::Duration::hours(19));
+        let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
+        let devo = std::sync::Arc::new(
+            DevoEmulator::start(DevoOptions { domain: DEVO_DOMAIN.into(), token: DEVO_TOKEN.into() }).unwrap(),
         );
-        let op =
-            OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
-        let devo = DevoEmulator::start(DevoOptions {
-            domain: DEVO_DOMAIN.into(),
-            token: DEVO_TOKEN.into(),
-        })
-        .unwrap();
         let state = tempfile::tempdir().unwrap();
         let tenant = Tenant {
             name: "e2e".into(),
@@ -68,34 +61,57 @@ impl Fixture {
             ]),
             allowed_outbound_hosts: None,
         };
-        Fixture {
-            dataset,
-            op,
-            devo,
-            state,
-            tenant,
-        }
+        Fixture { dataset, op, devo, state, tenant, clock: std::cell::Cell::new(0) }
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
         self.tenant.variables.insert(key.into(), value.into());
     }
 
+    /// One tick at the fixture's clock.
     pub fn tick(&self) -> TenantTick {
-        tick(&self.tenant)
+        self.tick_with(&host_harness::runtime::TickOptions::default())
     }
 
-    /// Ticks until every service is caught up (or `max` ticks); returns the ticks run.
+    /// Moves the component's clock forward.
+    pub fn advance(&self, seconds: u64) {
+        self.clock.set(self.clock.get() + seconds);
+    }
+
+    /// Ticks, each a minute after the last, until every service is caught
+    /// up with no error (or `max` ticks); returns the ticks run.
     pub fn drain(&self, max: usize) -> usize {
         for n in 1..=max {
             let t = self.tick();
-            let report = t
-                .result
-                .as_ref()
-                .unwrap_or_else(|e| panic!("tick failed: {e}"));
+            let report = t.result.as_ref().unwrap_or_else(|e| panic!("tick failed: {e}"));
             assert!(report.ok(), "{}", t.to_json());
-            if report.services.iter().all(|s| !s.has_more) {
+            self.advance(60);
+            if report
+                .services
+                .iter()
+                .all(|s| !s.has_more && s.outcome != onepassword_collector::report::Outcome::Deferred)
+            {
                 return n;
+            }
+        }
+        panic!("not caught up after {max} ticks");
+    }
+
+    /// Like `drain` after a failure: waits five minutes before each tick
+    /// (past any back-off) and tolerates errors until caught up.
+    pub fn recover(&self, max: usize) {
+        for _ in 0..max {
+            self.advance(300);
+            let t = self.tick();
+            if let Ok(report) = &t.result {
+                if report.ok()
+                    && report
+                        .services
+                        .iter()
+                        .all(|s| !s.has_more && s.outcome != onepassword_collector::report::Outcome::Deferred)
+                {
+                    return;
+                }
             }
         }
         panic!("not caught up after {max} ticks");
@@ -108,10 +124,7 @@ impl Fixture {
             let served = self.dataset.values_for(service, version);
             let received = self.devo.event_values(service.default_tag());
             assert_eq!(received.len(), served.len(), "{service}: count");
-            assert_eq!(
-                received, served,
-                "{service}: events differ from what was served (or their order)"
-            );
+            assert_eq!(received, served, "{service}: events differ from what was served (or their order)");
         }
     }
 }
@@ -131,4 +144,37 @@ pub fn tick(tenant: &Tenant) -> TenantTick {
 pub fn assert_no_secrets(text: &str) {
     assert!(!text.contains(OP_TOKEN), "1Password token leaked: {text}");
     assert!(!text.contains(DEVO_TOKEN), "Devo token leaked: {text}");
+}
+
+/// One tick on a fresh tokio runtime with options (faults, clock offset).
+pub fn tick_with(tenant: &Tenant, options: &host_harness::runtime::TickOptions) -> TenantTick {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(runtime().tick_with(tenant, options))
+}
+
+/// Options whose clock is `seconds` ahead.
+pub fn later(seconds: u64) -> host_harness::runtime::TickOptions {
+    host_harness::runtime::TickOptions { clock_offset: std::time::Duration::from_secs(seconds), ..Default::default() }
+}
+
+impl Fixture {
+    /// A tick with faults; the clock is the fixture's.
+    pub fn tick_with(&self, options: &host_harness::runtime::TickOptions) -> TenantTick {
+        let options = host_harness::runtime::TickOptions {
+            clock_offset: std::time::Duration::from_secs(self.clock.get()),
+            ..options.clone()
+        };
+        tick_with(&self.tenant, &options)
+    }
+
+    /// The service's state record as stored in the tenant's SQLite file.
+    pub fn state(&self, service: Service) -> Option<onepassword_collector::state::ServiceState> {
+        let kv = host_harness::kv::KvStore::open(&self.tenant.kv_path).unwrap();
+        let bytes = kv.get("default", &onepassword_collector::state::ServiceState::key(service)).unwrap()?;
+        Some(onepassword_collector::state::ServiceState::decode(service, &bytes).unwrap())
+    }
 }

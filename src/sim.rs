@@ -1,0 +1,350 @@
+//! A simulated world for the tick state machine's tests: an in-memory
+//! key-value store with compare-and-swap, a 1Password that pages through
+//! event lists by cursor, a Devo that records what it takes, a virtual
+//! clock, and faults injected by script or at random.
+
+use crate::config::Config;
+use crate::http::{HttpFailure, HttpRequest, HttpResponse};
+use crate::report::TickReport;
+use crate::service::Service;
+use crate::tick::{Action, Input, Tick};
+use chrono::{DateTime, TimeDelta, Utc};
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// 1Password answers with this status (and `Retry-After` if given).
+    OpStatus(u16, Option<u32>),
+    OpTransport,
+    OpNotJson,
+    OpTruncated,
+    /// Items without uuid/timestamp and a cursor that goes nowhere.
+    OpMissingFields,
+    DevoStatus(u16),
+    DevoTransport,
+    /// Devo takes the batch, then the instance is stopped before anything else.
+    DevoAcceptThenStop,
+    KvRead,
+    KvWrite,
+}
+
+impl Fault {
+    fn on_op(&self) -> bool {
+        matches!(
+            self,
+            Fault::OpStatus(..) | Fault::OpTransport | Fault::OpNotJson | Fault::OpTruncated | Fault::OpMissingFields
+        )
+    }
+    fn on_devo(&self) -> bool {
+        matches!(self, Fault::DevoStatus(_) | Fault::DevoTransport | Fault::DevoAcceptThenStop)
+    }
+    fn on_kv_read(&self) -> bool {
+        matches!(self, Fault::KvRead)
+    }
+    fn on_kv_write(&self) -> bool {
+        matches!(self, Fault::KvWrite)
+    }
+}
+
+pub struct Sim {
+    pub now: DateTime<Utc>,
+    /// Virtual time each action takes.
+    pub step: TimeDelta,
+    pub store: BTreeMap<String, Vec<u8>>,
+    pub token: String,
+    pub features: Vec<String>,
+    pub account: Option<String>,
+    /// Served events per service, oldest first, as JSON text.
+    pub events: BTreeMap<Service, Vec<String>>,
+    /// What Devo took, per tag.
+    pub received: BTreeMap<String, Vec<String>>,
+    /// 1Password event requests: (time, path, status).
+    pub op_requests: Vec<(DateTime<Utc>, String, u16)>,
+    pub devo_requests: usize,
+    /// 1Password's own limit per clock minute (answers 429 beyond it).
+    pub op_limit_per_minute: Option<u32>,
+    pub scripted: VecDeque<Fault>,
+    pub random: Option<(fastrand::Rng, f64, Vec<Fault>)>,
+    pub faults_injected: usize,
+    pub requests_seen: usize,
+    pub stops: usize,
+    /// 429s 1Password's own limit gave (not injected ones).
+    pub rate_limited: usize,
+    entropy: u64,
+}
+
+/// A tick in progress, for interleaving several.
+pub struct Running {
+    tick: Tick,
+    watched: Option<(String, Option<Vec<u8>>)>,
+}
+
+impl Sim {
+    pub fn new(now: DateTime<Utc>) -> Sim {
+        Sim {
+            now,
+            step: TimeDelta::milliseconds(10),
+            store: BTreeMap::new(),
+            token: "op-secret-token".into(),
+            features: vec!["auditevents".into(), "itemusages".into(), "signinattempts".into()],
+            account: Some("ACCOUNT1".into()),
+            events: BTreeMap::new(),
+            received: BTreeMap::new(),
+            op_requests: Vec::new(),
+            devo_requests: 0,
+            op_limit_per_minute: None,
+            scripted: VecDeque::new(),
+            random: None,
+            faults_injected: 0,
+            requests_seen: 0,
+            stops: 0,
+            rate_limited: 0,
+            entropy: 1,
+        }
+    }
+
+    /// `n` events for a service, `per_second` sharing each timestamp, ending before `until`.
+    pub fn generate(&mut self, service: Service, n: usize, until: DateTime<Utc>, per_second: usize) {
+        let start = until - TimeDelta::seconds((n / per_second.max(1)) as i64 + 1);
+        let list = self.events.entry(service).or_default();
+        let base = list.len();
+        for i in 0..n {
+            let t = start + TimeDelta::seconds((i / per_second.max(1)) as i64);
+            list.push(format!(
+                r#"{{"uuid":"{}{:08}","timestamp":"{}","note":"a \"quoted\"\nline é"}}"#,
+                service.endpoint().to_uppercase(),
+                base + i,
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+    }
+
+    pub fn start(&mut self, config: Config) -> Running {
+        self.entropy = self.entropy.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        Running { tick: Tick::new(config, self.now, self.entropy), watched: None }
+    }
+
+    /// Runs a tick to its end; `None` when an injected stop ended it early.
+    pub fn tick(&mut self, config: Config) -> Option<TickReport> {
+        let mut running = self.start(config);
+        loop {
+            match self.step(&mut running) {
+                Step::Continue => {}
+                Step::Done(report) => return Some(report),
+                Step::Stopped => return None,
+            }
+        }
+    }
+
+    /// One action of a running tick.
+    pub fn step(&mut self, running: &mut Running) -> Step {
+        let input = match running.tick.poll() {
+            Action::Done(report) => return Step::Done(report),
+            Action::Load { key } => Input::Loaded(self.read(&key)),
+            Action::Store { key, value } => Input::Stored(self.write(&key, value)),
+            Action::Watch { key } => {
+                let current = self.read(&key);
+                running.watched = Some((key, current.clone().ok().flatten()));
+                Input::Loaded(current)
+            }
+            Action::Swap { value } => {
+                let (key, seen) = running.watched.take().expect("swap follows watch");
+                if self.store.get(&key) != seen.as_ref() {
+                    Input::Swapped(Ok(false))
+                } else {
+                    Input::Swapped(self.write(&key, value).map(|()| true))
+                }
+            }
+            Action::Send { request } => {
+                self.requests_seen += 1;
+                match self.serve(&request) {
+                    Served::Answer(r) => Input::Response(r),
+                    Served::Stop => {
+                        self.stops += 1;
+                        return Step::Stopped;
+                    }
+                }
+            }
+        };
+        self.now += self.step;
+        running.tick.handle(input, self.now);
+        Step::Continue
+    }
+
+    fn take_fault(&mut self, applies: fn(&Fault) -> bool) -> Option<Fault> {
+        if let Some(i) = self.scripted.iter().position(applies) {
+            return self.scripted.remove(i);
+        }
+        let (rng, rate, kinds) = self.random.as_mut()?;
+        let candidates: Vec<&Fault> = kinds.iter().filter(|f| applies(f)).collect();
+        if candidates.is_empty() || rng.f64() >= *rate {
+            return None;
+        }
+        let f = candidates[rng.usize(..candidates.len())].clone();
+        self.faults_injected += 1;
+        Some(f)
+    }
+
+    fn read(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.take_fault(Fault::on_kv_read) {
+            Some(_) => Err("injected read failure".into()),
+            None => Ok(self.store.get(key).cloned()),
+        }
+    }
+
+    fn write(&mut self, key: &str, value: Vec<u8>) -> Result<(), String> {
+        match self.take_fault(Fault::on_kv_write) {
+            Some(_) => Err("injected write failure".into()),
+            None => {
+                self.store.insert(key.to_string(), value);
+                Ok(())
+            }
+        }
+    }
+
+    fn serve(&mut self, request: &HttpRequest) -> Served {
+        if request.path.starts_with("/stream/") {
+            return self.serve_devo(request);
+        }
+        let authorized =
+            request.headers.iter().any(|(k, v)| k == "authorization" && *v == format!("Bearer {}", self.token));
+        if request.path.ends_with("/introspect") {
+            if !authorized {
+                return answer(401, "{}", None);
+            }
+            let body = serde_json::json!({"uuid": "TOKEN", "features": self.features, "account_uuid": self.account});
+            return answer(200, &body.to_string(), None);
+        }
+        let minute = self.now.timestamp().div_euclid(60);
+        let in_minute =
+            self.op_requests.iter().filter(|(t, _, _)| t.timestamp().div_euclid(60) == minute).count() as u32;
+        let status_and = |sim: &mut Sim, status: u16| sim.op_requests.push((sim.now, request.path.clone(), status));
+        if self.op_limit_per_minute.is_some_and(|limit| in_minute >= limit) {
+            self.rate_limited += 1;
+            status_and(self, 429);
+            return answer(429, "{\"Error\":{\"Message\":\"Too many requests\"}}", None);
+        }
+        match self.take_fault(Fault::on_op) {
+            Some(Fault::OpStatus(status, retry_after)) => {
+                status_and(self, status);
+                return answer(status, "{\"Error\":{\"Message\":\"injected\"}}", retry_after);
+            }
+            Some(Fault::OpTransport) => {
+                status_and(self, 0);
+                return Served::Answer(Err(HttpFailure::Transport("connection reset".into())));
+            }
+            Some(Fault::OpNotJson) => {
+                status_and(self, 200);
+                return answer(200, "<html>login</html>", None);
+            }
+            Some(Fault::OpMissingFields) => {
+                status_and(self, 200);
+                return answer(200, r#"{"items":[{"action":"x"}],"cursor":"bogus","has_more":false}"#, None);
+            }
+            Some(Fault::OpTruncated) => {
+                status_and(self, 200);
+                let full = self.page(request);
+                let cut = full.1[..full.1.len() / 2].to_string();
+                return answer(200, &cut, None);
+            }
+            _ => {}
+        }
+        if !authorized {
+            status_and(self, 401);
+            return answer(401, "{}", None);
+        }
+        let (status, body) = self.page(request);
+        status_and(self, status);
+        answer(status, &body, None)
+    }
+
+    /// 1Password's paging: the cursor is `service:position:limit`.
+    fn page(&self, request: &HttpRequest) -> (u16, String) {
+        let service = Service::ALL.into_iter().find(|s| request.path.ends_with(s.endpoint())).expect("known path");
+        let events = self.events.get(&service).map(Vec::as_slice).unwrap_or(&[]);
+        let body: serde_json::Value = match serde_json::from_slice(&request.body) {
+            Ok(v) => v,
+            Err(_) => return (400, "{}".into()),
+        };
+        let (position, limit) = if let Some(cursor) = body["cursor"].as_str() {
+            let parts: Vec<&str> = cursor.split(':').collect();
+            match (parts.first(), parts.get(1).and_then(|p| p.parse().ok()), parts.get(2).and_then(|p| p.parse().ok()))
+            {
+                (Some(name), Some(pos), Some(limit)) if *name == service.name() => (pos, limit),
+                _ => return (400, "{\"Error\":{\"Message\":\"invalid cursor\"}}".into()),
+            }
+        } else {
+            let start = body["start_time"].as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+            let pos = events
+                .iter()
+                .position(|e| {
+                    let v: serde_json::Value = serde_json::from_str(e).unwrap();
+                    let t = DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
+                    start.is_none_or(|s| t >= s)
+                })
+                .unwrap_or(events.len());
+            (pos, body["limit"].as_u64().unwrap_or(100) as usize)
+        };
+        let end = (position + limit).min(events.len());
+        let items = events[position.min(end)..end].join(",");
+        let body = format!(
+            r#"{{"items":[{items}],"cursor":"{}:{end}:{limit}","has_more":{}}}"#,
+            service.name(),
+            end < events.len()
+        );
+        (200, body)
+    }
+
+    fn serve_devo(&mut self, request: &HttpRequest) -> Served {
+        self.devo_requests += 1;
+        let fault = self.take_fault(Fault::on_devo);
+        match fault {
+            Some(Fault::DevoStatus(s)) => return answer(s, "", None),
+            Some(Fault::DevoTransport) => return Served::Answer(Err(HttpFailure::Timeout)),
+            _ => {}
+        }
+        let tag = request.path.rsplit('/').next().unwrap().to_string();
+        let gzip = request.headers.iter().any(|(k, v)| k == "content-encoding" && v == "gzip");
+        let text = if gzip {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&request.body[..]), &mut text).unwrap();
+            text
+        } else {
+            String::from_utf8(request.body.clone()).unwrap()
+        };
+        self.received.entry(tag).or_default().extend(text.lines().map(str::to_owned));
+        if fault == Some(Fault::DevoAcceptThenStop) {
+            return Served::Stop;
+        }
+        answer(200, "", None)
+    }
+
+    pub fn received(&self, service: Service) -> &[String] {
+        self.received.get(service.default_tag()).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The most 1Password event requests seen in one clock minute.
+    pub fn max_per_minute(&self) -> usize {
+        let mut per: BTreeMap<i64, usize> = BTreeMap::new();
+        for (t, _, _) in &self.op_requests {
+            *per.entry(t.timestamp().div_euclid(60)).or_default() += 1;
+        }
+        per.values().copied().max().unwrap_or(0)
+    }
+}
+
+pub enum Step {
+    Continue,
+    Done(TickReport),
+    Stopped,
+}
+
+enum Served {
+    Answer(Result<HttpResponse, HttpFailure>),
+    Stop,
+}
+
+fn answer(status: u16, body: &str, retry_after: Option<u32>) -> Served {
+    let headers = retry_after.map(|s| vec![("retry-after".to_string(), s.to_string())]).unwrap_or_default();
+    Served::Answer(Ok(HttpResponse { status, headers, body: body.as_bytes().to_vec() }))
+}
