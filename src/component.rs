@@ -7,6 +7,7 @@ use crate::error::CollectorError;
 use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
 use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::tick::{Action, Input, Tick};
+use crate::validate::{Check, Status, Validation};
 use chrono::{DateTime, Utc};
 
 wit_bindgen::generate!({
@@ -76,40 +77,96 @@ impl wit::Guest for Component {
     fn tick() -> Result<wit::TickReport, wit::CollectorError> {
         run_tick().map(to_wit_report).map_err(to_wit_error)
     }
+
+    fn validate() -> Vec<wit::Check> {
+        run_validate()
+            .into_iter()
+            .map(|c| wit::Check {
+                name: c.name,
+                status: match c.status {
+                    Status::Pass => wit::CheckStatus::Pass,
+                    Status::Warn => wit::CheckStatus::Warn,
+                    Status::Fail => wit::CheckStatus::Fail,
+                },
+                detail: c.detail,
+            })
+            .collect()
+    }
 }
 
 fn run_tick() -> Result<TickReport, CollectorError> {
-    let config = Config::load(|key| wasi::config::store::get(key).map_err(config_error_text))?;
+    let config = load_config()?;
     let bucket = wasi::keyvalue::store::open(crate::state::BUCKET)
         .map_err(|e| CollectorError::persistence("open", &kv_error_text(e)))?;
-    let timeout_ns = config.request_timeout_ms * 1_000_000;
+    let mut io = Io { bucket, watched: None, timeout_ns: config.request_timeout_ms * 1_000_000 };
     let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64());
-    // The compare-and-swap handle between a `Watch` and its `Swap`.
-    let mut watched: Option<wasi::keyvalue::atomics::Cas> = None;
     loop {
-        let input = match tick.poll() {
+        match tick.poll() {
             Action::Done(report) => return Ok(report),
-            Action::Load { key } => Input::Loaded(bucket.get(&key).map_err(kv_error_text)),
-            Action::Store { key, value } => Input::Stored(bucket.set(&key, &value).map_err(kv_error_text)),
+            action => {
+                let input = io.perform(action);
+                tick.handle(input, now());
+            }
+        }
+    }
+}
+
+fn run_validate() -> Vec<Check> {
+    let config = load_config();
+    let timeout_ns = config.as_ref().map_or(0, |c| c.request_timeout_ms * 1_000_000);
+    let validation = Validation::new(config, now());
+    let bucket = match wasi::keyvalue::store::open(crate::state::BUCKET) {
+        Ok(bucket) => bucket,
+        Err(e) => {
+            let mut checks = validation.into_checks();
+            checks.push(Check {
+                name: "key-value store".into(),
+                status: Status::Fail,
+                detail: CollectorError::persistence("open", &kv_error_text(e)).to_string(),
+            });
+            return checks;
+        }
+    };
+    let mut io = Io { bucket, watched: None, timeout_ns };
+    crate::validate::run(validation, |action| io.perform(action))
+}
+
+fn load_config() -> Result<Config, CollectorError> {
+    Config::load(|key| wasi::config::store::get(key).map_err(config_error_text))
+}
+
+/// Performs the core's actions with the WIT imports.
+struct Io {
+    bucket: wasi::keyvalue::store::Bucket,
+    /// The compare-and-swap handle between a `Watch` and its `Swap`.
+    watched: Option<wasi::keyvalue::atomics::Cas>,
+    timeout_ns: u64,
+}
+
+impl Io {
+    fn perform(&mut self, action: Action) -> Input {
+        match action {
+            Action::Load { key } => Input::Loaded(self.bucket.get(&key).map_err(kv_error_text)),
+            Action::Store { key, value } => Input::Stored(self.bucket.set(&key, &value).map_err(kv_error_text)),
             Action::Watch { key } => {
-                let cas = wasi::keyvalue::atomics::Cas::new(&bucket, &key).map_err(kv_error_text);
+                let cas = wasi::keyvalue::atomics::Cas::new(&self.bucket, &key).map_err(kv_error_text);
                 Input::Loaded(cas.and_then(|cas| {
                     let value = cas.current().map_err(kv_error_text)?;
-                    watched = Some(cas);
+                    self.watched = Some(cas);
                     Ok(value)
                 }))
             }
             Action::Swap { value } => {
-                let cas = watched.take().expect("the core swaps only after a watch");
+                let cas = self.watched.take().expect("the core swaps only after a watch");
                 Input::Swapped(match wasi::keyvalue::atomics::swap(cas, &value) {
                     Ok(()) => Ok(true),
                     Err(wasi::keyvalue::atomics::CasError::CasFailed(_)) => Ok(false),
                     Err(wasi::keyvalue::atomics::CasError::StoreError(e)) => Err(kv_error_text(e)),
                 })
             }
-            Action::Send { request } => Input::Response(send(&request, timeout_ns)),
-        };
-        tick.handle(input, now());
+            Action::Send { request } => Input::Response(send(&request, self.timeout_ns)),
+            Action::Done(_) => unreachable!("Done is handled by the caller"),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod service;
 mod sim;
 pub mod state;
 pub mod tick;
+pub mod validate;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

@@ -46,7 +46,7 @@ pub struct ServiceReport {
     pub error: Option<CollectorError>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TickReport {
     pub started_at: String,
     pub elapsed_ms: u64,

@@ -575,3 +575,26 @@ fn soak_every_event_arrives_once_under_random_faults_within_the_limits() {
     assert!(sim.max_per_minute() <= 20, "1Password saw {} requests in a minute", sim.max_per_minute());
     assert_eq!(sim.rate_limited, 0, "the budget kept 1Password's own limit from ever answering 429");
 }
+
+#[test]
+fn a_lease_taken_over_mid_delivery_stops_this_tick_without_clobbering() {
+    let mut sim = sim_with(Service::Audit, 9);
+    let c = audit_only(&[("devo_max_batch_events", "3")]);
+    let mut running = sim.start(c.clone());
+    // run until the first batch was accepted, then let another holder take the lease
+    loop {
+        if sim.devo_requests == 1 {
+            let mut st = state(&sim, Service::Audit);
+            st.lease = Some(Lease { holder: "other".into(), expires: sim.now + TimeDelta::minutes(5) });
+            sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+        }
+        if let SimStep::Done(report) = sim.step(&mut running) {
+            let e = svc(&report, "audit").error.clone().unwrap();
+            assert_eq!(e.id, LEASE_LOST, "{e}");
+            break;
+        }
+    }
+    let st = state(&sim, Service::Audit);
+    assert_eq!(st.lease.unwrap().holder, "other", "the other holder's lease is left alone");
+    assert!(st.checkpoint.is_none());
+}

@@ -143,3 +143,58 @@ fn a_host_outside_the_allow_list_is_refused() {
     f.recover(3);
     f.assert_all_delivered_once(ApiVersion::V2);
 }
+
+#[test]
+fn obfuscated_fields_are_hashed_in_every_event_shape_and_the_rest_is_untouched() {
+    let mut f = Fixture::new(40, 19);
+    let fields = "target_user.email,client.ip_address,actor_details.email,user.email,session.ip";
+    f.set("obfuscate_fields", fields);
+    f.set("obfuscation_key", "a-long-random-obfuscation-key-DO-NOT-LEAK");
+    let t = f.tick();
+    assert!(t.ok(), "{}", t.to_json());
+    assert!(!t.to_json().to_string().contains("DO-NOT-LEAK"));
+    let obfuscator = onepassword_collector::obfuscate::Obfuscator::new(
+        fields,
+        onepassword_collector::obfuscate::Mode::Hash,
+        Some(b"a-long-random-obfuscation-key-DO-NOT-LEAK"),
+    )
+    .unwrap();
+    for service in Service::ALL {
+        let received = f.devo.events(service.default_tag());
+        let served = f.dataset.events(service);
+        assert_eq!(received.len(), served.len(), "{service}");
+        for (got, sent) in received.iter().zip(served) {
+            assert_eq!(got, &obfuscator.apply(sent).unwrap(), "{service}");
+            assert_ne!(got, sent, "{service}: nothing was obfuscated");
+            for clear in ["@", "\"ip_address\":\"1", "\"ip\":\"1"] {
+                let value: serde_json::Value = serde_json::from_str(got).unwrap();
+                let hidden = [
+                    &value["target_user"]["email"],
+                    &value["client"]["ip_address"],
+                    &value["actor_details"]["email"],
+                    &value["user"]["email"],
+                    &value["session"]["ip"],
+                ];
+                for h in hidden.iter().filter(|h| !h.is_null()) {
+                    let text = h.as_str().unwrap();
+                    assert!(
+                        text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()),
+                        "{service}: {text} {clear}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tags_can_be_overridden_per_service() {
+    let mut f = Fixture::new(15, 20);
+    f.set("tag_audit", "my.custom.audit");
+    f.set("services", "audit,item_usage");
+    f.drain(3);
+    assert_eq!(f.devo.event_values("my.custom.audit"), f.dataset.values(Service::Audit));
+    assert!(f.devo.events(Service::Audit.default_tag()).is_empty());
+    assert_eq!(f.devo.event_values(Service::ItemUsage.default_tag()), f.dataset.values(Service::ItemUsage));
+    assert!(f.devo.events(Service::SignInAttempts.default_tag()).is_empty());
+}

@@ -71,6 +71,36 @@ impl KvStore {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<bool, String> {
+        self.read_modify_write(store, key, |current| Ok((current.as_deref() == expected).then(|| value.to_vec())))
+            .map(|written| written.is_some())
+    }
+
+    /// Adds `delta` to a counter stored as decimal text; absent counts as 0.
+    pub fn increment(&mut self, store: &str, key: &str, delta: i64) -> Result<i64, String> {
+        let mut next = 0;
+        self.read_modify_write(store, key, |current| {
+            let now = match current {
+                None => 0,
+                Some(bytes) => std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or_else(|| format!("key {key} does not hold a counter"))?,
+            };
+            next = now.checked_add(delta).ok_or("counter overflow")?;
+            Ok(Some(next.to_string().into_bytes()))
+        })?;
+        Ok(next)
+    }
+
+    /// Reads a value and writes what `change` makes of it (nothing for
+    /// `None`) in one IMMEDIATE transaction: no other writer, in this process
+    /// or another, can come between the read and the write.
+    fn read_modify_write(
+        &mut self,
+        store: &str,
+        key: &str,
+        change: impl FnOnce(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, String>,
+    ) -> Result<Option<Vec<u8>>, String> {
         let tx =
             self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
         let current: Option<Vec<u8>> = tx
@@ -79,9 +109,7 @@ impl KvStore {
             })
             .optional()
             .map_err(|e| e.to_string())?;
-        if current.as_deref() != expected {
-            return Ok(false);
-        }
+        let Some(value) = change(current)? else { return Ok(None) };
         tx.execute(
             "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
@@ -89,35 +117,7 @@ impl KvStore {
         )
         .map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
-        Ok(true)
-    }
-
-    /// Adds `delta` to a counter stored as decimal text; absent counts as 0.
-    pub fn increment(&mut self, store: &str, key: &str, delta: i64) -> Result<i64, String> {
-        let tx =
-            self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
-        let current: Option<Vec<u8>> = tx
-            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| e.to_string())?;
-        let now = match current {
-            None => 0,
-            Some(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|t| t.parse::<i64>().ok())
-                .ok_or_else(|| format!("key {key} does not hold a counter"))?,
-        };
-        let next = now.checked_add(delta).ok_or("counter overflow")?;
-        tx.execute(
-            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            params![store, key, next.to_string().into_bytes()],
-        )
-        .map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
-        Ok(next)
+        Ok(Some(value))
     }
 
     pub fn keys(&self, store: &str) -> Result<Vec<String>, String> {

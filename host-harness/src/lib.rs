@@ -8,4 +8,5 @@ pub mod outbound;
 pub mod runtime;
 pub mod schedule;
 pub mod spin_check;
+pub mod status;
 pub mod tenant;

@@ -36,6 +36,12 @@ enum Command {
         #[arg(long)]
         component: Option<PathBuf>,
     },
+    /// Print, per tenant and service, what the stored state says: last
+    /// success, newest event, lag, totals, last error.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Start emulators of 1Password and Devo on loopback and collect everything.
     Demo {
         #[arg(long)]
@@ -101,6 +107,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio::signal::ctrl_c().await?;
             tasks.abort_all();
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config } => {
+            let tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
+            let rows = host_harness::status::read(&tenants);
+            print!("{}", host_harness::status::table(&rows, chrono::Utc::now()));
+            Ok(if rows.iter().all(|r| r.state.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Demo { component, events, page_size } => {
             let component = component.unwrap_or_else(default_component_path);

@@ -1,0 +1,149 @@
+//! `host-harness status`: what each tenant's services have done, read from
+//! their stored state records (no component, no network).
+
+use crate::kv::KvStore;
+use crate::tenant::Tenant;
+use chrono::{DateTime, SecondsFormat, Utc};
+use onepassword_collector::service::Service;
+use onepassword_collector::state::{ServiceState, BUCKET};
+
+pub struct Row {
+    pub tenant: String,
+    pub service: Service,
+    pub state: Result<Option<ServiceState>, String>,
+}
+
+/// The services a tenant collects (its `services` variable, or all).
+fn services(tenant: &Tenant) -> Vec<Service> {
+    match tenant.variables.get("services") {
+        Some(list) => list.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        None => Service::ALL.to_vec(),
+    }
+}
+
+pub fn read(tenants: &[Tenant]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for tenant in tenants {
+        let store = if tenant.kv_path.exists() { Some(KvStore::open(&tenant.kv_path)) } else { None };
+        for service in services(tenant) {
+            let state = match &store {
+                None => Ok(None),
+                Some(Err(e)) => Err(e.clone()),
+                Some(Ok(kv)) => kv
+                    .get(BUCKET, &ServiceState::key(service))
+                    .and_then(|b| b.map(|b| ServiceState::decode(service, &b).map_err(|e| e.to_string())).transpose()),
+            };
+            rows.push(Row { tenant: tenant.name.clone(), service, state });
+        }
+    }
+    rows
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or("-".into(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn lag(newest: Option<&str>, now: DateTime<Utc>) -> String {
+    let Some(t) = newest.and_then(|n| DateTime::parse_from_rfc3339(n).ok()) else { return "-".into() };
+    let secs = (now - t.with_timezone(&Utc)).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// A table, one line per tenant and service.
+pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
+    let mut out = format!(
+        "{:<16} {:<17} {:<21} {:<26} {:>6} {:>10} {:>12}  {}\n",
+        "tenant", "service", "last success", "newest event", "lag", "total sent", "bytes sent", "last error / state"
+    );
+    for row in rows {
+        let line = match &row.state {
+            Err(e) => format!("{:<16} {:<17} cannot read state: {e}", row.tenant, row.service.name()),
+            Ok(None) => format!("{:<16} {:<17} {:<21} never collected", row.tenant, row.service.name(), "-"),
+            Ok(Some(s)) => {
+                let cp = s.checkpoint.as_ref();
+                let newest = cp.and_then(|c| c.newest_event.as_deref());
+                let mut notes = Vec::new();
+                if let Some(e) = &s.stats.last_error {
+                    let current = s.stats.last_success_at.is_none_or(|ok| ok < e.at);
+                    notes.push(format!(
+                        "{}error {} at {}: {}",
+                        if current { "" } else { "earlier " },
+                        e.id,
+                        time(Some(e.at)),
+                        e.message.chars().take(100).collect::<String>()
+                    ));
+                }
+                if let Some(b) = s.backoff.as_ref().filter(|b| b.until > now) {
+                    notes.push(format!("backing off until {}", time(Some(b.until))));
+                }
+                if let Some(l) = s.lease.as_ref().filter(|l| l.expires > now) {
+                    notes.push(format!("running (lease until {})", time(Some(l.expires))));
+                }
+                format!(
+                    "{:<16} {:<17} {:<21} {:<26} {:>6} {:>10} {:>12}  {}",
+                    row.tenant,
+                    row.service.name(),
+                    time(s.stats.last_success_at),
+                    newest.unwrap_or("-"),
+                    lag(newest, now),
+                    cp.map_or(0, |c| c.total_sent),
+                    s.stats.bytes_sent,
+                    if notes.is_empty() { "ok".to_string() } else { notes.join("; ") }
+                )
+            }
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onepassword_collector::checkpoint::Checkpoint;
+    use onepassword_collector::state::StoredError;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn shows_success_lag_totals_and_errors_per_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        let tenant = Tenant {
+            name: "acme".into(),
+            schedule: "0 * * * * *".into(),
+            kv_path: dir.path().join("acme.sqlite"),
+            variables: BTreeMap::from([("services".into(), "audit,sign_in_attempts".into())]),
+            allowed_outbound_hosts: None,
+        };
+        let mut state = ServiceState::new(now);
+        state.checkpoint = Some(Checkpoint {
+            newest_event: Some("2026-05-01T11:00:00Z".into()),
+            total_sent: 42,
+            ..Default::default()
+        });
+        state.stats.last_success_at = Some(now - chrono::TimeDelta::minutes(5));
+        state.stats.bytes_sent = 1234;
+        state.stats.last_error = Some(StoredError {
+            id: 503,
+            message: "1Password answered audit with HTTP 503".into(),
+            at: now - chrono::TimeDelta::minutes(1),
+        });
+        KvStore::open(&tenant.kv_path)
+            .unwrap()
+            .set(BUCKET, &ServiceState::key(Service::Audit), &state.encode())
+            .unwrap();
+        let text = table(&read(&[tenant]), now);
+        let audit = text.lines().find(|l| l.contains("audit")).unwrap();
+        for part in ["acme", "2026-05-01T11:55:00Z", "2026-05-01T11:00:00Z", "60m", "42", "1234", "error 503"] {
+            assert!(audit.contains(part), "{part} missing in {audit}");
+        }
+        assert!(text.lines().any(|l| l.contains("sign_in_attempts") && l.contains("never collected")));
+        assert!(!text.contains("item_usage"));
+    }
+}
