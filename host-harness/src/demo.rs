@@ -53,6 +53,7 @@ pub async fn run(
             ("devo_token".into(), DEMO_DEVO_TOKEN.into()),
         ]),
         allowed_outbound_hosts: None,
+        limits: Default::default(),
     };
     writeln!(out, "1Password emulator at {}, Devo receiver at {}", op.base_url(), devo.base_url())?;
     writeln!(out, "{per_service} events per service, page size {page_size}; ticking until caught up…")?;

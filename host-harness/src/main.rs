@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use host_harness::runtime::{default_component_path, Limits, Runtime};
 use host_harness::{schedule, tenant};
+use onepassword_collector::validate::Status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ enum Command {
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// Tenants ticked at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// Tick every tenant on its schedule until interrupted (Ctrl-C).
     Run {
@@ -35,6 +39,16 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         component: Option<PathBuf>,
+    },
+    /// Check each tenant's setup (config, store, token scopes, 1Password,
+    /// Devo) without pulling any event.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        component: Option<PathBuf>,
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Print, per tenant and service, what the stored state says: last
     /// success, newest event, lag, totals, last error.
@@ -54,6 +68,15 @@ enum Command {
     },
 }
 
+fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<Vec<tenant::Tenant>> {
+    let mut tenants = tenant::load_file(config, |n| std::env::var(n).ok())?;
+    if let Some(name) = only {
+        tenants.retain(|t| t.name == name);
+        anyhow::ensure!(!tenants.is_empty(), "no tenant named {name:?} in {}", config.display());
+    }
+    Ok(tenants)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
@@ -67,18 +90,30 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Tick { config, component, tenant: only } => {
-            let mut tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
-            if let Some(name) = only {
-                tenants.retain(|t| t.name == name);
-                anyhow::ensure!(!tenants.is_empty(), "no tenant named {name:?} in {}", config.display());
+        Command::Tick { config, component, tenant: only, concurrency } => {
+            let tenants = load_tenants(&config, only.as_deref())?;
+            let runtime = Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?;
+            let ticks = runtime.tick_all(&tenants, concurrency).await;
+            for tick in &ticks {
+                println!("{}", tick.to_json());
             }
+            Ok(if ticks.iter().all(|t| t.ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Validate { config, component, tenant: only } => {
+            let tenants = load_tenants(&config, only.as_deref())?;
             let runtime = Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?;
             let mut all_ok = true;
             for t in &tenants {
-                let tick = runtime.tick(t).await;
-                all_ok &= tick.ok();
-                println!("{}", tick.to_json());
+                println!("tenant {}", t.name);
+                for check in runtime.validate(t).await {
+                    let mark = match check.status {
+                        Status::Pass => "  ok  ",
+                        Status::Warn => "  warn",
+                        Status::Fail => "  FAIL",
+                    };
+                    all_ok &= check.status != Status::Fail;
+                    println!("{mark}  {:<24} {}", check.name, check.detail);
+                }
             }
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -109,7 +144,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config } => {
-            let tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
+            // Status reads stored state only: secrets need not be in the environment.
+            let tenants = tenant::load_file(&config, |n| Some(std::env::var(n).unwrap_or_default()))?;
             let rows = host_harness::status::read(&tenants);
             print!("{}", host_harness::status::table(&rows, chrono::Utc::now()));
             Ok(if rows.iter().all(|r| r.state.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })

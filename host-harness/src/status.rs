@@ -120,6 +120,7 @@ mod tests {
             kv_path: dir.path().join("acme.sqlite"),
             variables: BTreeMap::from([("services".into(), "audit,sign_in_attempts".into())]),
             allowed_outbound_hosts: None,
+            limits: Default::default(),
         };
         let mut state = ServiceState::new(now);
         state.checkpoint = Some(Checkpoint {

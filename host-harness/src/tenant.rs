@@ -11,11 +11,20 @@
 //! ```
 //! A variable whose whole value is `${NAME}` is read from environment
 //! variable NAME when the file is loaded, so secrets need not sit in it.
+//!
+//! A tenant may override the runtime's per-instance limits:
+//! ```toml
+//! [tenants.acme.limits]
+//! memory_mib = 32      # linear memory of one instance
+//! cpu_ms = 5000        # guest CPU time of one tick
+//! wall_ms = 150000     # wall-clock time of one tick
+//! ```
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 
@@ -32,6 +41,19 @@ pub struct Tenant {
     /// Base URLs the component may reach, like Spin's `allowed_outbound_hosts`.
     /// `None`: the hosts of `base_url` and `devo_url`, nothing else.
     pub allowed_outbound_hosts: Option<Vec<String>>,
+    /// This tenant's own limits; `None` fields take the runtime's.
+    pub limits: TenantLimits,
+}
+
+/// Per-tenant overrides of [`crate::runtime::Limits`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Linear memory of one instance (`memory_mib`).
+    pub memory_bytes: Option<usize>,
+    /// Guest CPU time of one tick (`cpu_ms`).
+    pub cpu_time: Option<Duration>,
+    /// Wall-clock deadline of one tick (`wall_ms`).
+    pub wall_deadline: Option<Duration>,
 }
 
 impl Tenant {
@@ -60,6 +82,51 @@ struct TenantFile {
     allowed_outbound_hosts: Option<Vec<String>>,
     #[serde(default)]
     variables: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    memory_mib: Option<u64>,
+    cpu_ms: Option<u64>,
+    wall_ms: Option<u64>,
+}
+
+impl LimitsFile {
+    fn check(self, name: &str) -> anyhow::Result<TenantLimits> {
+        let within = |key: &str, value: Option<u64>, min: u64, max: u64| -> anyhow::Result<Option<u64>> {
+            match value {
+                Some(v) if !(min..=max).contains(&v) => {
+                    bail!("tenant {name}: limits.{key} must be from {min} to {max}, not {v}")
+                }
+                v => Ok(v),
+            }
+        };
+        Ok(TenantLimits {
+            memory_bytes: within("memory_mib", self.memory_mib, 1, 4096)?.map(|m| (m as usize) << 20),
+            cpu_time: within("cpu_ms", self.cpu_ms, 1, 3_600_000)?.map(Duration::from_millis),
+            wall_deadline: within("wall_ms", self.wall_ms, 1, 86_400_000)?.map(Duration::from_millis),
+        })
+    }
+}
+
+/// `path` with `.` and `..` resolved lexically, to compare store files.
+fn normalized(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Loads every tenant of a config file; relative `kv` paths are relative to
@@ -76,7 +143,7 @@ pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> a
     if file.tenants.is_empty() {
         bail!("no [tenants.NAME] table: add at least one tenant");
     }
-    let mut tenants = Vec::new();
+    let mut tenants: Vec<Tenant> = Vec::new();
     for (name, t) in file.tenants {
         let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
         crate::schedule::parse(&schedule).with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
@@ -97,12 +164,19 @@ pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> a
             };
             variables.insert(key, text);
         }
+        let limits = t.limits.check(&name)?;
+        // A tenant's checkpoints are its own: no two tenants share a file.
+        let kv_path = base.join(kv);
+        if let Some(other) = tenants.iter().find(|o| normalized(&o.kv_path) == normalized(&kv_path)) {
+            bail!("tenants {} and {name} use the same kv file {}: give each its own", other.name, kv_path.display());
+        }
         tenants.push(Tenant {
             name,
             schedule,
-            kv_path: base.join(kv),
+            kv_path,
             variables,
             allowed_outbound_hosts: t.allowed_outbound_hosts,
+            limits,
         });
     }
     Ok(tenants)
@@ -133,6 +207,55 @@ mod tests {
         assert_eq!(t[0].variables["page_size"], "500");
         assert_eq!(t[1].kv_path, Path::new("/etc/h/state/beta.sqlite"));
         assert_eq!(t[0].outbound_urls(), vec!["https://events.1password.com"]);
+        assert_eq!(t[0].limits, TenantLimits::default());
+    }
+
+    #[test]
+    fn limits_are_per_tenant_and_checked() {
+        let text = r#"
+            [tenants.a.limits]
+            memory_mib = 32
+            cpu_ms = 2000
+            wall_ms = 60000
+            [tenants.b.limits]
+            memory_mib = 8
+        "#;
+        let t = parse(text, Path::new("/h"), |_| None).unwrap();
+        assert_eq!(
+            t[0].limits,
+            TenantLimits {
+                memory_bytes: Some(32 << 20),
+                cpu_time: Some(Duration::from_secs(2)),
+                wall_deadline: Some(Duration::from_secs(60)),
+            }
+        );
+        assert_eq!(t[1].limits, TenantLimits { memory_bytes: Some(8 << 20), ..TenantLimits::default() });
+        for (bad, says) in [
+            ("memory_mib = 0", "limits.memory_mib"),
+            ("cpu_ms = 0", "limits.cpu_ms"),
+            ("wall_ms = 0", "limits.wall_ms"),
+        ] {
+            let e = parse(&format!("[tenants.a.limits]\n{bad}"), Path::new("."), |_| None).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+        }
+        for bad in ["wall_ms = -1", "memory_mb = 16", "memory_mib = \"16\""] {
+            assert!(parse(&format!("[tenants.a.limits]\n{bad}"), Path::new("."), |_| None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenants_cannot_share_a_kv_file() {
+        let text = r#"
+            [tenants.a]
+            kv = "state/x.sqlite"
+            [tenants.b]
+            kv = "state/../state/./x.sqlite"
+        "#;
+        let e = parse(text, Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("same kv file"), "{e:#}");
+        // the default file names are distinct per tenant
+        let t = parse("[tenants.a]\n[tenants.b]", Path::new("/h"), |_| None).unwrap();
+        assert_ne!(t[0].kv_path, t[1].kv_path);
     }
 
     #[test]

@@ -109,3 +109,89 @@ fn demo_delivers_everything_exactly_once() {
     assert!(text.contains("every event arrived exactly once"));
     assert!(text.contains("auth.agilebits.onepassword.signinattempt"));
 }
+
+#[test]
+fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
+    let now = chrono::Utc::now();
+    let dataset = Dataset::generate(4, 10, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
+    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset)).unwrap();
+    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("harness.toml");
+    let write = |devo_token: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n",
+                op.base_url(),
+                devo.base_url()
+            ),
+        )
+        .unwrap()
+    };
+    write("${CLI_DEVO_TOKEN}");
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+        .args(["validate", "--config", config.to_str().unwrap()])
+        .env("CLI_OP_TOKEN", OP_TOKEN)
+        .env("CLI_DEVO_TOKEN", DEVO_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    for check in [
+        "configuration",
+        "key-value store",
+        "1Password",
+        "scope audit",
+        "scope item_usage",
+        "scope sign_in_attempts",
+        "Devo",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with("ok") && l.contains(check)),
+            "{check} not ok in\n{text}"
+        );
+    }
+    assert!(!text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN));
+    assert!(op.requests().iter().all(|r| r.path.contains("introspect")), "no events pulled");
+    assert_eq!(devo.total_events(), 0);
+
+    write("wrongDevoToken0123456789");
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+        .args(["validate", "--config", config.to_str().unwrap()])
+        .env("CLI_OP_TOKEN", OP_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!out.status.success());
+    assert!(text.lines().any(|l| l.contains("FAIL") && l.contains("Devo") && l.contains("devo_token")), "{text}");
+    assert!(!text.contains("wrongDevoToken"));
+}
+
+#[test]
+fn status_shows_what_was_collected() {
+    let now = chrono::Utc::now();
+    let dataset = Dataset::generate(5, 12, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
+    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset)).unwrap();
+    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("harness.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\nservices = \"audit\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"${{CLI_DEVO_TOKEN}}\"\n",
+            op.base_url(),
+            devo.base_url()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness")).args(["status", "--config", config]).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("never collected"));
+    let (ok, _, _) = harness(&["tick", "--config", config]);
+    assert!(ok);
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness")).args(["status", "--config", config]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.contains("audit")).unwrap();
+    assert!(line.contains("acme") && line.contains(" 12 ") && line.ends_with("ok"), "{text}");
+}

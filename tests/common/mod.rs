@@ -60,6 +60,7 @@ impl Fixture {
                 ("devo_token".into(), DEVO_TOKEN.into()),
             ]),
             allowed_outbound_hosts: None,
+            limits: Default::default(),
         };
         Fixture { dataset, op, devo, state, tenant, clock: std::cell::Cell::new(0) }
     }
