@@ -33,7 +33,7 @@ impl Guest for Component {
         for s in &report.services {
             // One line per service, Devo's sender statistics and more: Spin
             // collects component stderr as the log.
-            eprintln!("{}", log_line(s));
+            eprintln!("{}", s.log_line());
             if let Some(e) = &s.error {
                 failures.push(format!("{}: {e}", s.service));
             }
@@ -44,33 +44,6 @@ impl Guest for Component {
             Err(cron_types::Error::Other(failures.join("; ")))
         }
     }
-}
-
-fn log_line(s: &ServiceReport) -> String {
-    let mut line = format!(
-        "service={} outcome={:?} fetched={} sent={} pages={} bytes_sent={} total_sent={} checkpoint={} lag_s={} has_more={} elapsed_ms={}",
-        s.service,
-        s.outcome,
-        s.fetched,
-        s.sent,
-        s.pages,
-        s.bytes_sent,
-        s.total_sent,
-        s.checkpoint.as_deref().unwrap_or("-"),
-        s.lag_seconds.map_or("-".to_string(), |l| l.to_string()),
-        s.has_more,
-        s.elapsed_ms
-    );
-    if let (Some(until), Some(reason)) = (&s.deferred_until, &s.deferred_reason) {
-        line.push_str(&format!(" deferred_until={until} reason=\"{reason}\""));
-    }
-    if s.unconfirmed > 0 {
-        line.push_str(&format!(" unconfirmed={}", s.unconfirmed));
-    }
-    if let Some(e) = &s.error {
-        line.push_str(&format!(" error=\"{e}\""));
-    }
-    line
 }
 
 impl wit::Guest for Component {

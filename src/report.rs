@@ -56,9 +56,82 @@ pub struct TickReport {
     pub warnings: Vec<String>,
 }
 
+impl ServiceReport {
+    /// One log line with Devo's sender statistics and more (the Spin log,
+    /// the harness's `run`). Never carries a secret: reports have none.
+    pub fn log_line(&self) -> String {
+        let s = self;
+        let mut line = format!(
+            "service={} outcome={:?} fetched={} sent={} pages={} bytes_sent={} total_sent={} checkpoint={} lag_s={} has_more={} elapsed_ms={}",
+            s.service,
+            s.outcome,
+            s.fetched,
+            s.sent,
+            s.pages,
+            s.bytes_sent,
+            s.total_sent,
+            s.checkpoint.as_deref().unwrap_or("-"),
+            s.lag_seconds.map_or("-".to_string(), |l| l.to_string()),
+            s.has_more,
+            s.elapsed_ms
+        );
+        if let (Some(until), Some(reason)) = (&s.deferred_until, &s.deferred_reason) {
+            line.push_str(&format!(" deferred_until={until} reason=\"{reason}\""));
+        }
+        if s.unconfirmed > 0 {
+            line.push_str(&format!(" unconfirmed={}", s.unconfirmed));
+        }
+        if let Some(e) = &s.error {
+            line.push_str(&format!(" error=\"{e}\""));
+        }
+        line
+    }
+}
+
 impl TickReport {
     /// True when every service finished without error.
     pub fn ok(&self) -> bool {
         self.services.iter().all(|s| s.error.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_carry_the_sender_statistics() {
+        let s = ServiceReport {
+            service: "audit".into(),
+            outcome: Outcome::Deferred,
+            fetched: 10,
+            sent: 9,
+            unconfirmed: 2,
+            pages: 1,
+            bytes_sent: 512,
+            has_more: true,
+            checkpoint: Some("2026-01-01T00:00:00Z".into()),
+            total_sent: 99,
+            lag_seconds: Some(61),
+            elapsed_ms: 40,
+            deferred_until: Some("2026-01-01T00:01:00Z".into()),
+            deferred_reason: Some("budget".into()),
+            error: None,
+        };
+        let line = s.log_line();
+        for part in [
+            "service=audit",
+            "outcome=Deferred",
+            "sent=9",
+            "total_sent=99",
+            "bytes_sent=512",
+            "checkpoint=2026-01-01T00:00:00Z",
+            "lag_s=61",
+            "elapsed_ms=40",
+            "deferred_until=2026-01-01T00:01:00Z",
+            "unconfirmed=2",
+        ] {
+            assert!(line.contains(part), "{part} missing: {line}");
+        }
     }
 }

@@ -77,28 +77,24 @@ impl Validation {
         Validation { config, now, step, checks }
     }
 
+    /// The next action; `Action::Done` (with an empty tick report) when the
+    /// checklist is complete.
     pub fn poll(&mut self) -> Action {
-        loop {
-            let Some(config) = self.config.as_ref() else { return Action::Done(Default::default()) };
-            match std::mem::replace(&mut self.step, Step::Done) {
-                Step::Store => {
-                    self.step = Step::AwaitStore;
-                    return Action::Load { key: ServiceState::key(config.services[0]) };
-                }
-                Step::Introspect => {
-                    self.step = Step::AwaitIntrospect;
-                    return Action::Send { request: account::introspect_request(config) };
-                }
-                Step::Devo => {
-                    self.step = Step::AwaitDevo;
-                    let mut probe = config.clone();
-                    probe.devo_gzip = false;
-                    return Action::Send { request: devo::stream_request(&probe, config.services[0], Vec::new()) };
-                }
-                Step::Done => return Action::Done(Default::default()),
-                _ => panic!("Validation::poll called while awaiting input"),
+        let Some(config) = self.config.as_ref() else { return Action::Done(Default::default()) };
+        let (next, action) = match std::mem::replace(&mut self.step, Step::Done) {
+            Step::Store => (Step::AwaitStore, Action::Load { key: ServiceState::key(config.services[0]) }),
+            Step::Introspect => (Step::AwaitIntrospect, Action::Send { request: account::introspect_request(config) }),
+            Step::Devo => {
+                // Uncompressed: an empty gzip stream is not an empty body.
+                let probe = Config { devo_gzip: false, ..config.clone() };
+                let request = devo::stream_request(&probe, config.services[0], Vec::new());
+                (Step::AwaitDevo, Action::Send { request })
             }
-        }
+            Step::Done => (Step::Done, Action::Done(Default::default())),
+            _ => panic!("Validation::poll called while awaiting input"),
+        };
+        self.step = next;
+        action
     }
 
     pub fn handle(&mut self, input: Input) {

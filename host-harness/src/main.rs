@@ -133,6 +133,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         };
                         tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
                         let tick = runtime.tick(&t).await;
+                        // A human line per service on stderr (Devo's sender
+                        // statistics), the JSON line on stdout.
+                        match &tick.result {
+                            Ok(report) => report
+                                .services
+                                .iter()
+                                .for_each(|s| eprintln!("{} tenant={} {}", next.to_rfc3339(), t.name, s.log_line())),
+                            Err(e) => eprintln!("{} tenant={} error=\"{e}\"", next.to_rfc3339(), t.name),
+                        }
                         let mut line = tick.to_json();
                         line["fired_at"] = serde_json::Value::String(next.to_rfc3339());
                         println!("{line}");

@@ -195,3 +195,47 @@ fn status_shows_what_was_collected() {
     let line = text.lines().find(|l| l.contains("audit")).unwrap();
     assert!(line.contains("acme") && line.contains(" 12 ") && line.ends_with("ok"), "{text}");
 }
+
+#[test]
+fn run_ticks_every_tenant_on_its_schedule_and_logs_each_service() {
+    let now = chrono::Utc::now();
+    let dataset = Dataset::generate(6, 30, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
+    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
+    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("harness.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tenants.acme]\nschedule = \"* * * * * *\"\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\nservices = \"audit\"\npage_size = 10\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"${{CLI_DEVO_TOKEN}}\"\n",
+            op.base_url(),
+            devo.base_url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("CLI_OP_TOKEN", OP_TOKEN)
+        .env("CLI_DEVO_TOKEN", DEVO_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // every second: three pages of ten drain the audit events
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while devo.events(Service::Audit.default_tag()).len() < 30 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(devo.event_values(Service::Audit.default_tag()), dataset.values(Service::Audit));
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 3, "{stdout}");
+    assert!(lines.iter().all(|l| l["tenant"] == "acme" && l["fired_at"].is_string()));
+    assert!(stderr.lines().any(|l| l.contains("tenant=acme service=audit") && l.contains("total_sent=")), "{stderr}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN));
+    }
+}
