@@ -24,38 +24,59 @@ fn harness(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
     (out.status.success(), lines, stderr)
 }
 
-#[test]
-fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
+/// Emulators with `events` per service and a config file for tenant `acme`
+/// pointing at them; `tenant` and `variables` are extra TOML lines.
+struct Setup {
+    dataset: Dataset,
+    op: OnePasswordEmulator,
+    devo: DevoEmulator,
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+fn setup(seed: u64, events: usize, tenant: &str, variables: &str, devo_token: &str) -> Setup {
     let now = chrono::Utc::now();
-    let dataset = Dataset::generate(3, 30, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
+    let dataset = Dataset::generate(seed, events, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
     let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
     let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("harness.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[tenants.acme]
-kv = "state/acme.sqlite"
-[tenants.acme.variables]
-base_url = "{}"
-token = "${{CLI_OP_TOKEN}}"
-page_size = 20
-services = "audit,sign_in_attempts"
-devo_url = "{}"
-devo_domain = "cli"
-devo_token = "${{CLI_DEVO_TOKEN}}"
+    let path = dir.path().join("harness.toml");
+    let text = format!(
+        "[tenants.acme]\n{tenant}\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n{variables}\n",
+        op.base_url(),
+        devo.base_url()
+    );
+    std::fs::write(&path, text).unwrap();
+    Setup { dataset, op, devo, config: path.to_str().unwrap().to_string(), dir }
+}
 
-[tenants.broken.variables]
-token = "x"
-"#,
-            op.base_url(),
-            devo.base_url()
-        ),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
+impl Setup {
+    /// Rewrites the config with another Devo token value.
+    fn with_devo_token(&self, devo_token: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.lines().map(|l| {
+            if l.starts_with("devo_token") {
+                format!("devo_token = \"{devo_token}\"")
+            } else {
+                l.to_string()
+            }
+        });
+        std::fs::write(&self.config, text.collect::<Vec<_>>().join("\n")).unwrap();
+    }
+}
+
+const ENV_DEVO_TOKEN: &str = "${CLI_DEVO_TOKEN}";
+
+#[test]
+fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
+    let Setup { dataset, op: _op, devo, dir, config } = setup(
+        3,
+        30,
+        "kv = \"state/acme.sqlite\"",
+        "page_size = 20\nservices = \"audit,sign_in_attempts\"\n\n[tenants.broken.variables]\ntoken = \"x\"",
+        ENV_DEVO_TOKEN,
+    );
+    let config = config.as_str();
 
     let (ok, lines, _) = harness(&["tick", "--config", config, "--tenant", "acme"]);
     assert!(ok, "{lines:?}");
@@ -112,24 +133,8 @@ fn demo_delivers_everything_exactly_once() {
 
 #[test]
 fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
-    let now = chrono::Utc::now();
-    let dataset = Dataset::generate(4, 10, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
-    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset)).unwrap();
-    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("harness.toml");
-    let write = |devo_token: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n",
-                op.base_url(),
-                devo.base_url()
-            ),
-        )
-        .unwrap()
-    };
-    write("${CLI_DEVO_TOKEN}");
+    let setup = setup(4, 10, "", "", ENV_DEVO_TOKEN);
+    let (op, devo, config) = (&setup.op, &setup.devo, std::path::PathBuf::from(&setup.config));
     let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
         .args(["validate", "--config", config.to_str().unwrap()])
         .env("CLI_OP_TOKEN", OP_TOKEN)
@@ -156,7 +161,7 @@ fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
     assert!(op.requests().iter().all(|r| r.path.contains("introspect")), "no events pulled");
     assert_eq!(devo.total_events(), 0);
 
-    write("wrongDevoToken0123456789");
+    setup.with_devo_token("wrongDevoToken0123456789");
     let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
         .args(["validate", "--config", config.to_str().unwrap()])
         .env("CLI_OP_TOKEN", OP_TOKEN)
@@ -170,22 +175,8 @@ fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
 
 #[test]
 fn status_shows_what_was_collected() {
-    let now = chrono::Utc::now();
-    let dataset = Dataset::generate(5, 12, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
-    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset)).unwrap();
-    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("harness.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\nservices = \"audit\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"${{CLI_DEVO_TOKEN}}\"\n",
-            op.base_url(),
-            devo.base_url()
-        ),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
+    let setup = setup(5, 12, "", "services = \"audit\"", ENV_DEVO_TOKEN);
+    let config = setup.config.as_str();
     let out = Command::new(env!("CARGO_BIN_EXE_host-harness")).args(["status", "--config", config]).output().unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().contains("never collected"));
     let (ok, _, _) = harness(&["tick", "--config", config]);
@@ -198,23 +189,10 @@ fn status_shows_what_was_collected() {
 
 #[test]
 fn run_ticks_every_tenant_on_its_schedule_and_logs_each_service() {
-    let now = chrono::Utc::now();
-    let dataset = Dataset::generate(6, 30, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
-    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
-    let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("harness.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[tenants.acme]\nschedule = \"* * * * * *\"\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\nservices = \"audit\"\npage_size = 10\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"${{CLI_DEVO_TOKEN}}\"\n",
-            op.base_url(),
-            devo.base_url()
-        ),
-    )
-    .unwrap();
+    let Setup { dataset, op: _op, devo, dir: _dir, config } =
+        setup(6, 30, "schedule = \"* * * * * *\"", "services = \"audit\"\npage_size = 10", ENV_DEVO_TOKEN);
     let mut child = Command::new(env!("CARGO_BIN_EXE_host-harness"))
-        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["run", "--config", &config])
         .env("CLI_OP_TOKEN", OP_TOKEN)
         .env("CLI_DEVO_TOKEN", DEVO_TOKEN)
         .stdout(std::process::Stdio::piped())
