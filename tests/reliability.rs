@@ -177,6 +177,15 @@ fn devo_hang_past_the_timeout_and_refused() {
     );
     let f = audit_fixture(46);
     fault_case(&f, |f| f.devo.push_faults([DevoFault::Drop]), error::DEVO_UNREACHABLE, "could not be reached");
+
+    // nothing listening at Devo's address at all
+    let mut f = audit_fixture(48);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    f.set("devo_url", &format!("http://{closed}"));
+    let report = f.tick().result.unwrap();
+    let e = report.services[0].error.as_ref().unwrap();
+    assert_eq!(e.id, error::DEVO_UNREACHABLE, "{e}");
+    assert!(f.state(Service::Audit).unwrap().checkpoint.is_none());
 }
 
 #[test]
