@@ -141,7 +141,9 @@ fn main() -> anyhow::Result<()> {
     print_setup(&plan, &component, cli.options.quick);
     native(&plan)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(hosted(&plan, &component, cli.options.state_dir.as_deref()))
+    let result = rt.block_on(hosted(&plan, &component, cli.options.state_dir.as_deref()));
+    println!("load average at the end: {} (1, 5, 15 min)", load_average());
+    result
 }
 
 // ---------------------------------------------------------------------------
@@ -207,7 +209,7 @@ fn n(value: f64) -> String {
     let digits = rounded.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -227,6 +229,12 @@ fn mib(bytes: u64) -> String {
     f(bytes as f64 / (1024.0 * 1024.0), 1)
 }
 
+/// The first three fields of /proc/loadavg: other work on the machine skews wall times.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn print_setup(plan: &Plan, component: &Path, quick: bool) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -238,7 +246,7 @@ fn print_setup(plan: &Plan, component: &Path, quick: bool) {
         })
         .unwrap_or_else(|| "unknown".into());
     println!("onepassword-collector bench{}", if quick { " (--quick)" } else { "" });
-    println!("machine:    {cpus} CPUs, {model}");
+    println!("machine:    {cpus} CPUs, {model}; load average {} (1, 5, 15 min)", load_average());
     println!(
         "build:      host {} profile; component {}",
         if cfg!(debug_assertions) { "DEV (unoptimised own code: figures are not representative)" } else { "release" },
