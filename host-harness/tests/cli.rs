@@ -204,6 +204,9 @@ fn run_ticks_every_tenant_on_its_schedule_and_logs_each_service() {
     while devo.events(Service::Audit.default_tag()).len() < 30 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // the tick that delivered the last page prints its line right after;
+    // give it (and one more firing) time before stopping the process
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
