@@ -239,9 +239,14 @@ impl Tick {
                 }
                 Step::Deliver => {
                     let run = self.run.as_mut().expect("a service is running");
-                    match run.batches.front() {
+                    match run.batches.front_mut() {
                         Some((batch, _)) => {
-                            let request = devo::stream_request(&self.config, run.service, batch.body.clone());
+                            // A batch is sent at most once per tick (a failure
+                            // ends the service's part), so its body moves into
+                            // the request; its count and uuids stay until
+                            // Devo's answer is recorded.
+                            let body = std::mem::take(&mut batch.body);
+                            let request = devo::stream_request(&self.config, run.service, body);
                             run.bytes_sent += request.body.len() as u64;
                             self.step = Step::AwaitDevo;
                             return Action::Send { request };
