@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::{CollectorError, ErrorKind, DEVO_REJECTED, DEVO_UNREACHABLE};
 use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
+use crate::json;
 use crate::service::Service;
 use std::borrow::Cow;
 
@@ -18,25 +19,7 @@ pub fn event_line(raw: &str) -> Cow<'_, str> {
     if !raw.contains(['\n', '\r']) {
         return Cow::Borrowed(raw);
     }
-    let mut out = String::with_capacity(raw.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in raw.chars() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !c.is_ascii_whitespace() {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    Cow::Owned(json::compact(raw))
 }
 
 /// One `stream` request body and how many events it holds.

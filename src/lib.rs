@@ -14,6 +14,7 @@ pub mod devo;
 pub mod endpoint;
 pub mod error;
 pub mod http;
+mod json;
 pub mod obfuscate;
 pub mod onepassword;
 pub mod report;

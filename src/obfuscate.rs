@@ -14,6 +14,7 @@
 //! The result is the event text with just those slices replaced: key order,
 //! duplicate keys, escapes and layout of everything else stay byte-for-byte.
 
+use crate::json;
 use hmac::{Hmac, Mac};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -203,7 +204,7 @@ impl Obfuscator {
                 // JSON text, an object's or array's JSON text without layout.
                 let canonical: Cow<'_, str> = match &decoded {
                     Some(s) => Cow::Borrowed(s.as_str()),
-                    None if text.starts_with(['{', '[']) => Cow::Owned(compact(text)),
+                    None if text.starts_with(['{', '[']) => Cow::Owned(json::compact(text)),
                     None => Cow::Borrowed(text),
                 };
                 let mut mac = mac.clone();
@@ -316,27 +317,6 @@ impl<'de> Visitor<'de> for KeySeed {
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
         Ok(Cow::Owned(v))
     }
-}
-
-/// Valid JSON text without the whitespace between tokens (strings untouched).
-fn compact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,140 @@
+//! Commit and release: the last phase of a service's part of the tick, and
+//! the tick's report.
+//!
+//! When Devo accepted every batch of a page, the new checkpoint is written,
+//! in the same swap that renews the lease: this is the only place the
+//! checkpoint moves. Then the next page (back to the budget spend in
+//! `account_budget.rs`) while there is more, `max_pages_per_tick` allows it
+//! and the tick's deadline has not passed; else the lease is released. Most
+//! other ends of a part that holds the lease (a spent budget, a failed
+//! request) release it too, recording the error and, where asked, a back-off
+//! or a forgotten cursor; where the store itself fails, the lease is left to
+//! expire. Last, the service is reported; after the last service, the tick.
+
+use super::delivery::lease_lost;
+use super::swap::Decision;
+use super::{elapsed_ms, nanos, rfc3339, Ending, Step, Tick, Update};
+use crate::backoff::Backoff;
+use crate::report::{Outcome, ServiceReport, TickReport};
+use crate::service::Service;
+use crate::state::{ServiceState, StoredError};
+use chrono::{DateTime, Utc};
+
+impl Tick {
+    // The page is delivered (`Update::Commit`).
+
+    /// Moves the checkpoint past the page, forgets the page's partial
+    /// progress and any back-off, counts the page, and renews the lease.
+    pub(super) fn commit(&mut self, mut state: ServiceState) -> Decision {
+        if !state.holds_lease(&self.me) {
+            return lease_lost(self.running().service);
+        }
+        let now = self.now;
+        let lease = self.lease();
+        let run = self.running();
+        state.checkpoint = run.next.clone();
+        state.partial = None;
+        state.backoff = None;
+        state.stats.last_success_at = Some(now);
+        state.stats.pages += 1;
+        state.stats.bytes_sent += run.bytes_sent - run.bytes_counted;
+        state.lease = Some(lease);
+        run.write_state(state)
+    }
+
+    /// The next page, or the end of the service's part.
+    pub(super) fn committed(&mut self) -> Step {
+        let deadline_passed = self.now - self.started_at >= self.config.tick_deadline;
+        let max_pages = self.config.max_pages_per_tick;
+        let run = self.running();
+        run.confirmed = run.sent;
+        run.bytes_counted = run.bytes_sent;
+        if run.has_more && run.pages < max_pages && !deadline_passed {
+            Step::write(Update::SpendBudget)
+        } else {
+            Step::release(Ending::of(run.outcome(Outcome::Idle)), false, false)
+        }
+    }
+
+    // The end of the service's part (`Update::Release`).
+
+    /// Releases the lease and records how the part ended.
+    pub(super) fn release(
+        &mut self,
+        mut state: ServiceState,
+        ending: &Ending,
+        backoff: bool,
+        forget_cursor: bool,
+    ) -> Decision {
+        let now = self.now;
+        if state.leased_to_other(&self.me, now) {
+            // Someone else holds it now: leave their record alone.
+            return Decision::Skip(Step::Finish(ending.clone()));
+        }
+        let entropy = self.entropy ^ nanos(now);
+        state.lease = None;
+        if let Some(e) = &ending.error {
+            state.stats.last_error = Some(StoredError { id: e.id, message: e.message.clone(), at: now });
+        }
+        if backoff {
+            state.backoff = Some(Backoff::after_failure(state.backoff.as_ref(), now, None, entropy));
+        }
+        if forget_cursor {
+            // The checkpoint keeps its newest event and recent uuids: the next
+            // page is read from that time, without repeats.
+            if let Some(cp) = state.checkpoint.as_mut() {
+                cp.cursor = None;
+            }
+        }
+        self.running().write_state(state)
+    }
+
+    /// Reports the service's part; then the next service.
+    pub(super) fn finish(&mut self, ending: Ending) {
+        let run = self.run.take().expect("a service is running");
+        let checkpoint = run.state.checkpoint.as_ref();
+        let newest = checkpoint.and_then(|c| c.newest_event.clone());
+        let lag_seconds = newest
+            .as_deref()
+            .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
+            .map(|n| (self.now - n.with_timezone(&Utc)).num_seconds().max(0) as u64);
+        // A service that delivered and then met a spent budget says until
+        // when it waits, too.
+        let (deferred_until, deferred_reason) = match (&run.deferred, ending.outcome) {
+            (Some((until, reason)), Outcome::Deferred | Outcome::Delivered) => {
+                (Some(rfc3339(*until)), Some(reason.clone()))
+            }
+            _ => (None, None),
+        };
+        self.reports.push(ServiceReport {
+            service: run.service.name().to_string(),
+            outcome: ending.outcome,
+            fetched: run.fetched,
+            sent: run.sent,
+            unconfirmed: run.sent - run.confirmed,
+            pages: run.pages,
+            bytes_sent: run.bytes_sent,
+            has_more: run.has_more,
+            checkpoint: newest,
+            total_sent: checkpoint.map_or(0, |c| c.total_sent),
+            lag_seconds,
+            elapsed_ms: elapsed_ms(run.started_at, self.now),
+            deferred_until,
+            deferred_reason,
+            error: ending.error,
+        });
+        self.step = Step::NextService;
+    }
+
+    /// The tick's report, once every service has one.
+    pub(super) fn report(&self) -> TickReport {
+        let mut services = self.reports.clone();
+        services.sort_by_key(|s| s.service.parse::<Service>().ok());
+        TickReport {
+            started_at: rfc3339(self.started_at),
+            elapsed_ms: elapsed_ms(self.started_at, self.now),
+            services,
+            warnings: self.warnings.clone(),
+        }
+    }
+}

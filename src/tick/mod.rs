@@ -1,0 +1,400 @@
+//! One tick as a state machine with no I/O: the driver (the component
+//! adapter, or a test) asks [`Tick::poll`] what to do, does it, and hands
+//! the result back with [`Tick::handle`], together with the current time.
+//!
+//! # A tick, step by step
+//!
+//! Each phase has its own file, its functions in the order they run.
+//!
+//! 1. **Account and budget** (`account_budget.rs`), once, before any service:
+//!    find the token's account and scopes (introspection, cached in the
+//!    store; a refused token fails every service), then read the account's
+//!    budget record: while the account backs off after a 429, every service
+//!    is deferred.
+//! 2. **One service's page** (`page.rs`), for each enabled service in turn,
+//!    starting at a different one each tick: check that the token may read
+//!    it, take the service's lease, spend one request of the account's budget
+//!    (`account_budget.rs`; a spent budget defers the service), ask 1Password
+//!    for the page after the checkpoint and read the answer. A failure ends
+//!    the service's part with the checkpoint unchanged: a 429 also backs off
+//!    the whole account, a refused cursor is forgotten, and where retrying at
+//!    once would not help the service backs off. A good page becomes Devo
+//!    batches, minus the events Devo already took, and the checkpoint to
+//!    write once they are delivered.
+//! 3. **Delivery** (`delivery.rs`): send the batches to Devo one at a time,
+//!    recording which events Devo took after every batch but the last, so
+//!    that a repeat of the page after a cut does not resend them. A failed
+//!    batch ends the service's part with a back-off and the checkpoint
+//!    unchanged.
+//! 4. **Commit and release** (`commit.rs`): when every batch was accepted,
+//!    write the new checkpoint in the same swap that renews the lease; then
+//!    the next page (from step 2's budget spend) while `max_pages_per_tick`
+//!    and the tick deadline allow, or release the lease. The part is
+//!    reported, and the next service begins. After the last, the tick is
+//!    `Done` with its report.
+//!
+//! Every write of a stored record (the lease, the budget, progress, the
+//! checkpoint, the release) is a compare-and-swap (`swap.rs`): read the
+//! record, decide what to write from its current value (the phase files'
+//! `Update` functions), write only if it did not change, else read again.
+//!
+//! # Where to look
+//!
+//! - A 429: `page.rs` `on_page` sees it, `account_budget.rs`
+//!   `back_off_account` writes the account's back-off.
+//! - The checkpoint is written in one place: `commit.rs` `commit`.
+//! - What a failure does to the lease and the back-off: `commit.rs`
+//!   `release`; which failures back off: their `Step::release` calls.
+//! - Events never sent twice: `page.rs` `prepare` (what to skip),
+//!   `delivery.rs` `record_progress` (what Devo took of a cut page).
+//! - Store failures and concurrent writers: `swap.rs`.
+
+mod account_budget;
+mod commit;
+mod delivery;
+mod page;
+mod swap;
+
+use crate::account::{self, AccountInfo};
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, RETENTION};
+use crate::devo::Batch;
+use crate::error::CollectorError;
+use crate::http::{HttpFailure, HttpRequest, HttpResponse};
+use crate::onepassword::PageStart;
+use crate::report::{Outcome, ServiceReport, TickReport};
+use crate::service::Service;
+use crate::state::ServiceState;
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::collections::VecDeque;
+// tick_tests.rs reads these through `use super::*`.
+#[cfg(test)]
+use {
+    crate::budget::BudgetRecord,
+    crate::error::{ErrorKind, LEASE_LOST, SCOPE_MISSING},
+    crate::state::Lease,
+    chrono::TimeDelta,
+};
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Read `key` from the key-value bucket; answer with [`Input::Loaded`].
+    Load { key: String },
+    /// Write `value` under `key`; answer with [`Input::Stored`].
+    Store { key: String, value: Vec<u8> },
+    /// Start a compare-and-swap on `key` and read its current value;
+    /// answer with [`Input::Loaded`].
+    Watch { key: String },
+    /// Write `value` to the key of the last `Watch`, only if it still holds
+    /// what was read; answer with [`Input::Swapped`].
+    Swap { value: Vec<u8> },
+    /// Perform the request; answer with [`Input::Response`].
+    Send { request: HttpRequest },
+    /// The tick is over.
+    Done(TickReport),
+}
+
+/// The result of the last [`Action`]. Store errors are the host's
+/// description of the failure and must not contain secrets.
+#[derive(Debug)]
+pub enum Input {
+    Loaded(Result<Option<Vec<u8>>, String>),
+    Stored(Result<(), String>),
+    /// `Ok(false)`: the value changed since the `Watch`; nothing was written.
+    Swapped(Result<bool, String>),
+    Response(Result<HttpResponse, HttpFailure>),
+}
+
+pub struct Tick {
+    config: Config,
+    /// Names this tick as a lease holder.
+    me: String,
+    entropy: u64,
+    started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    account: Option<AccountInfo>,
+    budget_key: String,
+    step: Step,
+    queue: VecDeque<Service>,
+    run: Option<ServiceRun>,
+    reports: Vec<ServiceReport>,
+    warnings: Vec<String>,
+}
+
+impl Tick {
+    /// `entropy` is any random number (lease identity, back-off jitter).
+    pub fn new(config: Config, now: DateTime<Utc>, entropy: u64) -> Tick {
+        let mut warnings = Vec::new();
+        if let Some(claims) = account::token_claims(&config.token) {
+            warnings.extend(account::expiry_warning(&claims, now));
+        }
+        if config.start_time.is_some_and(|t| t < now - RETENTION) {
+            warnings.push(format!(
+                "start_time_value is older than the {} days 1Password keeps; collection starts at the oldest available events",
+                RETENTION.num_days()
+            ));
+        }
+        // Start at a different service each tick, so that when the budget
+        // only allows some of them, none is starved.
+        let mut queue: VecDeque<Service> = config.services.iter().copied().collect();
+        queue.rotate_left((entropy % queue.len().max(1) as u64) as usize);
+        Tick {
+            queue,
+            budget_key: String::new(),
+            config,
+            me: format!("{entropy:016x}"),
+            entropy,
+            started_at: now,
+            now,
+            account: None,
+            step: Step::LoadAccount,
+            run: None,
+            reports: Vec::new(),
+            warnings,
+        }
+    }
+
+    /// The next thing to do. Every action but `Done` must be answered with
+    /// [`Tick::handle`] before `poll` is called again.
+    pub fn poll(&mut self) -> Action {
+        loop {
+            match std::mem::replace(&mut self.step, Step::NextService) {
+                // 1. Account and budget (account_budget.rs).
+                Step::LoadAccount => return self.load_account(),
+                Step::Introspect { cached } => return self.introspect(cached),
+                Step::StoreAccount(info) => return self.store_account(info),
+                Step::LoadGate => return self.load_gate(),
+                // 2. One service's page (page.rs).
+                Step::NextService => match self.queue.pop_front() {
+                    None => return Action::Done(self.report()),
+                    Some(service) => self.begin(service),
+                },
+                Step::Fetch => return self.fetch(),
+                // 3. Delivery (delivery.rs).
+                Step::Deliver => {
+                    if let Some(action) = self.deliver() {
+                        return action;
+                    }
+                }
+                // 4. The service's part is over (commit.rs).
+                Step::Finish(ending) => self.finish(ending),
+                // Any write of a stored record (swap.rs).
+                Step::Watch(update, attempt) => return self.watch(update, attempt),
+                Step::Swap(update, attempt, value) => return self.swap(update, attempt, value),
+                awaiting => panic!("Tick::poll called while {} awaits input", awaiting.name()),
+            }
+        }
+    }
+
+    /// Feeds the result of the last action, with the time it arrived.
+    pub fn handle(&mut self, input: Input, now: DateTime<Utc>) {
+        self.now = now;
+        let step = std::mem::replace(&mut self.step, Step::NextService);
+        self.step = match (step, input) {
+            (Step::AwaitAccount, Input::Loaded(result)) => self.on_cached_account(result),
+            (Step::AwaitIntrospect { cached }, Input::Response(result)) => self.on_introspection(cached, result),
+            (Step::AwaitStoreAccount, Input::Stored(result)) => self.on_account_stored(result),
+            (Step::AwaitGate, Input::Loaded(result)) => self.on_gate(result),
+            (Step::AwaitPage, Input::Response(result)) => self.on_page(result),
+            (Step::AwaitDevo, Input::Response(result)) => self.on_devo(result),
+            (Step::AwaitCurrent(update, attempt), Input::Loaded(result)) => self.on_current(update, attempt, result),
+            (Step::AwaitSwap(update, attempt), Input::Swapped(result)) => self.on_swapped(update, attempt, result),
+            (step, input) => panic!("Tick::handle got {} while {} was expected", input.name(), step.name()),
+        };
+    }
+
+    /// The service whose part of the tick is under way.
+    fn running(&mut self) -> &mut ServiceRun {
+        self.run.as_mut().expect("a service is running")
+    }
+}
+
+/// Where the tick is: what `poll` does next, or which input `handle` awaits.
+enum Step {
+    // 1. Account and budget (account_budget.rs).
+    LoadAccount,
+    AwaitAccount,
+    Introspect { cached: Option<AccountInfo> },
+    AwaitIntrospect { cached: Option<AccountInfo> },
+    StoreAccount(AccountInfo),
+    AwaitStoreAccount,
+    LoadGate,
+    AwaitGate,
+    // 2. One service's page (page.rs).
+    NextService,
+    Fetch,
+    AwaitPage,
+    // 3. Delivery (delivery.rs).
+    Deliver,
+    AwaitDevo,
+    // 4. The service's part is over (commit.rs).
+    Finish(Ending),
+    // A compare-and-swap (swap.rs): the update, and how many tries so far.
+    Watch(Update, u32),
+    AwaitCurrent(Update, u32),
+    Swap(Update, u32, Vec<u8>),
+    AwaitSwap(Update, u32),
+}
+
+impl Step {
+    /// A compare-and-swap, from its first try.
+    fn write(update: Update) -> Step {
+        Step::Watch(update, 0)
+    }
+
+    /// End the service's part: release its lease, and record the error (and
+    /// a back-off when `backoff`); with `forget_cursor`, drop a refused
+    /// cursor.
+    fn release(ending: Ending, backoff: bool, forget_cursor: bool) -> Step {
+        Step::write(Update::Release { ending, backoff, forget_cursor })
+    }
+}
+
+/// A compare-and-swap the tick performs. What each writes and what follows
+/// it is in the file of its phase; `swap.rs` dispatches.
+#[derive(Clone, Debug)]
+enum Update {
+    /// page.rs: take the service's lease.
+    TakeLease,
+    /// account_budget.rs: spend one request of the account's budget.
+    SpendBudget,
+    /// account_budget.rs: 1Password answered 429, every service of the
+    /// account waits.
+    AccountBackoff { retry_after: Option<String>, error: CollectorError },
+    /// delivery.rs: some batches of the page were accepted; remember which.
+    Progress,
+    /// commit.rs: the page is delivered: move the checkpoint.
+    Commit,
+    /// commit.rs: end the service's part (see [`Step::release`]).
+    Release { ending: Ending, backoff: bool, forget_cursor: bool },
+}
+
+impl Update {
+    /// Records a delivery Devo already took: one that is not written will be
+    /// sent again.
+    fn records_delivery(&self) -> bool {
+        matches!(self, Update::Progress | Update::Commit)
+    }
+}
+
+/// How a service's part of the tick ended.
+#[derive(Clone, Debug)]
+struct Ending {
+    outcome: Outcome,
+    error: Option<CollectorError>,
+}
+
+impl Ending {
+    fn of(outcome: Outcome) -> Ending {
+        Ending { outcome, error: None }
+    }
+
+    fn failed(error: CollectorError) -> Ending {
+        Ending { outcome: Outcome::Failed, error: Some(error) }
+    }
+}
+
+/// One service's part of the tick.
+struct ServiceRun {
+    service: Service,
+    started_at: DateTime<Utc>,
+    /// The state record as last read or written by us.
+    state: ServiceState,
+    start: Option<PageStart>,
+    fetched: u32,
+    sent: u32,
+    /// Of `sent`, events whose delivery is recorded in the store.
+    confirmed: u32,
+    pages: u32,
+    bytes_sent: u64,
+    has_more: bool,
+    /// Uuids of the current page Devo took so far (including an earlier
+    /// tick's, from `partial`).
+    delivered: Vec<String>,
+    /// The checkpoint to commit once the current page is delivered.
+    next: Option<Checkpoint>,
+    batches: VecDeque<(Batch, Vec<String>)>,
+    /// Until when and why this service waits (budget, back-off, lease).
+    deferred: Option<(DateTime<Utc>, String)>,
+    /// `bytes_sent` already added to the stored statistics.
+    bytes_counted: u64,
+}
+
+impl ServiceRun {
+    fn new(service: Service, now: DateTime<Utc>) -> ServiceRun {
+        ServiceRun {
+            service,
+            started_at: now,
+            state: ServiceState::new(now),
+            start: None,
+            fetched: 0,
+            sent: 0,
+            confirmed: 0,
+            pages: 0,
+            bytes_sent: 0,
+            bytes_counted: 0,
+            has_more: false,
+            delivered: Vec::new(),
+            next: None,
+            batches: VecDeque::new(),
+            deferred: None,
+        }
+    }
+
+    /// How a part that ends without an error went: a page delivered earlier
+    /// in the tick still counts, whatever stopped the service after it.
+    fn outcome(&self, if_nothing_sent: Outcome) -> Outcome {
+        if self.sent > 0 {
+            Outcome::Delivered
+        } else {
+            if_nothing_sent
+        }
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn elapsed_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    (to - from).num_milliseconds().max(0) as u64
+}
+
+/// Nanoseconds of a time, to vary the back-off jitter.
+fn nanos(t: DateTime<Utc>) -> u64 {
+    t.timestamp_nanos_opt().unwrap_or_default() as u64
+}
+
+// Names for the panic of a driver that breaks the poll/handle protocol.
+
+impl Step {
+    fn name(&self) -> &'static str {
+        match self {
+            Step::AwaitAccount => "a cached account load",
+            Step::AwaitIntrospect { .. } => "an introspection response",
+            Step::AwaitStoreAccount => "an account store",
+            Step::AwaitGate => "a budget load",
+            Step::AwaitCurrent(..) => "a compare-and-swap read",
+            Step::AwaitSwap(..) => "a swap result",
+            Step::AwaitPage => "a 1Password response",
+            Step::AwaitDevo => "a Devo response",
+            _ => "no input",
+        }
+    }
+}
+
+impl Input {
+    fn name(&self) -> &'static str {
+        match self {
+            Input::Loaded(_) => "a load result",
+            Input::Stored(_) => "a store result",
+            Input::Swapped(_) => "a swap result",
+            Input::Response(_) => "an HTTP response",
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "../tick_tests.rs"]
+mod tests;

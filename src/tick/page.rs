@@ -1,0 +1,274 @@
+//! One service's page: the second phase of a tick, run for each service in
+//! turn and again for each further page.
+//!
+//! Take up the service: check the token may read it, take its lease (another
+//! instance's lease or the service's own back-off defers it). After the
+//! budget is spent (`account_budget.rs`), ask 1Password for the page after
+//! the checkpoint and read the answer. A failure ends the service's part with
+//! the checkpoint unchanged; a good page becomes the lines to deliver, minus
+//! the events Devo already took, and the checkpoint to commit once they are
+//! delivered (`delivery.rs`, `commit.rs`).
+
+use super::delivery::batch_with_uuids;
+use super::swap::Decision;
+use super::{rfc3339, Action, Ending, ServiceRun, Step, Tick, Update};
+use crate::account;
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, DEFAULT_LOOKBACK, RETENTION};
+use crate::devo;
+use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, SCOPE_MISSING};
+use crate::http::{HttpFailure, HttpResponse};
+use crate::onepassword::{self, EventMeta, Page, PageStart};
+use crate::report::Outcome;
+use crate::service::Service;
+use crate::state::{Lease, ServiceState};
+use chrono::{DateTime, TimeDelta, Utc};
+use std::collections::HashSet;
+
+impl Tick {
+    // Take up the service.
+
+    /// Checks the token's scope, then takes the service's lease.
+    pub(super) fn begin(&mut self, service: Service) {
+        self.run = Some(ServiceRun::new(service, self.now));
+        // The introspection's answer, else the token's own claims; with
+        // neither, the service is tried and 1Password's answer tells.
+        if let Some(features) =
+            self.account.as_ref().and_then(|a| a.features.as_ref()).or(self.claimed_features().as_ref())
+        {
+            if !features.iter().any(|f| f == service.feature()) {
+                let e = CollectorError::new(
+                    ErrorKind::TokenScopeError,
+                    SCOPE_MISSING,
+                    format!(
+                        "the 1Password token is not scoped to read {service} (its features: {}); issue a token with \"{}\" or remove {service} from services",
+                        if features.is_empty() { "none".to_string() } else { features.join(", ") },
+                        service.feature()
+                    ),
+                );
+                self.step = Step::Finish(Ending::failed(e));
+                return;
+            }
+        }
+        self.step = Step::write(Update::TakeLease);
+    }
+
+    fn claimed_features(&self) -> Option<Vec<String>> {
+        account::token_claims(&self.config.token).and_then(|c| c.features)
+    }
+
+    /// `Update::TakeLease`: the lease, unless another instance holds one or
+    /// the service backs off after failures. Then the budget is spent.
+    pub(super) fn take_lease(&mut self, mut state: ServiceState) -> Decision {
+        let now = self.now;
+        let lease = self.lease();
+        let run = self.running();
+        if state.leased_to_other(&lease.holder, now) {
+            let until = state.lease.as_ref().map_or(now, |l| l.expires);
+            run.deferred = Some((until, "another instance is collecting this service".into()));
+            return Decision::Skip(Step::Finish(Ending::of(Outcome::Deferred)));
+        }
+        if let Some(b) = state.backoff.as_ref().filter(|b| b.until > now) {
+            let reason = format!("backing off after {} consecutive failure(s)", b.attempts);
+            run.deferred = Some((b.until, reason));
+            run.state = state;
+            return Decision::Skip(Step::Finish(Ending::of(Outcome::Deferred)));
+        }
+        // Pinned at the first lease, so a retried first page is the same page.
+        if state.initial_start.is_none() {
+            state.initial_start = Some(now - DEFAULT_LOOKBACK);
+        }
+        state.lease = Some(lease);
+        run.write_state(state)
+    }
+
+    /// The lease this tick takes, and renews with every progress and commit.
+    /// It outlives the tick's deadline by a few requests' timeouts, so it
+    /// cannot expire under a tick that is still working.
+    pub(super) fn lease(&self) -> Lease {
+        let ttl = self.config.tick_deadline + TimeDelta::milliseconds(4 * self.config.request_timeout_ms as i64);
+        Lease { holder: self.me.clone(), expires: self.now + ttl }
+    }
+
+    // Ask 1Password (once the budget is spent).
+
+    pub(super) fn fetch(&mut self) -> Action {
+        let run = self.run.as_mut().expect("a service is running");
+        let start = page_start(&self.config, &run.state, self.now);
+        let request = onepassword::page_request(&self.config, run.service, &start);
+        run.start = Some(start);
+        self.step = Step::AwaitPage;
+        Action::Send { request }
+    }
+
+    /// What 1Password's answer means: a failure ends the service's part with
+    /// the checkpoint unchanged; a page goes on to delivery.
+    pub(super) fn on_page(&mut self, result: Result<HttpResponse, HttpFailure>) -> Step {
+        let run = self.running();
+        let service = run.service;
+        let response = match result {
+            Ok(r) => r,
+            Err(failure) => {
+                let e = onepassword::transport_error(service, &failure);
+                return Step::release(Ending::failed(e), true, false);
+            }
+        };
+        match onepassword::parse_page(service, &response) {
+            Ok(page) => self.prepare(page),
+            // Too many requests for the account: back it off as a whole
+            // (account_budget.rs).
+            Err(e) if response.status == 429 => {
+                let retry_after = response.header("retry-after").map(str::to_owned);
+                Step::write(Update::AccountBackoff { retry_after, error: e })
+            }
+            // A refused cursor would be refused again: drop it and read again
+            // from a time.
+            Err(mut e) if response.status == 400 && matches!(run.start, Some(PageStart::Cursor(_))) => {
+                e.message.push_str(
+                    "; the stored cursor is dropped and the next tick reads again from the newest delivered event, skipping events already delivered",
+                );
+                Step::release(Ending::failed(e), false, true)
+            }
+            Err(e) => {
+                // Back off where asking again at once would not help: a server
+                // error, a body that is not a page.
+                let retry_soon = response.status >= 500 || response.status == 200;
+                Step::release(Ending::failed(e), retry_soon, false)
+            }
+        }
+    }
+
+    /// Turns a page into what delivery needs: the events to send, cut into
+    /// batches, and the checkpoint to commit once Devo took them all.
+    fn prepare(&mut self, page: Page) -> Step {
+        let config = &self.config;
+        let run = self.run.as_mut().expect("a service is running");
+        let service = run.service;
+        run.pages += 1;
+        run.fetched += page.items.len() as u32;
+        run.has_more = page.has_more;
+        let start = run.start.clone().expect("a page was requested");
+        // Events this page may repeat: the part of it delivered before a cut,
+        // and, when re-reading from a time after a refused cursor, the
+        // events delivered last.
+        let mut skip: HashSet<&str> = HashSet::new();
+        // Whatever page this is, an event Devo already took is never sent
+        // again (the page may differ from the cut one: a refused cursor, a
+        // changed start).
+        if let Some(p) = run.state.partial.as_ref() {
+            skip.extend(p.delivered.iter().map(String::as_str));
+            run.delivered = p.delivered.clone();
+        } else {
+            run.delivered.clear();
+        }
+        // Delivered by the cut attempt but not yet in the checkpoint's count.
+        let delivered_before = run.delivered.len() as u64;
+        let previous = run.state.checkpoint.as_ref();
+        let rereading = matches!(start, PageStart::From(_))
+            && previous.is_some_and(|cp| cp.cursor.is_none() && cp.start_time_value == start_value(config));
+        if rereading {
+            skip.extend(previous.into_iter().flat_map(|cp| cp.recent_uuids.iter().map(String::as_str)));
+        }
+        let mut lines: Vec<(String, Option<String>)> = Vec::with_capacity(page.items.len());
+        let mut page_uuids = Vec::with_capacity(page.items.len());
+        let mut newest: Option<(DateTime<Utc>, String)> = None;
+        for item in &page.items {
+            let meta = EventMeta::of(item);
+            if let Some((t, raw)) = meta.time() {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, raw));
+                }
+            }
+            if let Some(uuid) = &meta.uuid {
+                page_uuids.push(uuid.clone());
+                if skip.contains(uuid.as_str()) {
+                    continue;
+                }
+            }
+            let line = devo::event_line(item.get());
+            let line = match &config.obfuscator {
+                None => line.into_owned(),
+                Some(o) => match o.apply(&line) {
+                    Ok(obfuscated) => obfuscated.into_owned(),
+                    Err(e) => {
+                        // Sending the clear value would break the user's rule: hold the page.
+                        let e = CollectorError::new(
+                            ErrorKind::PullError,
+                            ONEPASSWORD_BAD_BODY,
+                            format!("an event of {service} could not be obfuscated ({e}); the page is held back and retried"),
+                        );
+                        return Step::release(Ending::failed(e), true, false);
+                    }
+                },
+            };
+            lines.push((line, meta.uuid));
+        }
+        let new_events = lines.len() as u64 + delivered_before;
+        run.next = Some(next_checkpoint(config, previous, newest, &page.cursor, page_uuids, new_events));
+        run.batches = batch_with_uuids(&lines, config);
+        Step::Deliver
+    }
+}
+
+/// The configured start as stored in a checkpoint, to notice when it changes.
+fn start_value(config: &Config) -> Option<String> {
+    config.start_time.map(rfc3339)
+}
+
+/// Continue from the stored cursor, unless there is none or the configured
+/// `start_time_value` changed since it was stored (Devo's way of asking for a
+/// re-ingest): then a reset cursor from the configured start. After a
+/// refused cursor, read again from the newest delivered event.
+fn page_start(config: &Config, state: &ServiceState, now: DateTime<Utc>) -> PageStart {
+    let configured = || {
+        let start = config.start_time.or(state.initial_start).unwrap_or(now - DEFAULT_LOOKBACK);
+        // 1Password serves nothing older; asking for it is an error there.
+        PageStart::From(start.max(now - RETENTION + TimeDelta::minutes(5)))
+    };
+    match &state.checkpoint {
+        Some(cp) if cp.start_time_value == start_value(config) => match (&cp.cursor, &cp.newest_event) {
+            (Some(cursor), _) => PageStart::Cursor(cursor.clone()),
+            (None, Some(newest)) => match DateTime::parse_from_rfc3339(newest) {
+                Ok(t) => PageStart::From(t.with_timezone(&Utc)),
+                Err(_) => configured(),
+            },
+            (None, None) => configured(),
+        },
+        _ => configured(),
+    }
+}
+
+/// The checkpoint after this page: its cursor, the newest event seen so far,
+/// the count and the uuids delivered. A changed configured start begins anew.
+fn next_checkpoint(
+    config: &Config,
+    previous: Option<&Checkpoint>,
+    newest_in_page: Option<(DateTime<Utc>, String)>,
+    cursor: &str,
+    page_uuids: Vec<String>,
+    new_events: u64,
+) -> Checkpoint {
+    let reset = previous.is_some_and(|p| p.start_time_value != start_value(config));
+    let previous_newest = previous.filter(|_| !reset).and_then(|p| p.newest_event.clone());
+    let newest_event = match (newest_in_page, previous_newest) {
+        (Some((t, raw)), Some(old)) => {
+            let old_t = DateTime::parse_from_rfc3339(&old).ok().map(|o| o.with_timezone(&Utc));
+            if old_t.is_some_and(|o| o > t) {
+                Some(old)
+            } else {
+                Some(raw)
+            }
+        }
+        (Some((_, raw)), None) => Some(raw),
+        (None, old) => old,
+    };
+    let mut next = Checkpoint {
+        cursor: Some(cursor.to_string()),
+        start_time_value: start_value(config),
+        newest_event,
+        total_sent: previous.map_or(0, |p| p.total_sent) + new_events,
+        recent_uuids: previous.filter(|_| !reset).map(|p| p.recent_uuids.clone()).unwrap_or_default(),
+    };
+    next.remember(page_uuids);
+    next
+}
