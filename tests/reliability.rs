@@ -3,7 +3,7 @@
 //! twice, and the next fault-free tick recovers.
 
 use end_to_end::*;
-use host_harness::emulator::{DevoFault, OpFault};
+use harness_test_kit::emulator::{DevoFault, OpFault};
 use host_harness::runtime::{KvFault, KvOp, TickOptions};
 use onepassword_collector::error;
 use onepassword_collector::report::Outcome;

@@ -1,12 +1,21 @@
-//! The wasmtime host for the onepassword-collector component, as a library
-//! (used by the `host-harness` binary and by the end-to-end tests).
+//! The wasmtime host for the onepassword-collector component, as a library:
+//! what the `host-harness` command (`cli/`) and any other embedder link.
+//! It holds the host only; the emulators, demo, Spin checker and bench are
+//! in `test-kit/`, which an embedder does not need.
+//!
+//! * [`runtime`]: engine and instance pool, compile cache, limits, one
+//!   instance per tick, tick results;
+//! * [`host`]: the host side of each imported interface (key-value, config,
+//!   outbound HTTP policy);
+//! * [`kv`]: where a tenant's key-value pairs live (a backend trait and its
+//!   SQLite backend);
+//! * [`tenant`]: the tenants file; [`schedule`]: cron schedules;
+//!   [`status`]: what the stored state says, without running the component.
 
-pub mod demo;
-pub mod emulator;
+mod bindings;
+pub mod host;
 pub mod kv;
-pub mod outbound;
 pub mod runtime;
 pub mod schedule;
-pub mod spin_check;
 pub mod status;
 pub mod tenant;

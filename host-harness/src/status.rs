@@ -1,7 +1,7 @@
 //! `host-harness status`: what each tenant's services have done, read from
 //! their stored state records (no component, no network).
 
-use crate::kv::KvStore;
+use crate::kv;
 use crate::tenant::Tenant;
 use chrono::{DateTime, SecondsFormat, Utc};
 use onepassword_collector::service::Service;
@@ -24,13 +24,14 @@ fn services(tenant: &Tenant) -> Vec<Service> {
 pub fn read(tenants: &[Tenant]) -> Vec<Row> {
     let mut rows = Vec::new();
     for tenant in tenants {
-        let store = if tenant.kv_path.exists() { Some(KvStore::open(&tenant.kv_path)) } else { None };
+        // A store never written stays uncreated: status only reads.
+        let mut store = if tenant.kv_path.exists() { Some(kv::open(&tenant.kv_path, BUCKET)) } else { None };
         for service in services(tenant) {
-            let state = match &store {
+            let state = match &mut store {
                 None => Ok(None),
                 Some(Err(e)) => Err(e.clone()),
                 Some(Ok(kv)) => kv
-                    .get(BUCKET, &ServiceState::key(service))
+                    .get(&ServiceState::key(service))
                     .and_then(|b| b.map(|b| ServiceState::decode(service, &b).map_err(|e| e.to_string())).transpose()),
             };
             rows.push(Row { tenant: tenant.name.clone(), service, state });
@@ -106,6 +107,7 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::SqliteStore;
     use onepassword_collector::checkpoint::Checkpoint;
     use onepassword_collector::state::StoredError;
     use std::collections::BTreeMap;
@@ -135,7 +137,7 @@ mod tests {
             message: "1Password answered audit with HTTP 503".into(),
             at: now - chrono::TimeDelta::minutes(1),
         });
-        KvStore::open(&tenant.kv_path)
+        SqliteStore::open(&tenant.kv_path)
             .unwrap()
             .set(BUCKET, &ServiceState::key(Service::Audit), &state.encode())
             .unwrap();

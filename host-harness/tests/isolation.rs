@@ -5,8 +5,10 @@
 //! Needs the release build of the component:
 //! `cargo build --release --target wasm32-wasip2 -p onepassword-collector`.
 
-use host_harness::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions, OpFault};
-use host_harness::kv::KvStore;
+use harness_test_kit::emulator::{
+    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions, OpFault,
+};
+use host_harness::kv::SqliteStore;
 use host_harness::runtime::{
     default_component_path, CompileCache, Limits, Runtime, RuntimeOptions, TenantTick, DEFAULT_MEMORY_BYTES,
     HOST_FAILURE,
@@ -113,11 +115,11 @@ fn assert_host_failure(tick: &TenantTick, says: &str) {
 }
 
 fn keys(path: &Path) -> Vec<String> {
-    KvStore::open(path).unwrap().keys("default").unwrap()
+    SqliteStore::open(path).unwrap().keys("default").unwrap()
 }
 
 fn values(path: &Path) -> Vec<(String, Option<Vec<u8>>)> {
-    let kv = KvStore::open(path).unwrap();
+    let kv = SqliteStore::open(path).unwrap();
     kv.keys("default").unwrap().into_iter().map(|k| (k.clone(), kv.get("default", &k).unwrap())).collect()
 }
 
@@ -171,7 +173,8 @@ fn a_tenant_starts_from_its_own_checkpoints_not_another_tenants() {
     let b_keys = keys(&b.kv_path);
     assert!(!b_keys.contains(&ServiceState::key(Service::ItemUsage)), "A's key in B's store: {b_keys:?}");
     let read = |path: &Path| {
-        let bytes = KvStore::open(path).unwrap().get("default", &ServiceState::key(Service::Audit)).unwrap().unwrap();
+        let bytes =
+            SqliteStore::open(path).unwrap().get("default", &ServiceState::key(Service::Audit)).unwrap().unwrap();
         ServiceState::decode(Service::Audit, &bytes).unwrap()
     };
     assert_ne!(read(&a.kv_path).checkpoint, read(&b.kv_path).checkpoint);

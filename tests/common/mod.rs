@@ -1,7 +1,7 @@
 //! Shared set-up for the end-to-end tests: the real component under the
 //! harness's runtime, against the loopback emulators.
 
-use host_harness::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick};
 use host_harness::tenant::Tenant;
 use onepassword_collector::service::{ApiVersion, Service};
@@ -174,7 +174,7 @@ impl Fixture {
 
     /// The service's state record as stored in the tenant's SQLite file.
     pub fn state(&self, service: Service) -> Option<onepassword_collector::state::ServiceState> {
-        let kv = host_harness::kv::KvStore::open(&self.tenant.kv_path).unwrap();
+        let kv = host_harness::kv::SqliteStore::open(&self.tenant.kv_path).unwrap();
         let bytes = kv.get("default", &onepassword_collector::state::ServiceState::key(service)).unwrap()?;
         Some(onepassword_collector::state::ServiceState::decode(service, &bytes).unwrap())
     }

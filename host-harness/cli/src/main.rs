@@ -2,7 +2,7 @@
 //! (`tick`), on each tenant's schedule (`run`), or against built-in
 //! emulators (`demo`).
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use host_harness::runtime::{default_component_path, Limits, Runtime};
 use host_harness::{schedule, tenant};
 use onepassword_collector::validate::Status;
@@ -17,15 +17,30 @@ struct Cli {
     command: Command,
 }
 
+/// Where the tenants and the component are.
+#[derive(Args)]
+struct Setup {
+    /// The tenants file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// The component (.wasm); defaults to the workspace's release build.
+    #[arg(long)]
+    component: Option<PathBuf>,
+}
+
+impl Setup {
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        let component = self.component.clone().unwrap_or_else(default_component_path);
+        Runtime::new(&component, Limits::default())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run one tick per tenant and print one JSON line per tenant.
     Tick {
-        #[arg(long)]
-        config: PathBuf,
-        /// The component (.wasm); defaults to the workspace's release build.
-        #[arg(long)]
-        component: Option<PathBuf>,
+        #[command(flatten)]
+        setup: Setup,
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
@@ -35,18 +50,15 @@ enum Command {
     },
     /// Tick every tenant on its schedule until interrupted (Ctrl-C).
     Run {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        component: Option<PathBuf>,
+        #[command(flatten)]
+        setup: Setup,
     },
     /// Check each tenant's setup (config, store, token scopes, 1Password,
     /// Devo) without pulling any event.
     Validate {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        component: Option<PathBuf>,
+        #[command(flatten)]
+        setup: Setup,
+        /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -58,6 +70,7 @@ enum Command {
     },
     /// Start emulators of 1Password and Devo on loopback and collect everything.
     Demo {
+        /// The component (.wasm); defaults to the workspace's release build.
         #[arg(long)]
         component: Option<PathBuf>,
         /// Events generated per service.
@@ -90,18 +103,18 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Tick { config, component, tenant: only, concurrency } => {
-            let tenants = load_tenants(&config, only.as_deref())?;
-            let runtime = Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?;
+        Command::Tick { setup, tenant: only, concurrency } => {
+            let tenants = load_tenants(&setup.config, only.as_deref())?;
+            let runtime = setup.runtime()?;
             let ticks = runtime.tick_all(&tenants, concurrency).await;
             for tick in &ticks {
                 println!("{}", tick.to_json());
             }
             Ok(if ticks.iter().all(|t| t.ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Validate { config, component, tenant: only } => {
-            let tenants = load_tenants(&config, only.as_deref())?;
-            let runtime = Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?;
+        Command::Validate { setup, tenant: only } => {
+            let tenants = load_tenants(&setup.config, only.as_deref())?;
+            let runtime = setup.runtime()?;
             let mut all_ok = true;
             for t in &tenants {
                 println!("tenant {}", t.name);
@@ -117,9 +130,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Run { config, component } => {
-            let tenants = tenant::load_file(&config, |n| std::env::var(n).ok())?;
-            let runtime = Arc::new(Runtime::new(&component.unwrap_or_else(default_component_path), Limits::default())?);
+        Command::Run { setup } => {
+            let tenants = tenant::load_file(&setup.config, |n| std::env::var(n).ok())?;
+            let runtime = Arc::new(setup.runtime()?);
             eprintln!("host-harness: running {} tenant(s); Ctrl-C stops", tenants.len());
             let mut tasks = tokio::task::JoinSet::new();
             for t in tenants {
@@ -161,7 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { component, events, page_size } => {
             let component = component.unwrap_or_else(default_component_path);
-            let summary = host_harness::demo::run(&component, events, page_size, &mut std::io::stdout()).await?;
+            let summary = harness_test_kit::demo::run(&component, events, page_size, &mut std::io::stdout()).await?;
             Ok(if summary.complete() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }

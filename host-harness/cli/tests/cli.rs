@@ -1,7 +1,7 @@
 //! The `host-harness` binary as a user runs it: a TOML config, secrets from
 //! the environment, one JSON line per tenant, state kept across processes.
 
-use host_harness::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use onepassword_collector::service::Service;
 use std::process::Command;
 
@@ -122,7 +122,7 @@ fn demo_delivers_everything_exactly_once() {
     let mut out = Vec::new();
     let summary = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(host_harness::demo::run(&host_harness::runtime::default_component_path(), 120, 50, &mut out))
+        .block_on(harness_test_kit::demo::run(&host_harness::runtime::default_component_path(), 120, 50, &mut out))
         .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(summary.complete(), "{text}");

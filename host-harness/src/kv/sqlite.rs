@@ -1,19 +1,23 @@
-//! A tenant's key-value store: one SQLite file, in the table layout Spin's
-//! default store uses, so checkpoints survive restarts and a state file can
-//! move between this harness and `spin up`.
+//! The SQLite backend: a tenant's key-value store is one SQLite file, in the
+//! table layout Spin's default store uses (`spin_key_value`: store, key,
+//! value), so checkpoints survive restarts and a state file can move between
+//! this harness and `spin up`.
 
+use super::KvBackend;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub struct KvStore {
+/// One SQLite file; every method names the store (Spin's "bucket") it
+/// works on. [`SqliteStore::bucket`] binds one store as a [`KvBackend`].
+pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
 }
 
-impl KvStore {
+impl SqliteStore {
     /// Opens (creating if needed) the store file and its parent folder.
-    pub fn open(path: &Path) -> Result<KvStore, String> {
+    pub fn open(path: &Path) -> Result<SqliteStore, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -27,7 +31,12 @@ impl KvStore {
                  PRIMARY KEY (store, key));",
         )
         .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
-        Ok(KvStore { conn, path: path.to_path_buf() })
+        Ok(SqliteStore { conn, path: path.to_path_buf() })
+    }
+
+    /// This file's store `name` as the backend of one bucket.
+    pub fn bucket(self, name: &str) -> SqliteBucket {
+        SqliteBucket { file: self, name: name.to_string() }
     }
 
     pub fn path(&self) -> &Path {
@@ -130,6 +139,38 @@ impl KvStore {
     }
 }
 
+/// One store of a SQLite file, as the host's key-value interface sees it.
+pub struct SqliteBucket {
+    file: SqliteStore,
+    name: String,
+}
+
+impl KvBackend for SqliteBucket {
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.file.get(&self.name, key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.file.set(&self.name, key, value)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), String> {
+        self.file.delete(&self.name, key)
+    }
+
+    fn keys(&mut self) -> Result<Vec<String>, String> {
+        self.file.keys(&self.name)
+    }
+
+    fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
+        self.file.compare_and_swap(&self.name, key, expected, value)
+    }
+
+    fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
+        self.file.increment(&self.name, key, delta)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,14 +180,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/t.sqlite");
         {
-            let kv = KvStore::open(&path).unwrap();
+            let kv = SqliteStore::open(&path).unwrap();
             kv.set("default", "a", b"1").unwrap();
             kv.set("default", "a", b"2").unwrap();
             kv.set("other", "a", b"x").unwrap();
             kv.set("default", "b", b"3").unwrap();
             kv.delete("default", "b").unwrap();
         }
-        let kv = KvStore::open(&path).unwrap();
+        let kv = SqliteStore::open(&path).unwrap();
         assert_eq!(kv.get("default", "a").unwrap(), Some(b"2".to_vec()));
         assert_eq!(kv.get("other", "a").unwrap(), Some(b"x".to_vec()));
         assert_eq!(kv.get("default", "b").unwrap(), None);
@@ -157,8 +198,8 @@ mod tests {
     fn compare_and_swap_and_increment_are_atomic_across_connections() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sqlite");
-        let mut a = KvStore::open(&path).unwrap();
-        let mut b = KvStore::open(&path).unwrap();
+        let mut a = SqliteStore::open(&path).unwrap();
+        let mut b = SqliteStore::open(&path).unwrap();
         assert!(a.compare_and_swap("default", "k", None, b"1").unwrap());
         assert!(!b.compare_and_swap("default", "k", None, b"2").unwrap(), "b read it absent: stale");
         assert!(b.compare_and_swap("default", "k", Some(b"1"), b"2").unwrap());
@@ -169,7 +210,7 @@ mod tests {
             .map(|_| {
                 let path = path.clone();
                 std::thread::spawn(move || {
-                    let mut kv = KvStore::open(&path).unwrap();
+                    let mut kv = SqliteStore::open(&path).unwrap();
                     for _ in 0..50 {
                         kv.increment("default", "n", 1).unwrap();
                     }

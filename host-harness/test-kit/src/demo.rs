@@ -3,8 +3,8 @@
 //! caught up, and shows what reached Devo per tag.
 
 use crate::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
-use crate::runtime::{Limits, Runtime};
-use crate::tenant::Tenant;
+use host_harness::runtime::{Limits, Runtime};
+use host_harness::tenant::Tenant;
 use onepassword_collector::service::Service;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -42,7 +42,7 @@ pub async fn run(
     let state = tempdir()?;
     let tenant = Tenant {
         name: "demo".into(),
-        schedule: crate::tenant::DEFAULT_SCHEDULE.into(),
+        schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
         kv_path: state.join("demo.sqlite"),
         variables: BTreeMap::from([
             ("base_url".into(), op.base_url()),

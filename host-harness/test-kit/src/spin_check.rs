@@ -980,7 +980,7 @@ pub fn check_manifest_with(toml_text: &str, rules: &ManifestRules) -> Vec<Proble
         ours += 1;
         match trigger.get("cron_expression").and_then(|c| c.as_str()) {
             Some(expr) => {
-                if let Err(e) = crate::schedule::parse(expr) {
+                if let Err(e) = host_harness::schedule::parse(expr) {
                     problem(&format!("{subject}.cron_expression"), format!("{expr:?}: {e}"));
                 }
             }

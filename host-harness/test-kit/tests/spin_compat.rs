@@ -9,7 +9,7 @@
 //! * `spin.toml` and `runtime-config.toml` agree with what the component
 //!   reads (`config::KEYS`) and with the collector's defaults.
 
-use host_harness::spin_check::{
+use harness_test_kit::spin_check::{
     check_manifest, check_manifest_with, check_runtime_config, manifest_defaults, ManifestRules, Report, SpinWorlds,
     COMPONENT, OPTIONAL_UNMAPPED_KEYS, RELEASE_SOURCE, REQUIRED_KEYS,
 };
@@ -21,17 +21,18 @@ use std::sync::OnceLock;
 use wit_component::{ComponentEncoder, StringEncoding};
 use wit_parser::{LiftLowerAbi, ManglingAndAbi, Resolve};
 
-fn harness_dir() -> &'static Path {
+/// This package's folder (`host-harness/test-kit`).
+fn kit_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn workspace_dir() -> PathBuf {
-    harness_dir().parent().unwrap().to_path_buf()
+    kit_dir().ancestors().nth(2).unwrap().to_path_buf()
 }
 
 /// Spin's WIT, copied from the spin-sdk 5.2.0 crate (see its README).
 fn spin_wit_dir() -> PathBuf {
-    harness_dir().join("tests/fixtures/spin-sdk-5.2.0-wit")
+    kit_dir().join("tests/fixtures/spin-sdk-5.2.0-wit")
 }
 
 /// The cron trigger's WIT, as vendored for the component itself.

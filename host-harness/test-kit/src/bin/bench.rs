@@ -2,8 +2,8 @@
 //!
 //! ```sh
 //! cargo build --release --target wasm32-wasip2 -p onepassword-collector
-//! cargo run --release -p host-harness --bin bench            # full run
-//! cargo run --release -p host-harness --bin bench -- --quick # short run
+//! cargo run --release -p harness-test-kit --bin bench            # full run
+//! cargo run --release -p harness-test-kit --bin bench -- --quick # short run
 //! ```
 //!
 //! Four parts: the sans-IO core called natively (parse, obfuscate, batch,
@@ -20,7 +20,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
-use host_harness::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use host_harness::runtime::{default_component_path, CompileCache, Limits, Runtime, RuntimeOptions, TenantTick};
 use host_harness::tenant::Tenant;
 use onepassword_collector::config::Config;

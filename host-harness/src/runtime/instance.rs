@@ -1,0 +1,123 @@
+//! One instance of the component for one tick of one tenant: the data its
+//! store holds (WASI, wasi-http with the tenant's outbound policy, the
+//! tenant's key-value store and variables, the limit guard), how that store
+//! is set up (limits, CPU accounting hooks, clock), and the linker that wires
+//! every import to its host module.
+
+use super::limits::{EffectiveLimits, Guard, Meter};
+use crate::bindings;
+use crate::host::config::{self, ConfigVars};
+use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
+use crate::host::outbound::OutboundPolicy;
+use crate::tenant::Tenant;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// How a tick runs beyond its tenant's config: the knobs of the
+/// fault-injection tests.
+#[derive(Clone, Default)]
+pub struct TickOptions {
+    pub kv_faults: Option<KvFaultHook>,
+    /// Added to the wall clock the component sees, so tests can move time
+    /// forward (past a back-off or a lease) without sleeping.
+    pub clock_offset: Duration,
+}
+
+/// The host's wall clock, shifted by a fixed offset.
+struct OffsetClock(Duration);
+
+impl wasmtime_wasi::HostWallClock for OffsetClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default() + self.0
+    }
+}
+
+/// What the store of one tick holds.
+pub struct TickState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    kv: KeyValueCtx,
+    config: ConfigVars,
+    guard: Guard,
+}
+
+impl WasiView for TickState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for TickState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+// The cron trigger's types interface has no functions: linking it only
+// satisfies the import.
+impl bindings::fermyon::spin_cron::cron_types::Host for TickState {}
+
+/// Links every import the component may use: WASI and wasi-http from
+/// wasmtime's crates, key-value and config from [`crate::host`].
+pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
+    let mut linker = Linker::<TickState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    keyvalue::add_to_linker(&mut linker, |s| KeyValue { ctx: &mut s.kv, table: &mut s.table })?;
+    config::add_to_linker(&mut linker, |s| &mut s.config)?;
+    bindings::fermyon::spin_cron::cron_types::add_to_linker::<TickState, HasSelf<TickState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// A store for one instance of the tenant: its config, key-value store,
+/// allow-list, limits and clock.
+pub(crate) fn new_store(
+    engine: &Engine,
+    tenant: &Tenant,
+    options: &TickOptions,
+    limits: &EffectiveLimits,
+    request_timeout: Duration,
+    meter: Arc<Meter>,
+) -> Store<TickState> {
+    let state = TickState {
+        wasi: WasiCtx::builder().inherit_stderr().wall_clock(OffsetClock(options.clock_offset)).build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), request_timeout),
+        kv: KeyValueCtx::new(tenant.kv_path.clone(), options.kv_faults.clone()),
+        config: ConfigVars(tenant.variables.clone()),
+        guard: Guard::new(meter, limits),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.guard);
+    // Guest time is the time between entering (or returning to) guest
+    // code and leaving it; every host call, libcalls included, checks it.
+    store.call_hook(|mut cx, hook| {
+        let guard = &mut cx.data_mut().guard;
+        match hook {
+            CallHook::CallingWasm | CallHook::ReturningFromHost => {
+                guard.resume();
+                Ok(())
+            }
+            CallHook::ReturningFromWasm | CallHook::CallingHost => guard.pause(),
+        }
+    });
+    // Guest code that calls nothing is checked at every epoch, and
+    // yields to other tasks meanwhile.
+    store.epoch_deadline_callback(|cx| {
+        cx.data().guard.check_cpu()?;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store.set_epoch_deadline(1);
+    store
+}

@@ -1,0 +1,275 @@
+//! What one instance may use, and how the host enforces it: the runtime's
+//! [`Limits`], a tenant's [`EffectiveLimits`] (its own overrides, else the
+//! runtime's), and the [`Guard`] that lives in each instance's store and
+//! counts linear memory (as wasmtime's `ResourceLimiter`) and guest CPU time
+//! (at every host call and every epoch). What it observed goes to a shared
+//! [`Meter`], readable after a wall-clock timeout dropped the store, so a
+//! host failure can name the limit that was hit.
+
+use crate::tenant::Tenant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::ResourceLimiter;
+
+/// Default linear memory of one instance. A tick with three 1000-event
+/// pages peaks at about 5–6 MiB (6.5 MiB with five pages per service,
+/// without gzip), so this leaves more than twice that for larger events.
+pub const DEFAULT_MEMORY_BYTES: usize = 16 << 20;
+/// Default guest CPU time of one tick.
+pub const DEFAULT_CPU_TIME: Duration = Duration::from_secs(5);
+/// Default floor of a tick's wall-clock deadline: the component's default
+/// tick deadline (30 s) plus four default request timeouts (30 s each: the
+/// connect and first-byte waits of the last page's 1Password and Devo
+/// requests).
+pub const DEFAULT_WALL_DEADLINE: Duration = Duration::from_secs(150);
+/// Default size of the instance pool.
+pub const DEFAULT_MAX_CONCURRENT_INSTANCES: usize = 32;
+
+/// An instance may create this many core instances, tables and memories,
+/// and grow a table to this many elements.
+const MAX_INSTANCES_PER_STORE: usize = 32;
+const MAX_TABLES_PER_STORE: usize = 32;
+const MAX_MEMORIES_PER_STORE: usize = 8;
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Limits of every instance and the size of the instance pool. A tenant's
+/// `[tenants.NAME.limits]` table overrides memory, CPU and wall time for
+/// that tenant (see [`crate::tenant::TenantLimits`]).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Linear memory one instance may hold, all its memories together.
+    pub memory_bytes: usize,
+    /// Upper bound of each of an outbound request's connect, first-byte and
+    /// between-bytes waits.
+    pub request_timeout: Duration,
+    /// Time the guest may spend running WebAssembly during one tick,
+    /// instantiation included. Time in host calls (waiting on the network,
+    /// the key-value store) does not count. Checked at every host call and
+    /// every epoch tick in between.
+    pub cpu_time: Duration,
+    /// Wall-clock deadline of a whole tick, instantiation to result. A
+    /// tenant without its own `wall_ms` gets at least its component's tick
+    /// deadline plus four request timeouts (see [`Limits::for_tenant`]).
+    pub wall_deadline: Duration,
+    /// Instances alive at once (sizes the pooling allocator); ticks beyond
+    /// it wait for a free slot.
+    pub max_concurrent_instances: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            request_timeout: Duration::from_secs(30),
+            cpu_time: DEFAULT_CPU_TIME,
+            wall_deadline: DEFAULT_WALL_DEADLINE,
+            max_concurrent_instances: DEFAULT_MAX_CONCURRENT_INSTANCES,
+        }
+    }
+}
+
+/// The limits one tenant's ticks run under: its overrides, else the
+/// runtime's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub memory_bytes: usize,
+    pub cpu_time: Duration,
+    pub wall_deadline: Duration,
+}
+
+impl Limits {
+    /// The limits a tenant's ticks run under. Without its own `wall_ms`, a
+    /// tenant gets at least its component's tick deadline plus four request
+    /// timeouts (the last page's 1Password and Devo requests, each waiting
+    /// up to a timeout to connect and another for the first byte), so the
+    /// host never cuts a tick the component itself would have finished.
+    pub fn for_tenant(&self, tenant: &Tenant) -> EffectiveLimits {
+        use onepassword_collector::config::{DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_TICK_DEADLINE_MS};
+        let own = &tenant.limits;
+        let wall_deadline = own.wall_deadline.unwrap_or_else(|| {
+            let millis = |key: &str, default: u64| {
+                let value = tenant.variables.get(key).and_then(|v| v.trim().parse::<u64>().ok());
+                Duration::from_millis(value.unwrap_or(default))
+            };
+            let tick_deadline = millis("tick_deadline_ms", DEFAULT_TICK_DEADLINE_MS);
+            let request = millis("request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS).min(self.request_timeout);
+            self.wall_deadline.max(tick_deadline.saturating_add(request.saturating_mul(4)))
+        });
+        EffectiveLimits {
+            memory_bytes: own.memory_bytes.unwrap_or(self.memory_bytes),
+            cpu_time: own.cpu_time.unwrap_or(self.cpu_time),
+            wall_deadline,
+        }
+    }
+}
+
+/// What a tick's limits observed; shared with the host so it can still be
+/// read after a wall-clock timeout dropped the store.
+#[derive(Default)]
+pub(crate) struct Meter {
+    pub peak_memory: AtomicU64,
+    /// The largest total the instance asked for and was refused (0: none).
+    pub memory_refused: AtomicU64,
+    pub cpu_used_us: AtomicU64,
+    pub cpu_exceeded: AtomicBool,
+}
+
+impl Meter {
+    /// Names the limit behind a failed instantiation or call, if one was hit.
+    pub fn explain(&self, trap: &anyhow::Error, limits: &EffectiveLimits) -> String {
+        if self.cpu_exceeded.load(Ordering::Relaxed) {
+            return format!(
+                "CPU deadline exceeded: the guest ran for more than {} ms of CPU time (limit cpu_ms)",
+                limits.cpu_time.as_millis()
+            );
+        }
+        let refused = self.memory_refused.load(Ordering::Relaxed);
+        if refused > 0 {
+            return format!(
+                "memory limit exceeded: the instance needed {} of linear memory, over its limit of {} (limit memory_mib); {}",
+                mib(refused),
+                mib(limits.memory_bytes as u64),
+                trap.root_cause()
+            );
+        }
+        format!("{trap:#}")
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Enforces one tick's memory and CPU limits from inside its store.
+pub(crate) struct Guard {
+    meter: Arc<Meter>,
+    memory_limit: usize,
+    /// Linear memory of every memory of the store together.
+    memory_total: usize,
+    /// The last growth allowed, taken back if it then failed.
+    last_growth: usize,
+    cpu_budget: Duration,
+    cpu_used: Duration,
+    /// Set while guest code runs.
+    running_since: Option<Instant>,
+}
+
+impl Guard {
+    pub fn new(meter: Arc<Meter>, limits: &EffectiveLimits) -> Guard {
+        Guard {
+            meter,
+            memory_limit: limits.memory_bytes,
+            memory_total: 0,
+            last_growth: 0,
+            cpu_budget: limits.cpu_time,
+            cpu_used: Duration::ZERO,
+            running_since: None,
+        }
+    }
+
+    /// The guest starts or resumes running.
+    pub fn resume(&mut self) {
+        if self.running_since.is_none() {
+            self.running_since = Some(Instant::now());
+        }
+    }
+
+    /// The guest stops running (returns, or calls the host): its time is
+    /// added up and checked against the budget.
+    pub fn pause(&mut self) -> wasmtime::Result<()> {
+        if let Some(since) = self.running_since.take() {
+            self.cpu_used += since.elapsed();
+            self.meter.cpu_used_us.store(self.cpu_used.as_micros() as u64, Ordering::Relaxed);
+        }
+        self.check_cpu()
+    }
+
+    pub fn check_cpu(&self) -> wasmtime::Result<()> {
+        if self.cpu_used > self.cpu_budget {
+            self.meter.cpu_exceeded.store(true, Ordering::Relaxed);
+            return Err(wasmtime::format_err!("CPU deadline exceeded"));
+        }
+        Ok(())
+    }
+}
+
+impl ResourceLimiter for Guard {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        let total = self.memory_total.saturating_add(growth);
+        if total > self.memory_limit {
+            self.meter.memory_refused.fetch_max(total as u64, Ordering::Relaxed);
+            return Ok(false);
+        }
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.memory_total = total;
+        self.last_growth = growth;
+        self.meter.peak_memory.fetch_max(total as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_total = self.memory_total.saturating_sub(std::mem::take(&mut self.last_growth));
+        Ok(())
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES_PER_STORE
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES_PER_STORE
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES_PER_STORE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(memory_bytes: usize) -> EffectiveLimits {
+        EffectiveLimits { memory_bytes, cpu_time: Duration::from_millis(50), wall_deadline: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn the_guard_counts_every_memory_and_takes_back_failed_growth() {
+        let meter = Arc::new(Meter::default());
+        let mut g = Guard::new(Arc::clone(&meter), &limits(4 << 20));
+        assert!(g.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(g.memory_growing(0, 1 << 20, None).unwrap(), "a second memory");
+        assert!(!g.memory_growing(2 << 20, 4 << 20, None).unwrap(), "3 + 2 MiB is over 4 MiB");
+        assert_eq!(meter.memory_refused.load(Ordering::Relaxed), 5 << 20);
+        assert!(g.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        g.memory_grow_failed(wasmtime::format_err!("no")).unwrap();
+        assert!(g.memory_growing(2 << 20, 3 << 20, None).unwrap(), "the failed growth was given back");
+        assert!(!g.memory_growing(1 << 20, 2 << 20, Some(1 << 20)).unwrap(), "the memory's own maximum");
+        assert_eq!(meter.peak_memory.load(Ordering::Relaxed), 4 << 20);
+    }
+
+    #[test]
+    fn the_guard_counts_only_time_in_guest_code() {
+        let meter = Arc::new(Meter::default());
+        let mut g = Guard::new(Arc::clone(&meter), &limits(1 << 20));
+        g.resume();
+        std::thread::sleep(Duration::from_millis(20));
+        g.pause().unwrap();
+        std::thread::sleep(Duration::from_millis(60)); // in the host: not counted
+        g.resume();
+        std::thread::sleep(Duration::from_millis(40));
+        let e = g.pause().unwrap_err();
+        assert!(e.to_string().contains("CPU deadline"), "{e}");
+        assert!(meter.cpu_exceeded.load(Ordering::Relaxed));
+        let used = meter.cpu_used_us.load(Ordering::Relaxed);
+        assert!((60_000..120_000).contains(&used), "{used} µs");
+    }
+}

@@ -1,0 +1,120 @@
+//! How a tenant's tick ended, as the host reports it: the component's own
+//! report (converted from its WIT types to the core's), or a host failure
+//! (id [`HOST_FAILURE`]), plus what the host measured; and the one JSON
+//! line the CLI prints for it.
+
+use crate::bindings::exports::onepassword::collector::runner as wit;
+use onepassword_collector::error::{CollectorError, ErrorKind};
+use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
+use onepassword_collector::validate::{Check, Status};
+
+/// Id reported when the host, not the collector, ended a tick (trap,
+/// exceeded limit, component missing an import).
+pub const HOST_FAILURE: u32 = 900;
+
+/// How one tenant's tick ended.
+#[derive(Clone, Debug)]
+pub struct TenantTick {
+    pub tenant: String,
+    pub result: Result<TickReport, CollectorError>,
+    /// The most linear memory the instance held (all its memories), bytes.
+    pub peak_memory_bytes: u64,
+    /// Time the guest spent running WebAssembly (see
+    /// [`Limits::cpu_time`](super::Limits::cpu_time)).
+    pub guest_cpu_ms: u64,
+    /// Wall time of the tick on the host, instantiation to result (not
+    /// counting a wait for a free instance slot).
+    pub host_elapsed_ms: u64,
+}
+
+impl TenantTick {
+    /// True when the tick ran and every service finished without error.
+    pub fn ok(&self) -> bool {
+        self.result.as_ref().is_ok_and(TickReport::ok)
+    }
+
+    /// The one-line JSON the `tick` command prints.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut line = match &self.result {
+            Ok(report) => {
+                let services: serde_json::Map<String, serde_json::Value> = report
+                    .services
+                    .iter()
+                    .map(|s| (s.service.clone(), serde_json::to_value(s).expect("report serialises")))
+                    .collect();
+                let first_error = report.services.iter().find_map(|s| s.error.as_ref());
+                serde_json::json!({
+                    "tenant": self.tenant,
+                    "ok": self.ok(),
+                    "started_at": report.started_at,
+                    "elapsed_ms": report.elapsed_ms,
+                    "services": services,
+                    "error": first_error,
+                })
+            }
+            Err(e) => {
+                serde_json::json!({ "tenant": self.tenant, "ok": false, "services": {}, "error": e })
+            }
+        };
+        line["peak_memory_bytes"] = self.peak_memory_bytes.into();
+        line["guest_cpu_ms"] = self.guest_cpu_ms.into();
+        line["host_elapsed_ms"] = self.host_elapsed_ms.into();
+        line
+    }
+}
+
+/// The error of a tick the host ended.
+pub(crate) fn host_failure(message: String) -> CollectorError {
+    CollectorError::new(ErrorKind::PrePullError, HOST_FAILURE, format!("the host stopped the tick: {message}"))
+}
+
+pub(crate) fn from_wit_error(e: wit::CollectorError) -> CollectorError {
+    let kind = CollectorError::kind_from_str(&e.kind).unwrap_or(ErrorKind::DeliveryError);
+    CollectorError { id: e.id, kind, message: e.message }
+}
+
+pub(crate) fn from_wit_report(r: wit::TickReport) -> TickReport {
+    TickReport {
+        started_at: r.started_at,
+        elapsed_ms: r.elapsed_ms,
+        services: r
+            .services
+            .into_iter()
+            .map(|s| ServiceReport {
+                service: s.service,
+                outcome: match s.outcome {
+                    wit::Outcome::Delivered => Outcome::Delivered,
+                    wit::Outcome::Idle => Outcome::Idle,
+                    wit::Outcome::Failed => Outcome::Failed,
+                    wit::Outcome::Deferred => Outcome::Deferred,
+                },
+                fetched: s.fetched,
+                sent: s.sent,
+                unconfirmed: s.unconfirmed,
+                pages: s.pages,
+                bytes_sent: s.bytes_sent,
+                has_more: s.has_more,
+                checkpoint: s.checkpoint,
+                total_sent: s.total_sent,
+                lag_seconds: s.lag_seconds,
+                elapsed_ms: s.elapsed_ms,
+                deferred_until: s.deferred_until,
+                deferred_reason: s.deferred_reason,
+                error: s.error.map(from_wit_error),
+            })
+            .collect(),
+        warnings: r.warnings,
+    }
+}
+
+pub(crate) fn from_wit_check(c: wit::Check) -> Check {
+    Check {
+        name: c.name,
+        status: match c.status {
+            wit::CheckStatus::Pass => Status::Pass,
+            wit::CheckStatus::Warn => Status::Warn,
+            wit::CheckStatus::Fail => Status::Fail,
+        },
+        detail: c.detail,
+    }
+}

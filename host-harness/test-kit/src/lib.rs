@@ -1,0 +1,15 @@
+//! Everything around the host that tests, the demo and the bench need and an
+//! embedder of the host does not:
+//!
+//! * [`emulator`]: loopback emulators of the 1Password Events API and of
+//!   Devo's HTTP ingestion, with seeded, switchable faults, and the
+//!   generator of their data sets;
+//! * [`demo`]: the offline first run (`host-harness demo`);
+//! * [`spin_check`]: the static Spin compatibility checker behind
+//!   `tests/spin_compat.rs`;
+//! * `src/bin/bench.rs`: the bench binary (`cargo run --release -p
+//!   harness-test-kit --bin bench`).
+
+pub mod demo;
+pub mod emulator;
+pub mod spin_check;
