@@ -15,7 +15,8 @@ pub enum Outcome {
     Failed,
     /// Not attempted this tick, by design: the request budget is spent,
     /// 1Password asked us to back off, or another instance holds the
-    /// service's lease. `deferred_until` says when it can go on.
+    /// service's lease (or took it at the same moment: "lease lost").
+    /// `deferred_until` says when it can go on.
     Deferred,
 }
 
@@ -26,7 +27,8 @@ pub struct ServiceReport {
     pub fetched: u32,
     pub sent: u32,
     /// Of `sent`, events whose delivery could not be recorded (the state
-    /// write after Devo's answer failed): the next tick sends them again.
+    /// write after Devo's answer failed, or a read did not show it, or another
+    /// instance took the service over): the next tick sends them again.
     pub unconfirmed: u32,
     /// Pages fetched in this tick.
     pub pages: u32,

@@ -1,12 +1,14 @@
 //! A simulated world for the tick state machine's tests: an in-memory
-//! key-value store with compare-and-swap, a 1Password that pages through
-//! event lists by cursor, a Devo that records what it takes, a virtual
-//! clock, and faults injected by script or at random.
+//! key-value store with compare-and-swap (honest, or lying as Spin's Redis
+//! store does), a 1Password that pages through event lists by cursor, a Devo
+//! that records what it takes, a virtual clock, and faults injected by script
+//! or at random.
 
 use crate::config::Config;
 use crate::http::{HttpFailure, HttpRequest, HttpResponse};
 use crate::report::TickReport;
 use crate::service::Service;
+use crate::state::{Lease, ServiceState};
 use crate::tick::{Action, Input, Tick};
 use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::{BTreeMap, VecDeque};
@@ -70,6 +72,17 @@ pub struct Sim {
     pub stops: usize,
     /// 429s 1Password's own limit gave (not injected ones).
     pub rate_limited: usize,
+    /// The store behaves as Spin 3.x's Redis key-value store: a
+    /// compare-and-swap that lost the race (the value changed since the
+    /// `Watch`) answers ok and writes nothing.
+    pub lying_swaps: bool,
+    /// Swaps that answered ok without writing.
+    pub lies: usize,
+    /// 1Password page requests made by a tick that believed it held the
+    /// service's lease (a swap of its lease answered ok and the lease has not
+    /// expired) while the store held another's, or none: two instances
+    /// collecting the same service at once.
+    pub unleased_fetches: usize,
     entropy: u64,
 }
 
@@ -77,6 +90,9 @@ pub struct Sim {
 pub struct Running {
     tick: Tick,
     watched: Option<(String, Option<Vec<u8>>)>,
+    /// Per service record, the lease this tick last wrote with a swap that
+    /// answered ok: what it believes it holds.
+    leases: BTreeMap<String, Option<Lease>>,
 }
 
 impl Sim {
@@ -99,6 +115,9 @@ impl Sim {
             requests_seen: 0,
             stops: 0,
             rate_limited: 0,
+            lying_swaps: false,
+            lies: 0,
+            unleased_fetches: 0,
             entropy: 1,
         }
     }
@@ -121,7 +140,7 @@ impl Sim {
 
     pub fn start(&mut self, config: Config) -> Running {
         self.entropy = self.entropy.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        Running { tick: Tick::new(config, self.now, self.entropy), watched: None }
+        Running { tick: Tick::new(config, self.now, self.entropy), watched: None, leases: BTreeMap::new() }
     }
 
     /// Runs a tick to its end; `None` when an injected stop ended it early.
@@ -149,14 +168,27 @@ impl Sim {
             }
             Action::Swap { value } => {
                 let (key, seen) = running.watched.take().expect("swap follows watch");
-                if self.store.get(&key) != seen.as_ref() {
-                    Input::Swapped(Ok(false))
+                let lease = key
+                    .starts_with("service/")
+                    .then(|| serde_json::from_slice::<ServiceState>(&value).ok())
+                    .flatten()
+                    .map(|s| s.lease);
+                let result = if self.store.get(&key) == seen.as_ref() {
+                    self.write(&key, value).map(|()| true)
+                } else if self.lying_swaps {
+                    self.lies += 1;
+                    Ok(true)
                 } else {
-                    Input::Swapped(self.write(&key, value).map(|()| true))
+                    Ok(false)
+                };
+                if let (Ok(true), Some(lease)) = (&result, lease) {
+                    running.leases.insert(key, lease);
                 }
+                Input::Swapped(result)
             }
             Action::Send { request } => {
                 self.requests_seen += 1;
+                self.check_lease(running, &request);
                 match self.serve(&request) {
                     Served::Answer(r) => Input::Response(r),
                     Served::Stop => {
@@ -169,6 +201,22 @@ impl Sim {
         self.now += self.step;
         running.tick.handle(input, self.now);
         Step::Continue
+    }
+
+    /// Counts a 1Password page request by a tick that believes it holds a
+    /// live lease the store does not give it.
+    fn check_lease(&mut self, running: &Running, request: &HttpRequest) {
+        if request.path.starts_with("/stream/") {
+            return;
+        }
+        let Some(service) = Service::ALL.into_iter().find(|s| request.path.ends_with(s.endpoint())) else { return };
+        let key = ServiceState::key(service);
+        let Some(Some(believed)) = running.leases.get(&key) else { return };
+        let stored = self.store.get(&key).and_then(|b| serde_json::from_slice::<ServiceState>(b).ok());
+        let stored_holder = stored.and_then(|s| s.lease).map(|l| l.holder);
+        if believed.expires > self.now && stored_holder.as_ref() != Some(&believed.holder) {
+            self.unleased_fetches += 1;
+        }
     }
 
     fn take_fault(&mut self, applies: fn(&Fault) -> bool) -> Option<Fault> {
@@ -330,6 +378,14 @@ impl Sim {
             *per.entry(t.timestamp().div_euclid(60)).or_default() += 1;
         }
         per.values().copied().max().unwrap_or(0)
+    }
+}
+
+impl Running {
+    /// The key whose compare-and-swap this tick started: its next action is
+    /// the swap.
+    pub fn watching(&self) -> Option<&str> {
+        self.watched.as_ref().map(|(key, _)| key.as_str())
     }
 }
 

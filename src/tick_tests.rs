@@ -598,3 +598,227 @@ fn a_lease_taken_over_mid_delivery_stops_this_tick_without_clobbering() {
     assert_eq!(st.lease.unwrap().holder, "other", "the other holder's lease is left alone");
     assert!(st.checkpoint.is_none());
 }
+
+// A store whose compare-and-swap lies, as Spin 3.x's Redis store does: a swap
+// that lost the race answers ok and writes nothing. The tick confirms by a
+// read where it matters (after taking a lease, after a commit) and counts a
+// progress write only once the next read of the record shows it.
+
+/// Runs ticks together, one action each in turn, to their ends: `None` for
+/// one an injected stop ended.
+fn run_together(sim: &mut Sim, mut ticks: Vec<crate::sim::Running>) -> Vec<Option<TickReport>> {
+    let mut reports: Vec<Option<TickReport>> = ticks.iter().map(|_| None).collect();
+    let mut live: Vec<usize> = (0..ticks.len()).collect();
+    while !live.is_empty() {
+        live.retain(|&i| match sim.step(&mut ticks[i]) {
+            SimStep::Continue => true,
+            SimStep::Done(report) => {
+                reports[i] = Some(report);
+                false
+            }
+            SimStep::Stopped => false,
+        });
+    }
+    reports
+}
+
+/// Steps a tick until it has read the audit record after its
+/// `devo_requests`-th Devo batch: its next action is that write's swap.
+fn step_to_swap_after_batch(sim: &mut Sim, running: &mut crate::sim::Running, devo_requests: usize) {
+    while sim.devo_requests < devo_requests {
+        assert!(matches!(sim.step(running), SimStep::Continue));
+    }
+    assert!(matches!(sim.step(running), SimStep::Continue));
+    assert_eq!(running.watching(), Some(ServiceState::key(Service::Audit).as_str()));
+}
+
+/// Another instance takes the service's lease (the tick's own expired).
+fn take_over(sim: &mut Sim, service: Service) {
+    let mut st = state(sim, service);
+    st.lease = Some(Lease { holder: "other".into(), expires: sim.now + TimeDelta::minutes(5) });
+    sim.store.insert(ServiceState::key(service), st.encode());
+}
+
+#[test]
+fn on_a_lying_store_of_two_racing_ticks_one_collects_and_the_other_is_deferred_lease_lost() {
+    let mut sim = sim_with(Service::Audit, 30);
+    sim.lying_swaps = true;
+    let c = audit_only(&[("page_size", "7")]);
+    for round in 0..8 {
+        let (lies, fetches) = (sim.lies, sim.op_requests.len());
+        let ticks = vec![sim.start(c.clone()), sim.start(c.clone())];
+        let reports: Vec<TickReport> = run_together(&mut sim, ticks).into_iter().map(Option::unwrap).collect();
+        // In lockstep, both read the free record before either wrote its lease:
+        // one swap wrote, the other answered ok without writing.
+        assert_eq!(sim.lies, lies + 1, "round {round}");
+        assert_eq!(sim.op_requests.len(), fetches + 1, "round {round}: exactly one tick fetched");
+        let (collected, deferred): (Vec<_>, Vec<_>) =
+            reports.iter().map(|r| svc(r, "audit")).partition(|s| s.pages > 0);
+        assert_eq!((collected.len(), deferred.len()), (1, 1), "round {round}");
+        let d = deferred[0];
+        assert_eq!((d.outcome, d.fetched, d.sent, &d.error), (Outcome::Deferred, 0, 0, &None), "round {round}");
+        let reason = d.deferred_reason.as_deref().unwrap();
+        assert!(reason.contains("lease lost") && reason.contains("another instance"), "{reason}");
+        assert!(t(d.deferred_until.as_deref().unwrap()) > sim.now, "until the other's lease expires");
+        sim.now += TimeDelta::seconds(30);
+    }
+    assert_exactly_once(&sim, Service::Audit);
+    assert_eq!(sim.unleased_fetches, 0);
+}
+
+#[test]
+fn on_a_lying_store_a_commit_that_did_not_land_is_lease_lost_and_counted_unconfirmed() {
+    let mut sim = sim_with(Service::Audit, 3);
+    sim.lying_swaps = true;
+    let c = audit_only(&[]);
+    let mut running = sim.start(c.clone());
+    // Devo took the page; between the commit's read and its swap, another
+    // instance takes the lease over: the swap answers ok and writes nothing.
+    step_to_swap_after_batch(&mut sim, &mut running, 1);
+    take_over(&mut sim, Service::Audit);
+    let report = loop {
+        if let SimStep::Done(report) = sim.step(&mut running) {
+            break report;
+        }
+    };
+    assert_eq!(sim.lies, 1);
+    let s = svc(&report, "audit");
+    assert_eq!((s.outcome, s.error.as_ref().map(|e| e.id)), (Outcome::Failed, Some(LEASE_LOST)), "{s:?}");
+    assert_eq!((s.sent, s.unconfirmed), (3, 3), "delivered, and not recorded: the other instance sends it again");
+    assert_eq!((s.checkpoint.as_deref(), s.total_sent), (None, 0), "the report shows the stored checkpoint");
+    let st = state(&sim, Service::Audit);
+    assert_eq!((st.lease.unwrap().holder.as_str(), st.checkpoint), ("other", None), "the other's record is intact");
+    // The other instance stops; once its lease expires, the page is sent
+    // again: the duplicates are exactly the unconfirmed events.
+    sim.now += TimeDelta::minutes(6);
+    drain(&mut sim, &c, 3, TimeDelta::minutes(1));
+    let got = sim.received(Service::Audit);
+    assert_eq!(got.len(), 3 + 3);
+    assert_eq!(&got[3..], sim.events[&Service::Audit].as_slice());
+}
+
+#[test]
+fn on_a_lying_store_progress_that_did_not_land_is_counted_unconfirmed() {
+    let mut sim = sim_with(Service::Audit, 9);
+    sim.lying_swaps = true;
+    let c = audit_only(&[("devo_max_batch_events", "3")]);
+    let mut running = sim.start(c.clone());
+    // The first batch is taken; the record of it is not written (another
+    // instance took the lease over), though the swap answers ok.
+    step_to_swap_after_batch(&mut sim, &mut running, 1);
+    take_over(&mut sim, Service::Audit);
+    let report = loop {
+        if let SimStep::Done(report) = sim.step(&mut running) {
+            break report;
+        }
+    };
+    assert_eq!(sim.lies, 1);
+    let s = svc(&report, "audit");
+    assert_eq!(s.error.as_ref().map(|e| e.id), Some(LEASE_LOST), "noticed at the next record: {s:?}");
+    assert_eq!((s.sent, s.unconfirmed), (6, 6), "neither batch's delivery is in the store");
+    assert!(state(&sim, Service::Audit).partial.is_none());
+    sim.now += TimeDelta::minutes(6);
+    drain(&mut sim, &c, 3, TimeDelta::minutes(1));
+    let got = sim.received(Service::Audit);
+    assert_eq!(got.len(), 9 + 6, "the duplicates are exactly the unconfirmed events");
+    assert_eq!(&got[6..], sim.events[&Service::Audit].as_slice());
+}
+
+#[test]
+fn soak_two_instances_on_a_lying_store_collect_every_event_once_except_unconfirmed() {
+    let mut sim = Sim::new(t(NOW));
+    for s in Service::ALL {
+        sim.generate(s, 60, t(NOW) - TimeDelta::hours(1), 3);
+    }
+    sim.lying_swaps = true;
+    sim.random = Some((
+        fastrand::Rng::with_seed(0x11e5),
+        0.1,
+        vec![
+            Fault::OpStatus(400, None),
+            Fault::OpStatus(429, Some(7)),
+            Fault::OpStatus(500, None),
+            Fault::OpTransport,
+            Fault::OpTruncated,
+            Fault::DevoStatus(503),
+            Fault::DevoTransport,
+            Fault::KvRead,
+            Fault::KvWrite,
+        ],
+    ));
+    // No stops (the other soak has them): every duplicate must be one a
+    // report counted as unconfirmed. Leases last 1.4 s; a stall of 2 s lets
+    // the other instance take over in the middle of a tick.
+    let c = config(&[
+        ("page_size", "20"),
+        ("devo_max_batch_events", "7"),
+        ("max_pages_per_tick", "3"),
+        ("tick_deadline_ms", "1000"),
+        ("request_timeout_ms", "100"),
+    ]);
+    let mut schedule = fastrand::Rng::with_seed(7);
+    let mut unconfirmed: HashMap<String, usize> = HashMap::new();
+    let (mut deferred_lease_lost, mut lease_lost) = (0, 0);
+    // Per service, the stored checkpoint's newest event and count (never
+    // back), and the record they were read from.
+    let mut seen: HashMap<Service, (Option<DateTime<Utc>>, u64)> = HashMap::new();
+    let mut records: HashMap<Service, Vec<u8>> = HashMap::new();
+    for _ in 0..200 {
+        // New events keep coming, so that most ticks have a page to deliver.
+        for s in Service::ALL {
+            sim.generate(s, 2, sim.now, 3);
+        }
+        let mut ticks = [sim.start(c.clone()), sim.start(c.clone())];
+        let mut live = vec![0, 1];
+        while !live.is_empty() {
+            let i = live[schedule.usize(..live.len())];
+            if schedule.f64() < 0.01 {
+                sim.now += TimeDelta::seconds(2);
+            }
+            match sim.step(&mut ticks[i]) {
+                SimStep::Continue => {}
+                SimStep::Done(report) => {
+                    live.retain(|&j| j != i);
+                    for s in &report.services {
+                        *unconfirmed.entry(s.service.clone()).or_default() += s.unconfirmed as usize;
+                        deferred_lease_lost +=
+                            s.deferred_reason.as_ref().is_some_and(|r| r.contains("lease lost")) as usize;
+                        lease_lost += s.error.as_ref().is_some_and(|e| e.id == LEASE_LOST) as usize;
+                    }
+                }
+                SimStep::Stopped => unreachable!("no stops are injected"),
+            }
+            for s in Service::ALL {
+                let Some(record) = sim.store.get(&ServiceState::key(s)) else { continue };
+                if records.get(&s) == Some(record) {
+                    continue;
+                }
+                records.insert(s, record.clone());
+                let Some(cp) = state(&sim, s).checkpoint else { continue };
+                let now = (cp.newest_event.as_deref().map(t), cp.total_sent);
+                let before = seen.insert(s, now).unwrap_or_default();
+                assert!(now.0 >= before.0 && now.1 >= before.1, "{s}: checkpoint went back from {before:?} to {now:?}");
+            }
+        }
+        sim.now += TimeDelta::seconds(10);
+    }
+    sim.random = None;
+    sim.now += TimeDelta::minutes(5);
+    drain(&mut sim, &c, 500, TimeDelta::seconds(10));
+    eprintln!(
+        "lies {} unconfirmed {unconfirmed:?} deferred_lease_lost {deferred_lease_lost} lease_lost {lease_lost}",
+        sim.lies
+    );
+    assert_eq!(sim.unleased_fetches, 0, "no tick fetched under a lease the store did not give it");
+    for s in Service::ALL {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for line in sim.received(s) {
+            *counts.entry(line.as_str()).or_default() += 1;
+        }
+        assert!(sim.events[&s].iter().all(|e| counts.contains_key(e.as_str())), "{s}: an event is missing");
+        let duplicates: usize = counts.values().map(|c| c - 1).sum();
+        let counted = unconfirmed.get(s.name()).copied().unwrap_or_default();
+        assert!(duplicates <= counted, "{s}: {duplicates} duplicates, {counted} counted as unconfirmed");
+    }
+    assert!(sim.lies > 30 && deferred_lease_lost > 10 && lease_lost > 0, "the races happened");
+}

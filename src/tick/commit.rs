@@ -3,16 +3,20 @@
 //!
 //! When Devo accepted every batch of a page, the new checkpoint is written,
 //! in the same swap that renews the lease: this is the only place the
-//! checkpoint moves. Then the next page (back to the budget spend in
-//! `account_budget.rs`) while there is more, `max_pages_per_tick` allows it
-//! and the tick's deadline has not passed; else the lease is released. Most
-//! other ends of a part that holds the lease (a spent budget, a failed
-//! request) release it too, recording the error and, where asked, a back-off
-//! or a forgotten cursor; where the store itself fails, the lease is left to
-//! expire. Last, the service is reported; after the last service, the tick.
+//! checkpoint moves. The swap's ok is confirmed by reading the record back
+//! (a store may answer ok to a swap that lost the race without writing,
+//! swap.rs): a checkpoint that is not there is not counted, and the page's
+//! events are reported unconfirmed. Then the next page (back to the budget
+//! spend in `account_budget.rs`) while there is more, `max_pages_per_tick`
+//! allows it and the tick's deadline has not passed; else the lease is
+//! released. Most other ends of a part that holds the lease (a spent budget,
+//! a failed request) release it too, recording the error and, where asked, a
+//! back-off or a forgotten cursor; where the store itself fails, the lease is
+//! left to expire. Last, the service is reported; after the last service,
+//! the tick.
 
-use super::delivery::lease_lost;
-use super::swap::Decision;
+use super::delivery::{lease_lost, lease_lost_error};
+use super::swap::{self, Decision};
 use super::{elapsed_ms, nanos, rfc3339, Ending, Step, Tick, Update};
 use crate::backoff::Backoff;
 use crate::report::{Outcome, ServiceReport, TickReport};
@@ -40,6 +44,23 @@ impl Tick {
         state.stats.bytes_sent += run.bytes_sent - run.bytes_counted;
         state.lease = Some(lease);
         run.write_state(state)
+    }
+
+    /// The commit swap answered ok, but the record read back does not hold
+    /// what it wrote: the swap lost a race and wrote nothing. Only another
+    /// instance, after this tick's lease expired, writes the record while
+    /// this tick works: it took the service over, and since the checkpoint
+    /// did not move it sends the page again (this tick reports its events as
+    /// unconfirmed). If the record still holds this tick's lease, the commit
+    /// is tried again.
+    pub(super) fn commit_not_written(&mut self, state: ServiceState, attempt: u32) -> Step {
+        if state.holds_lease(&self.me) {
+            return swap::conflict(Update::Commit, attempt);
+        }
+        let run = self.running();
+        // The report shows the stored checkpoint, not the one that was not written.
+        run.state = state;
+        Step::Finish(Ending::failed(lease_lost_error(run.service)))
     }
 
     /// The next page, or the end of the service's part.

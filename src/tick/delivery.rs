@@ -10,7 +10,7 @@
 //! reads the page again.
 
 use super::swap::Decision;
-use super::{Action, Ending, Step, Tick, Update};
+use super::{Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::config::Config;
 use crate::devo::{self, Batch};
 use crate::error::{CollectorError, ErrorKind, LEASE_LOST};
@@ -89,23 +89,42 @@ impl Tick {
         run.write_state(state)
     }
 
-    /// Then the next batch.
+    /// Then the next batch. The swap answered ok, but a store may say so of
+    /// a swap that did not write (swap.rs): these events count as recorded
+    /// once the next read of the record shows this write.
     pub(super) fn progress_recorded(&mut self) -> Step {
         let run = self.running();
         run.batches.pop_front();
-        run.confirmed = run.sent;
+        run.recorded = run.sent;
         Step::Deliver
+    }
+}
+
+impl ServiceRun {
+    /// Called with the record as read for the next write (progress, commit
+    /// or release): it confirms the last progress write when it holds what
+    /// this tick wrote. It costs no read of its own, the write reads the
+    /// record anyway; until then the events count as not recorded, since a
+    /// tick that lost its lease cannot tell either way.
+    pub(super) fn confirm_recorded(&mut self, current: Option<&[u8]>) {
+        if self.recorded > self.confirmed && current == Some(self.written.as_slice()) {
+            self.confirmed = self.recorded;
+        }
     }
 }
 
 /// Progress and the commit are written only under this tick's lease: once
 /// another instance took over, the page is theirs to complete.
 pub(super) fn lease_lost(service: Service) -> Decision {
-    Decision::Skip(Step::Finish(Ending::failed(CollectorError::new(
+    Decision::Skip(Step::Finish(Ending::failed(lease_lost_error(service))))
+}
+
+pub(super) fn lease_lost_error(service: Service) -> CollectorError {
+    CollectorError::new(
         ErrorKind::PrePullError,
         LEASE_LOST,
         format!(
             "another instance took over {service} while this tick was delivering (its lease expired: raise tick_deadline_ms or request_timeout_ms if ticks are slow); this page will be completed by the next tick"
         ),
-    ))))
+    )
 }

@@ -13,7 +13,9 @@
 //!    is deferred.
 //! 2. **One service's page** (`page.rs`), for each enabled service in turn,
 //!    starting at a different one each tick: check that the token may read
-//!    it, take the service's lease, spend one request of the account's budget
+//!    it, take the service's lease and confirm by a read that the store holds
+//!    it (else another instance won the race for it: the service is
+//!    deferred, "lease lost"), spend one request of the account's budget
 //!    (`account_budget.rs`; a spent budget defers the service), ask 1Password
 //!    for the page after the checkpoint and read the answer. A failure ends
 //!    the service's part with the checkpoint unchanged: a 429 also backs off
@@ -23,11 +25,14 @@
 //!    write once they are delivered.
 //! 3. **Delivery** (`delivery.rs`): send the batches to Devo one at a time,
 //!    recording which events Devo took after every batch but the last, so
-//!    that a repeat of the page after a cut does not resend them. A failed
+//!    that a repeat of the page after a cut does not resend them (they count
+//!    as recorded once the read of the next write shows it). A failed
 //!    batch ends the service's part with a back-off and the checkpoint
 //!    unchanged.
 //! 4. **Commit and release** (`commit.rs`): when every batch was accepted,
-//!    write the new checkpoint in the same swap that renews the lease; then
+//!    write the new checkpoint in the same swap that renews the lease, and
+//!    confirm by a read that the store holds it (else another instance took
+//!    the service over: lease lost, the page's events unconfirmed); then
 //!    the next page (from step 2's budget spend) while `max_pages_per_tick`
 //!    and the tick deadline allow, or release the lease. The part is
 //!    reported, and the next service begins. After the last, the tick is
@@ -37,6 +42,11 @@
 //! checkpoint, the release) is a compare-and-swap (`swap.rs`): read the
 //! record, decide what to write from its current value (the phase files'
 //! `Update` functions), write only if it did not change, else read again.
+//! A store may answer ok to a swap that lost the race without writing (Spin
+//! 3.x on Redis), so two oks are confirmed by reading the record back: the
+//! lease's, before anything is fetched under it, and the commit's, before the
+//! page counts as recorded. That is one extra read per service and one per
+//! page; a progress write is confirmed by the read of the next write, free.
 //!
 //! # Where to look
 //!
@@ -48,6 +58,10 @@
 //! - Events never sent twice: `page.rs` `prepare` (what to skip),
 //!   `delivery.rs` `record_progress` (what Devo took of a cut page).
 //! - Store failures and concurrent writers: `swap.rs`.
+//! - A swap that answers ok without writing: `swap.rs` `on_confirmed` reads
+//!   the record back; what follows is `page.rs` `lease_not_taken` and
+//!   `commit.rs` `commit_not_written`; progress is confirmed by `delivery.rs`
+//!   `confirm_recorded`.
 
 mod account_budget;
 mod commit;
@@ -182,6 +196,7 @@ impl Tick {
                 // Any write of a stored record (swap.rs).
                 Step::Watch(update, attempt) => return self.watch(update, attempt),
                 Step::Swap(update, attempt, value) => return self.swap(update, attempt, value),
+                Step::Confirm(update, attempt) => return self.confirm(update, attempt),
                 awaiting => panic!("Tick::poll called while {} awaits input", awaiting.name()),
             }
         }
@@ -200,6 +215,7 @@ impl Tick {
             (Step::AwaitDevo, Input::Response(result)) => self.on_devo(result),
             (Step::AwaitCurrent(update, attempt), Input::Loaded(result)) => self.on_current(update, attempt, result),
             (Step::AwaitSwap(update, attempt), Input::Swapped(result)) => self.on_swapped(update, attempt, result),
+            (Step::AwaitConfirm(update, attempt), Input::Loaded(result)) => self.on_confirmed(update, attempt, result),
             (step, input) => panic!("Tick::handle got {} while {} was expected", input.name(), step.name()),
         };
     }
@@ -230,11 +246,14 @@ enum Step {
     AwaitDevo,
     // 4. The service's part is over (commit.rs).
     Finish(Ending),
-    // A compare-and-swap (swap.rs): the update, and how many tries so far.
+    // A compare-and-swap (swap.rs): the update, and how many tries so far;
+    // for a lease taken and a commit, the read that confirms the swap's ok.
     Watch(Update, u32),
     AwaitCurrent(Update, u32),
     Swap(Update, u32, Vec<u8>),
     AwaitSwap(Update, u32),
+    Confirm(Update, u32),
+    AwaitConfirm(Update, u32),
 }
 
 impl Step {
@@ -276,6 +295,18 @@ impl Update {
     fn records_delivery(&self) -> bool {
         matches!(self, Update::Progress | Update::Commit)
     }
+
+    /// A swap's ok is confirmed by reading the record back (swap.rs): a
+    /// store may answer ok to a swap that lost the race without writing
+    /// (Spin 3.x on Redis). Two writes need it, at one read each: the lease,
+    /// before anything is fetched under it, and the commit, before its page
+    /// counts as recorded. The others do not: a progress write is confirmed
+    /// by the read of the next write of the record (`ServiceRun::recorded`),
+    /// a release that did not happen leaves a lease to expire, and a budget
+    /// write that did not happen only lets one request more through.
+    fn confirmed_by_read(&self) -> bool {
+        matches!(self, Update::TakeLease | Update::Commit)
+    }
 }
 
 /// How a service's part of the tick ended.
@@ -301,11 +332,18 @@ struct ServiceRun {
     started_at: DateTime<Utc>,
     /// The state record as last read or written by us.
     state: ServiceState,
+    /// The bytes of our last write of the record, to recognise it when read
+    /// back (swap.rs).
+    written: Vec<u8>,
     start: Option<PageStart>,
     fetched: u32,
     sent: u32,
     /// Of `sent`, events whose delivery is recorded in the store.
     confirmed: u32,
+    /// Of `sent`, events whose delivery the last progress write recorded,
+    /// if the store did write it: they count as `confirmed` once the next
+    /// read of the record shows that write (delivery.rs).
+    recorded: u32,
     pages: u32,
     bytes_sent: u64,
     has_more: bool,
@@ -327,10 +365,12 @@ impl ServiceRun {
             service,
             started_at: now,
             state: ServiceState::new(now),
+            written: Vec::new(),
             start: None,
             fetched: 0,
             sent: 0,
             confirmed: 0,
+            recorded: 0,
             pages: 0,
             bytes_sent: 0,
             bytes_counted: 0,
@@ -377,6 +417,7 @@ impl Step {
             Step::AwaitGate => "a budget load",
             Step::AwaitCurrent(..) => "a compare-and-swap read",
             Step::AwaitSwap(..) => "a swap result",
+            Step::AwaitConfirm(..) => "a confirmation read",
             Step::AwaitPage => "a 1Password response",
             Step::AwaitDevo => "a Devo response",
             _ => "no input",

@@ -2,15 +2,18 @@
 //! turn and again for each further page.
 //!
 //! Take up the service: check the token may read it, take its lease (another
-//! instance's lease or the service's own back-off defers it). After the
-//! budget is spent (`account_budget.rs`), ask 1Password for the page after
-//! the checkpoint and read the answer. A failure ends the service's part with
-//! the checkpoint unchanged; a good page becomes the lines to deliver, minus
-//! the events Devo already took, and the checkpoint to commit once they are
+//! instance's lease or the service's own back-off defers it) and confirm by a
+//! read that the store holds it: a store may answer ok to a lease swap that
+//! lost the race to another instance without writing it (swap.rs), and then
+//! the service is deferred, "lease lost". After the budget is spent
+//! (`account_budget.rs`), ask 1Password for the page after the checkpoint
+//! and read the answer. A failure ends the service's part with the
+//! checkpoint unchanged; a good page becomes the lines to deliver, minus the
+//! events Devo already took, and the checkpoint to commit once they are
 //! delivered (`delivery.rs`, `commit.rs`).
 
 use super::delivery::batch_with_uuids;
-use super::swap::Decision;
+use super::swap::{self, Decision};
 use super::{rfc3339, Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::account;
 use crate::checkpoint::Checkpoint;
@@ -80,6 +83,25 @@ impl Tick {
         }
         state.lease = Some(lease);
         run.write_state(state)
+    }
+
+    /// The lease swap answered ok, but the record read back does not hold
+    /// this tick's lease: the swap lost a race and wrote nothing. When
+    /// another instance's lease is there, it won that race and collects the
+    /// service: deferred until its lease expires, nothing fetched. Else the
+    /// record changed some other way (a release): the lease is tried again.
+    pub(super) fn lease_not_taken(&mut self, state: ServiceState, attempt: u32) -> Step {
+        if !state.leased_to_other(&self.me, self.now) {
+            return swap::conflict(Update::TakeLease, attempt);
+        }
+        let until = state.lease.as_ref().map_or(self.now, |l| l.expires);
+        let run = self.running();
+        run.deferred = Some((
+            until,
+            "lease lost: another instance took this service's lease at the same moment and is collecting it (the store answered ok to this tick's lease without writing it)".into(),
+        ));
+        run.state = state;
+        Step::Finish(Ending::of(Outcome::Deferred))
     }
 
     /// The lease this tick takes, and renews with every progress and commit.

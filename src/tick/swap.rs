@@ -8,6 +8,17 @@
 //! write, [`Tick::after_write`] says what follows. Some decisions write
 //! nothing and go on at once (`Decision::Skip`): a lease held by another
 //! instance, a spent budget.
+//!
+//! A store may answer ok to a swap that lost the race without writing
+//! anything: Spin 3.x's Redis store treats an aborted transaction as a
+//! success. So where it matters, the swap's ok is confirmed by reading the
+//! record back (`Confirm`, one plain read): after taking a lease and after a
+//! commit ([`Update::confirmed_by_read`]). A record that does not hold what
+//! the tick wrote means the swap did not happen: the phase's function says
+//! what follows (`page.rs` `lease_not_taken`, `commit.rs`
+//! `commit_not_written`). A progress write is confirmed by the read that
+//! starts the next write of the record, at no extra cost (`delivery.rs`
+//! `confirm_recorded`).
 
 use super::{Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::budget::BudgetRecord;
@@ -66,7 +77,9 @@ impl Tick {
             }
             _ => {}
         }
-        let service = self.running().service;
+        let run = self.running();
+        run.confirm_recorded(current);
+        let service = run.service;
         let state = match current.map(|b| ServiceState::decode(service, b)).transpose() {
             // A record that cannot be read (corrupt, or from a newer version)
             // is not overwritten: the service's part fails.
@@ -98,13 +111,58 @@ impl Tick {
                 }
                 store_failed(update, attempt, e)
             }
+            Ok(true) if update.confirmed_by_read() => Step::Confirm(update, attempt),
             Ok(true) => self.after_write(update),
-            // Someone else wrote first: read again and decide anew.
-            Ok(false) if attempt + 1 < MAX_SWAP_ATTEMPTS => Step::Watch(update, attempt + 1),
-            Ok(false) => Step::Finish(Ending::failed(CollectorError::persistence(
-                "compare-and-swap",
-                "the value kept changing under concurrent writers",
-            ))),
+            Ok(false) => conflict(update, attempt),
+        }
+    }
+
+    /// Reads back the record a swap answered ok for: a plain read, the
+    /// compare-and-swap is over.
+    pub(super) fn confirm(&mut self, update: Update, attempt: u32) -> Action {
+        let key = ServiceState::key(self.running().service);
+        self.step = Step::AwaitConfirm(update, attempt);
+        Action::Load { key }
+    }
+
+    /// The swap wrote when the record holds what this tick wrote; else it
+    /// lost a race, whatever it answered.
+    pub(super) fn on_confirmed(
+        &mut self,
+        update: Update,
+        attempt: u32,
+        result: Result<Option<Vec<u8>>, String>,
+    ) -> Step {
+        let run = self.running();
+        let service = run.service;
+        let current = match result {
+            Err(detail) => {
+                let mut e = CollectorError::persistence("read", &detail);
+                if update.records_delivery() {
+                    e.message.push_str(
+                        "; the checkpoint after this page could not be confirmed: if it was not written, the next tick sends the page again (a duplicate, not a loss)",
+                    );
+                    // A few more reads, as for any write that records a delivery.
+                    if attempt < DELIVERY_STORE_RETRIES {
+                        return Step::Confirm(update, attempt + 1);
+                    }
+                } else {
+                    e.message.push_str("; the lease could not be confirmed, so nothing was fetched");
+                }
+                return Step::Finish(Ending::failed(e));
+            }
+            // What this tick wrote: confirmed.
+            Ok(Some(bytes)) if bytes == run.written => return self.after_write(update),
+            Ok(current) => current,
+        };
+        let state = match current.map(|b| ServiceState::decode(service, &b)).transpose() {
+            Err(e) => return Step::Finish(Ending::failed(e)),
+            Ok(state) => state.unwrap_or_else(|| ServiceState::new(self.now)),
+        };
+        match update {
+            Update::TakeLease => self.lease_not_taken(state, attempt),
+            Update::Commit => self.commit_not_written(state, attempt),
+            _ => unreachable!("only a lease and a commit are confirmed by a read"),
         }
     }
 
@@ -119,6 +177,19 @@ impl Tick {
             Update::Commit => self.committed(),
             Update::Release { ending, .. } => Step::Finish(ending),
         }
+    }
+}
+
+/// The swap did not write: someone else wrote first. Read again and decide
+/// anew, a bounded number of times.
+pub(super) fn conflict(update: Update, attempt: u32) -> Step {
+    if attempt + 1 < MAX_SWAP_ATTEMPTS {
+        Step::Watch(update, attempt + 1)
+    } else {
+        Step::Finish(Ending::failed(CollectorError::persistence(
+            "compare-and-swap",
+            "the value kept changing under concurrent writers",
+        )))
     }
 }
 
@@ -137,6 +208,7 @@ impl ServiceRun {
     pub(super) fn write_state(&mut self, state: ServiceState) -> Decision {
         let value = state.encode();
         self.state = state;
+        self.written.clone_from(&value);
         Decision::Write(value)
     }
 }
