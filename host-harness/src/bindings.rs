@@ -8,7 +8,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "onepassword:collector/collector-host",
-    imports: { default: trappable },
+    // The store's calls wait on a disk or a network: they are async so
+    // that no tenant's store holds up a worker thread.
+    imports: {
+        "wasi:keyvalue/store": async | trappable,
+        "wasi:keyvalue/atomics": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     with: {
         "wasi:keyvalue/store.bucket": crate::host::keyvalue::Bucket,

@@ -10,6 +10,7 @@
 //! * [`kv`]: where a tenant's key-value pairs live (a backend trait and its
 //!   SQLite backend);
 //! * [`tenant`]: the tenants file; [`schedule`]: cron schedules;
+//!   [`shard`]: which tenants a process ticks when replicas split them;
 //!   [`status`]: what the stored state says, without running the component.
 
 mod bindings;
@@ -17,5 +18,6 @@ pub mod host;
 pub mod kv;
 pub mod runtime;
 pub mod schedule;
+pub mod shard;
 pub mod status;
 pub mod tenant;

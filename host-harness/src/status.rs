@@ -1,7 +1,7 @@
 //! `host-harness status`: what each tenant's services have done, read from
 //! their stored state records (no component, no network).
 
-use crate::kv;
+use crate::kv::Stores;
 use crate::tenant::Tenant;
 use chrono::{DateTime, SecondsFormat, Utc};
 use onepassword_collector::service::Service;
@@ -21,17 +21,20 @@ fn services(tenant: &Tenant) -> Vec<Service> {
     }
 }
 
-pub fn read(tenants: &[Tenant]) -> Vec<Row> {
+/// Each tenant's services' stored state, read through `stores`.
+pub async fn read(tenants: &[Tenant], stores: &Stores) -> Vec<Row> {
     let mut rows = Vec::new();
     for tenant in tenants {
-        // A store never written stays uncreated: status only reads.
-        let mut store = if tenant.kv_path.exists() { Some(kv::open(&tenant.kv_path, BUCKET)) } else { None };
+        // A SQLite file never written stays uncreated: status only reads.
+        let absent = tenant.kv.sqlite_path().is_some_and(|path| !path.exists());
+        let mut store = if absent { None } else { Some(stores.open(&tenant.kv, BUCKET).await) };
         for service in services(tenant) {
             let state = match &mut store {
                 None => Ok(None),
                 Some(Err(e)) => Err(e.clone()),
                 Some(Ok(kv)) => kv
                     .get(&ServiceState::key(service))
+                    .await
                     .and_then(|b| b.map(|b| ServiceState::decode(service, &b).map_err(|e| e.to_string())).transpose()),
             };
             rows.push(Row { tenant: tenant.name.clone(), service, state });
@@ -112,14 +115,14 @@ mod tests {
     use onepassword_collector::state::StoredError;
     use std::collections::BTreeMap;
 
-    #[test]
-    fn shows_success_lag_totals_and_errors_per_service() {
+    #[tokio::test]
+    async fn shows_success_lag_totals_and_errors_per_service() {
         let dir = tempfile::tempdir().unwrap();
         let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
         let tenant = Tenant {
             name: "acme".into(),
             schedule: "0 * * * * *".into(),
-            kv_path: dir.path().join("acme.sqlite"),
+            kv: dir.path().join("acme.sqlite").into(),
             variables: BTreeMap::from([("services".into(), "audit,sign_in_attempts".into())]),
             allowed_outbound_hosts: None,
             limits: Default::default(),
@@ -137,11 +140,11 @@ mod tests {
             message: "1Password answered audit with HTTP 503".into(),
             at: now - chrono::TimeDelta::minutes(1),
         });
-        SqliteStore::open(&tenant.kv_path)
+        SqliteStore::open(tenant.kv.sqlite_path().unwrap())
             .unwrap()
             .set(BUCKET, &ServiceState::key(Service::Audit), &state.encode())
             .unwrap();
-        let text = table(&read(&[tenant]), now);
+        let text = table(&read(&[tenant], &Stores::default()).await, now);
         let audit = text.lines().find(|l| l.contains("audit")).unwrap();
         for part in ["acme", "2026-05-01T11:55:00Z", "2026-05-01T11:00:00Z", "60m", "42", "1234", "error 503"] {
             assert!(audit.contains(part), "{part} missing in {audit}");

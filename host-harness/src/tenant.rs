@@ -1,5 +1,5 @@
 //! The harness's config file: one or more tenants, each with a schedule, a
-//! key-value file and the component's variables.
+//! key-value store and the component's variables.
 //!
 //! ```toml
 //! [tenants.acme]
@@ -10,7 +10,13 @@
 //! token = "${ACME_OP_TOKEN}"     # taken from the environment
 //! ```
 //! A variable whose whole value is `${NAME}` is read from environment
-//! variable NAME when the file is loaded, so secrets need not sit in it.
+//! variable NAME when the file is loaded, so secrets need not sit in it;
+//! so may `kv`.
+//!
+//! `kv` is a SQLite file (relative to the config file; default
+//! `state/<name>.sqlite`) or a Redis URL, `redis://[:password@]host:port/db`
+//! or `rediss://…` (TLS), shared by tenants and replicas: each tenant's keys
+//! then start with `kv_prefix` (default `onepassword-collector/<name>/`).
 //!
 //! A tenant may override the runtime's per-instance limits:
 //! ```toml
@@ -20,6 +26,7 @@
 //! wall_ms = 150000     # wall-clock time of one tick
 //! ```
 
+use crate::kv::{KvLocation, RedisLocation};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -33,8 +40,8 @@ pub struct Tenant {
     pub name: String,
     /// Cron expression with a seconds field, as Spin's cron trigger takes.
     pub schedule: String,
-    /// SQLite file holding this tenant's key-value store.
-    pub kv_path: PathBuf,
+    /// This tenant's key-value store: a SQLite file, or a prefix in Redis.
+    pub kv: KvLocation,
     /// The component's config keys and their values (secrets included:
     /// never print this map).
     pub variables: BTreeMap<String, String>,
@@ -79,6 +86,9 @@ struct FileConfig {
 struct TenantFile {
     schedule: Option<String>,
     kv: Option<String>,
+    /// With a Redis `kv`: what every key of the tenant starts with
+    /// (default `onepassword-collector/<name>/`).
+    kv_prefix: Option<String>,
     allowed_outbound_hosts: Option<Vec<String>>,
     #[serde(default)]
     variables: BTreeMap<String, toml::Value>,
@@ -129,6 +139,28 @@ fn normalized(path: &Path) -> PathBuf {
     out
 }
 
+/// `text`, or the environment variable it names when its whole value is
+/// `${NAME}`; `what` names the setting in the error.
+fn from_env(text: &str, env: &impl Fn(&str) -> Option<String>, what: impl Fn() -> String) -> anyhow::Result<String> {
+    match text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        Some(env_name) => env(env_name)
+            .with_context(|| format!("{} refers to environment variable {env_name}, which is not set", what())),
+        None => Ok(text.to_string()),
+    }
+}
+
+/// True when two tenants' stores could see each other's keys: the same
+/// SQLite file, or prefixes of one Redis of which one starts the other.
+fn overlap(a: &KvLocation, b: &KvLocation) -> bool {
+    match (a, b) {
+        (KvLocation::Sqlite(a), KvLocation::Sqlite(b)) => normalized(a) == normalized(b),
+        (KvLocation::Redis(a), KvLocation::Redis(b)) => {
+            a.same_server(b) && (a.prefix().starts_with(b.prefix()) || b.prefix().starts_with(a.prefix()))
+        }
+        _ => false,
+    }
+}
+
 /// Loads every tenant of a config file; relative `kv` paths are relative to
 /// the file. `env` resolves `${NAME}` references (the process environment
 /// in production, a map in tests).
@@ -156,24 +188,31 @@ pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> a
                 toml::Value::Boolean(b) => b.to_string(),
                 other => bail!("tenant {name}: variable {key} must be a string or number, not {}", other.type_str()),
             };
-            let text = match text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-                Some(env_name) => env(env_name).with_context(|| {
-                    format!("tenant {name}: variable {key} refers to environment variable {env_name}, which is not set")
-                })?,
-                None => text,
-            };
-            variables.insert(key, text);
+            variables.insert(key.clone(), from_env(&text, &env, || format!("tenant {name}: variable {key}"))?);
         }
         let limits = t.limits.check(&name)?;
-        // A tenant's checkpoints are its own: no two tenants share a file.
-        let kv_path = base.join(kv);
-        if let Some(other) = tenants.iter().find(|o| normalized(&o.kv_path) == normalized(&kv_path)) {
-            bail!("tenants {} and {name} use the same kv file {}: give each its own", other.name, kv_path.display());
+        let kv = from_env(&kv, &env, || format!("tenant {name}: kv"))?;
+        if kv.trim().is_empty() {
+            bail!("tenant {name}: kv is empty: give a SQLite file or a redis:// URL");
+        }
+        let kv = if RedisLocation::is_redis_url(&kv) {
+            let prefix = t.kv_prefix.unwrap_or_else(|| format!("onepassword-collector/{name}/"));
+            KvLocation::Redis(RedisLocation::new(&kv, &prefix).map_err(|e| anyhow::anyhow!("tenant {name}: kv: {e}"))?)
+        } else {
+            if t.kv_prefix.is_some() {
+                bail!("tenant {name}: kv_prefix applies to a Redis kv (redis://…) only");
+            }
+            KvLocation::Sqlite(base.join(kv))
+        };
+        // A tenant's checkpoints are its own: no two tenants share a file,
+        // nor keys of one Redis.
+        if let Some(other) = tenants.iter().find(|o| overlap(&o.kv, &kv)) {
+            bail!("tenants {} and {name} use the same kv store {kv:?}: give each its own", other.name);
         }
         tenants.push(Tenant {
             name,
             schedule,
-            kv_path,
+            kv,
             variables,
             allowed_outbound_hosts: t.allowed_outbound_hosts,
             limits,
@@ -202,10 +241,10 @@ mod tests {
         let t = parse(text, Path::new("/etc/h"), env).unwrap();
         assert_eq!(t[0].name, "acme");
         assert_eq!(t[0].schedule, DEFAULT_SCHEDULE);
-        assert_eq!(t[0].kv_path, Path::new("/etc/h/s/acme.sqlite"));
+        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/etc/h/s/acme.sqlite"));
         assert_eq!(t[0].variables["token"], "from-env");
         assert_eq!(t[0].variables["page_size"], "500");
-        assert_eq!(t[1].kv_path, Path::new("/etc/h/state/beta.sqlite"));
+        assert_eq!(t[1].kv.sqlite_path().unwrap(), Path::new("/etc/h/state/beta.sqlite"));
         assert_eq!(t[0].outbound_urls(), vec!["https://events.1password.com"]);
         assert_eq!(t[0].limits, TenantLimits::default());
     }
@@ -252,10 +291,43 @@ mod tests {
             kv = "state/../state/./x.sqlite"
         "#;
         let e = parse(text, Path::new("/h"), |_| None).unwrap_err();
-        assert!(format!("{e:#}").contains("same kv file"), "{e:#}");
+        assert!(format!("{e:#}").contains("same kv store"), "{e:#}");
         // the default file names are distinct per tenant
         let t = parse("[tenants.a]\n[tenants.b]", Path::new("/h"), |_| None).unwrap();
-        assert_ne!(t[0].kv_path, t[1].kv_path);
+        assert_ne!(t[0].kv, t[1].kv);
+    }
+
+    #[test]
+    fn a_redis_kv_gets_a_prefix_of_its_own_and_keeps_its_password_out_of_sight() {
+        let text = r#"
+            [tenants.a]
+            kv = "${REDIS_URL}"
+            [tenants.b]
+            kv = "${REDIS_URL}"
+            [tenants.c]
+            kv = "redis://127.0.0.1:6379/0"
+            kv_prefix = "custom:"
+        "#;
+        let env = |n: &str| (n == "REDIS_URL").then(|| "redis://:hunter2@cache:6379/1".to_string());
+        let t = parse(text, Path::new("/h"), env).unwrap();
+        let KvLocation::Redis(a) = &t[0].kv else { panic!("not redis: {:?}", t[0].kv) };
+        assert_eq!(a.prefix(), "onepassword-collector/a/");
+        assert_ne!(t[0].kv, t[1].kv);
+        let KvLocation::Redis(c) = &t[2].kv else { panic!() };
+        assert_eq!(c.prefix(), "custom:");
+        for tenant in &t {
+            let shown = format!("{:?} {}", tenant.kv, tenant.kv.describe());
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+        // prefixes that nest would share keys
+        let nested = "[tenants.a]\nkv = \"redis://h/0\"\nkv_prefix = \"x/\"\n[tenants.b]\nkv = \"redis://h/0\"\nkv_prefix = \"x/y/\"";
+        let e = parse(nested, Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("same kv store"), "{e:#}");
+        // the same prefix on another database is another store
+        let other_db = nested.replacen("redis://h/0", "redis://h/1", 1);
+        assert!(parse(&other_db, Path::new("/h"), |_| None).is_ok());
+        let e = parse("[tenants.a]\nkv_prefix = \"p\"", Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("kv_prefix"), "{e:#}");
     }
 
     #[test]

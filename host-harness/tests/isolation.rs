@@ -82,7 +82,7 @@ impl Services {
         Tenant {
             name: name.into(),
             schedule: "* * * * * *".into(),
-            kv_path: dir.join(format!("{name}.sqlite")),
+            kv: dir.join(format!("{name}.sqlite")).into(),
             variables,
             allowed_outbound_hosts: None,
             limits: TenantLimits::default(),
@@ -155,7 +155,7 @@ fn a_tenant_starts_from_its_own_checkpoints_not_another_tenants() {
         assert_delivered(&t);
     }
     assert_eq!(s.devo.events(&tag("a")).len(), 20);
-    let a_before = values(&a.kv_path);
+    let a_before = values(a.kv.sqlite_path().unwrap());
     assert!(a_before.iter().any(|(k, _)| *k == ServiceState::key(Service::ItemUsage)), "{a_before:?}");
 
     // B: same 1Password account and Devo, its own (new) state file.
@@ -170,15 +170,15 @@ fn a_tenant_starts_from_its_own_checkpoints_not_another_tenants() {
     assert_eq!(s.devo.event_values(&tag("a"))[..10], first_page[..]);
 
     // B's file holds only what B wrote; A's file is untouched.
-    let b_keys = keys(&b.kv_path);
+    let b_keys = keys(b.kv.sqlite_path().unwrap());
     assert!(!b_keys.contains(&ServiceState::key(Service::ItemUsage)), "A's key in B's store: {b_keys:?}");
     let read = |path: &Path| {
         let bytes =
             SqliteStore::open(path).unwrap().get("default", &ServiceState::key(Service::Audit)).unwrap().unwrap();
         ServiceState::decode(Service::Audit, &bytes).unwrap()
     };
-    assert_ne!(read(&a.kv_path).checkpoint, read(&b.kv_path).checkpoint);
-    assert_eq!(values(&a.kv_path), a_before, "B's tick changed A's store");
+    assert_ne!(read(a.kv.sqlite_path().unwrap()).checkpoint, read(b.kv.sqlite_path().unwrap()).checkpoint);
+    assert_eq!(values(a.kv.sqlite_path().unwrap()), a_before, "B's tick changed A's store");
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn two_hundred_tenants_each_deliver_their_own_events() {
         assert_eq!(tick.tenant, format!("tenant{n}"), "results keep the tenants' order");
         assert_delivered(tick);
         assert_eq!(s.devo.event_values(&tag(&tick.tenant)), served, "{}", tick.tenant);
-        assert!(tenants[n].kv_path.exists());
+        assert!(tenants[n].kv.sqlite_path().unwrap().exists());
     }
     assert_eq!(s.devo.total_events(), TENANTS * EVENTS);
 }

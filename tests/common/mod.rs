@@ -51,7 +51,7 @@ impl Fixture {
         let tenant = Tenant {
             name: "e2e".into(),
             schedule: "* * * * * *".into(),
-            kv_path: state.path().join("e2e.sqlite"),
+            kv: state.path().join("e2e.sqlite").into(),
             variables: BTreeMap::from([
                 ("base_url".into(), op.base_url()),
                 ("token".into(), OP_TOKEN.into()),
@@ -130,15 +130,22 @@ impl Fixture {
     }
 }
 
-/// One tick on a fresh tokio runtime (tests are plain #[test]s so the
-/// blocking emulators and the async host never share a thread pool).
+/// The tokio runtime every tick of a test binary runs on (tests are plain
+/// #[test]s so the blocking emulators and the async host never share a
+/// thread pool). One for all: the runtime's Redis connections live on it.
+fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+    static TOKIO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    TOKIO.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+}
+
+/// Runs a future on the tests' tokio runtime (from any thread).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio_runtime().block_on(future)
+}
+
+/// One tick.
 pub fn tick(tenant: &Tenant) -> TenantTick {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(runtime().tick(tenant))
+    block_on(runtime().tick(tenant))
 }
 
 /// A printed tick must never carry a secret.
@@ -147,14 +154,9 @@ pub fn assert_no_secrets(text: &str) {
     assert!(!text.contains(DEVO_TOKEN), "Devo token leaked: {text}");
 }
 
-/// One tick on a fresh tokio runtime with options (faults, clock offset).
+/// One tick with options (faults, clock offset).
 pub fn tick_with(tenant: &Tenant, options: &host_harness::runtime::TickOptions) -> TenantTick {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(runtime().tick_with(tenant, options))
+    block_on(runtime().tick_with(tenant, options))
 }
 
 /// Options whose clock is `seconds` ahead.
@@ -172,10 +174,21 @@ impl Fixture {
         tick_with(&self.tenant, &options)
     }
 
-    /// The service's state record as stored in the tenant's SQLite file.
+    /// The service's state record as stored in the tenant's store.
     pub fn state(&self, service: Service) -> Option<onepassword_collector::state::ServiceState> {
-        let kv = host_harness::kv::SqliteStore::open(&self.tenant.kv_path).unwrap();
-        let bytes = kv.get("default", &onepassword_collector::state::ServiceState::key(service)).unwrap()?;
+        let key = onepassword_collector::state::ServiceState::key(service);
+        let bytes = block_on(async {
+            let mut kv = host_harness::kv::Stores::default().open(&self.tenant.kv, "default").await.unwrap();
+            kv.get(&key).await.unwrap()
+        })?;
         Some(onepassword_collector::state::ServiceState::decode(service, &bytes).unwrap())
+    }
+
+    /// Keeps the tenant's state in `server`'s Redis (database 0, the
+    /// default prefix) instead of a SQLite file.
+    pub fn on_redis(&mut self, server: &harness_test_kit::redis_server::RedisServer) {
+        let prefix = format!("onepassword-collector/{}/", self.tenant.name);
+        let location = host_harness::kv::RedisLocation::new(&server.url(0), &prefix).unwrap();
+        self.tenant.kv = host_harness::kv::KvLocation::Redis(location);
     }
 }

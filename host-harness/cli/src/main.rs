@@ -3,7 +3,9 @@
 //! emulators (`demo`).
 
 use clap::{Args, Parser, Subcommand};
-use host_harness::runtime::{default_component_path, Limits, Runtime};
+use host_harness::kv::Stores;
+use host_harness::runtime::{default_component_path, CompileCache, Limits, Runtime, RuntimeOptions};
+use host_harness::shard::Shard;
 use host_harness::{schedule, tenant};
 use onepassword_collector::validate::Status;
 use std::path::PathBuf;
@@ -26,12 +28,17 @@ struct Setup {
     /// The component (.wasm); defaults to the workspace's release build.
     #[arg(long)]
     component: Option<PathBuf>,
+    /// Where the compiled component is cached (default: beside the .wasm).
+    /// Must be writable; with a read-only root file system, a volume.
+    #[arg(long, env = "HOST_HARNESS_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
 }
 
 impl Setup {
     fn runtime(&self) -> anyhow::Result<Runtime> {
         let component = self.component.clone().unwrap_or_else(default_component_path);
-        Runtime::new(&component, Limits::default())
+        let cache = self.compile_cache.clone().map_or(CompileCache::NextToComponent, CompileCache::Dir);
+        Runtime::with_options(&component, RuntimeOptions { limits: Limits::default(), cache })
     }
 }
 
@@ -52,6 +59,10 @@ enum Command {
     Run {
         #[command(flatten)]
         setup: Setup,
+        /// Tick only the tenants rendezvous hashing assigns to shard K of N
+        /// (replicas split the tenants; overlapping replicas stay safe).
+        #[arg(long, value_name = "K/N", env = "HOST_HARNESS_SHARD")]
+        shard: Option<Shard>,
     },
     /// Check each tenant's setup (config, store, token scopes, 1Password,
     /// Devo) without pulling any event.
@@ -118,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut all_ok = true;
             for t in &tenants {
                 println!("tenant {}", t.name);
+                println!("  store   {}", t.kv.describe());
                 for check in runtime.validate(t).await {
                     let mark = match check.status {
                         Status::Pass => "  ok  ",
@@ -130,10 +142,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Run { setup } => {
-            let tenants = tenant::load_file(&setup.config, |n| std::env::var(n).ok())?;
+        Command::Run { setup, shard } => {
+            let mut tenants = tenant::load_file(&setup.config, |n| std::env::var(n).ok())?;
+            let all = tenants.len();
+            if let Some(shard) = shard {
+                tenants.retain(|t| shard.owns(&t.name));
+            }
             let runtime = Arc::new(setup.runtime()?);
-            eprintln!("host-harness: running {} tenant(s); Ctrl-C stops", tenants.len());
+            match shard {
+                Some(shard) => {
+                    eprintln!("host-harness: shard {shard}: running {} of {all} tenant(s); Ctrl-C stops", tenants.len())
+                }
+                None => eprintln!("host-harness: running {all} tenant(s); Ctrl-C stops"),
+            }
             let mut tasks = tokio::task::JoinSet::new();
             for t in tenants {
                 let runtime = runtime.clone();
@@ -168,7 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { config } => {
             // Status reads stored state only: secrets need not be in the environment.
             let tenants = tenant::load_file(&config, |n| Some(std::env::var(n).unwrap_or_default()))?;
-            let rows = host_harness::status::read(&tenants);
+            let rows = host_harness::status::read(&tenants, &Stores::default()).await;
             print!("{}", host_harness::status::table(&rows, chrono::Utc::now()));
             Ok(if rows.iter().all(|r| r.state.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -4,34 +4,118 @@
 //! stores (`key-value-spin`, `key-value-redis`, …) behind one factor.
 //!
 //! Backends: [`sqlite`] (one file per tenant, Spin's table layout; the
-//! embedded default).
+//! embedded default) and [`redis`] (every tenant's keys under its own prefix
+//! in a shared Redis, for replicas on several machines).
+//!
+//! Every call is async and none blocks the runtime's worker threads: SQLite
+//! runs on tokio's blocking pool, Redis over an async connection.
 
+pub mod redis;
 pub mod sqlite;
 
-pub use sqlite::{SqliteBucket, SqliteStore};
+pub use self::redis::{RedisBucket, RedisLocation};
+pub use self::sqlite::{SqliteBucket, SqliteStore};
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// One bucket of key-value pairs. Errors are the backend's description of
 /// what failed, handed to the guest as a store error: they name the store
-/// but never a value.
+/// (never with its credentials) but never a value.
+#[async_trait::async_trait]
 pub trait KvBackend: Send {
-    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String>;
-    fn delete(&mut self, key: &str) -> Result<(), String>;
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    async fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String>;
+    async fn delete(&mut self, key: &str) -> Result<(), String>;
     /// Every key of the bucket, in order.
-    fn keys(&mut self) -> Result<Vec<String>, String>;
+    async fn keys(&mut self) -> Result<Vec<String>, String>;
     /// Writes `value` only if the key still holds `expected` (`None`:
     /// absent), atomically against every other writer of the bucket, in
     /// this process or another. `Ok(false)`: the value had changed and
-    /// nothing was written.
-    fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String>;
+    /// nothing was written — never reported as written.
+    async fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String>;
     /// Adds `delta` to a counter stored as decimal text (absent counts as
     /// 0), atomically; returns the new value.
-    fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String>;
+    async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String>;
 }
 
-/// Opens bucket `name` of a tenant's store at `location` (a SQLite file).
-pub fn open(location: &Path, name: &str) -> Result<Box<dyn KvBackend>, String> {
-    Ok(Box::new(SqliteStore::open(location)?.bucket(name)))
+/// Where one tenant's store is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KvLocation {
+    /// A SQLite file of its own.
+    Sqlite(PathBuf),
+    /// Keys under the tenant's prefix in a Redis database.
+    Redis(RedisLocation),
+}
+
+impl KvLocation {
+    /// The SQLite file, if the store is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            KvLocation::Sqlite(path) => Some(path),
+            KvLocation::Redis(_) => None,
+        }
+    }
+
+    /// What `validate` and `status` show: the file, or the Redis URL without
+    /// credentials and the prefix.
+    pub fn describe(&self) -> String {
+        match self {
+            KvLocation::Sqlite(path) => format!("sqlite {}", path.display()),
+            KvLocation::Redis(r) => r.describe(),
+        }
+    }
+}
+
+impl std::fmt::Debug for KvLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl From<PathBuf> for KvLocation {
+    fn from(path: PathBuf) -> KvLocation {
+        KvLocation::Sqlite(path)
+    }
+}
+
+/// Opens tenants' stores. Every tenant on one Redis shares one connection
+/// (it multiplexes and reconnects by itself), so a thousand tenants do not
+/// mean a thousand connections. Shared by every tick of a runtime; its
+/// Redis connections are driven by the tokio runtime that opened them, so
+/// an embedder keeps one tokio runtime for the ticks of one `Runtime`.
+#[derive(Default)]
+pub struct Stores {
+    redis: tokio::sync::Mutex<HashMap<String, ::redis::aio::ConnectionManager>>,
+}
+
+impl Stores {
+    /// Bucket `name` of the store at `location`, created if it does not
+    /// exist yet (a SQLite file and its folder; Redis needs nothing).
+    pub async fn open(&self, location: &KvLocation, name: &str) -> Result<Box<dyn KvBackend>, String> {
+        match location {
+            KvLocation::Sqlite(path) => {
+                let path = path.clone();
+                let name = name.to_string();
+                let bucket = tokio::task::spawn_blocking(move || SqliteStore::open(&path).map(|s| s.bucket(&name)))
+                    .await
+                    .map_err(|e| format!("the store's thread ended: {e}"))??;
+                Ok(Box::new(bucket))
+            }
+            KvLocation::Redis(location) => {
+                let connection = {
+                    let mut connections = self.redis.lock().await;
+                    match connections.get(location.url()) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = location.connect().await?;
+                            connections.insert(location.url().to_string(), c.clone());
+                            c
+                        }
+                    }
+                };
+                Ok(Box::new(RedisBucket::new(connection, location, name)))
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 use super::KvBackend;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// One SQLite file; every method names the store (Spin's "bucket") it
@@ -36,7 +37,7 @@ impl SqliteStore {
 
     /// This file's store `name` as the backend of one bucket.
     pub fn bucket(self, name: &str) -> SqliteBucket {
-        SqliteBucket { file: self, name: name.to_string() }
+        SqliteBucket { file: Arc::new(Mutex::new(self)), name: name.into() }
     }
 
     pub fn path(&self) -> &Path {
@@ -140,34 +141,55 @@ impl SqliteStore {
 }
 
 /// One store of a SQLite file, as the host's key-value interface sees it.
+/// SQLite's calls block (on the disk, on another process's lock), so each
+/// runs on tokio's blocking pool, never on a worker thread that other
+/// tenants' ticks need.
 pub struct SqliteBucket {
-    file: SqliteStore,
-    name: String,
+    file: Arc<Mutex<SqliteStore>>,
+    name: Arc<str>,
 }
 
+impl SqliteBucket {
+    async fn run<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut SqliteStore, &str) -> Result<R, String> + Send + 'static,
+    ) -> Result<R, String> {
+        let (file, name) = (Arc::clone(&self.file), Arc::clone(&self.name));
+        tokio::task::spawn_blocking(move || op(&mut file.lock().unwrap_or_else(PoisonError::into_inner), &name))
+            .await
+            .map_err(|e| format!("the store's thread ended: {e}"))?
+    }
+}
+
+#[async_trait::async_trait]
 impl KvBackend for SqliteBucket {
-    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.file.get(&self.name, key)
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let key = key.to_string();
+        self.run(move |file, name| file.get(name, &key)).await
     }
 
-    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.file.set(&self.name, key, value)
+    async fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.run(move |file, name| file.set(name, &key, &value)).await
     }
 
-    fn delete(&mut self, key: &str) -> Result<(), String> {
-        self.file.delete(&self.name, key)
+    async fn delete(&mut self, key: &str) -> Result<(), String> {
+        let key = key.to_string();
+        self.run(move |file, name| file.delete(name, &key)).await
     }
 
-    fn keys(&mut self) -> Result<Vec<String>, String> {
-        self.file.keys(&self.name)
+    async fn keys(&mut self) -> Result<Vec<String>, String> {
+        self.run(|file, name| file.keys(name)).await
     }
 
-    fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
-        self.file.compare_and_swap(&self.name, key, expected, value)
+    async fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
+        let (key, expected, value) = (key.to_string(), expected.map(<[u8]>::to_vec), value.to_vec());
+        self.run(move |file, name| file.compare_and_swap(name, &key, expected.as_deref(), &value)).await
     }
 
-    fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
-        self.file.increment(&self.name, key, delta)
+    async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
+        let key = key.to_string();
+        self.run(move |file, name| file.increment(name, &key, delta)).await
     }
 }
 

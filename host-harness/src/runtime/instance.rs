@@ -9,6 +9,7 @@ use crate::bindings;
 use crate::host::config::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
 use crate::host::outbound::OutboundPolicy;
+use crate::kv::Stores;
 use crate::tenant::Tenant;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,7 @@ pub(crate) fn new_store(
     options: &TickOptions,
     limits: &EffectiveLimits,
     request_timeout: Duration,
+    stores: Arc<Stores>,
     meter: Arc<Meter>,
 ) -> Store<TickState> {
     let state = TickState {
@@ -94,7 +96,7 @@ pub(crate) fn new_store(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), request_timeout),
-        kv: KeyValueCtx::new(tenant.kv_path.clone(), options.kv_faults.clone()),
+        kv: KeyValueCtx::new(stores, tenant.kv.clone(), options.kv_faults.clone()),
         config: ConfigVars(tenant.variables.clone()),
         guard: Guard::new(meter, limits),
     };

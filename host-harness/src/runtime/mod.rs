@@ -33,6 +33,7 @@ pub use crate::host::keyvalue::{KvFault, KvFaultHook, KvOp};
 use self::limits::Meter;
 use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure};
 use crate::bindings::CollectorHostPre;
+use crate::kv::Stores;
 use crate::tenant::Tenant;
 use onepassword_collector::error::CollectorError;
 use onepassword_collector::report::TickReport;
@@ -73,6 +74,8 @@ struct Inner {
     slots: tokio::sync::Semaphore,
     cache_file: Option<PathBuf>,
     loaded_from_cache: bool,
+    /// Tenants' key-value stores (shared Redis connections).
+    stores: Arc<Stores>,
 }
 
 impl Runtime {
@@ -99,6 +102,7 @@ impl Runtime {
                 slots,
                 cache_file: loaded.cache_file,
                 loaded_from_cache: loaded.from_cache,
+                stores: Arc::default(),
             }),
         })
     }
@@ -210,7 +214,7 @@ impl Inner {
         limits: &EffectiveLimits,
         meter: Arc<Meter>,
     ) -> anyhow::Result<Result<TickReport, CollectorError>> {
-        let mut store = instance::new_store(&self.engine, tenant, options, limits, self.limits.request_timeout, meter);
+        let mut store = self.new_store(tenant, options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let result = instance.onepassword_collector_runner().call_tick(&mut store).await?;
         Ok(result.map(from_wit_report).map_err(from_wit_error))
@@ -219,9 +223,20 @@ impl Inner {
     async fn validate(&self, tenant: &Tenant, limits: &EffectiveLimits) -> anyhow::Result<Vec<Check>> {
         let meter = Arc::new(Meter::default());
         let options = TickOptions::default();
-        let mut store = instance::new_store(&self.engine, tenant, &options, limits, self.limits.request_timeout, meter);
+        let mut store = self.new_store(tenant, &options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let checks = instance.onepassword_collector_runner().call_validate(&mut store).await?;
         Ok(checks.into_iter().map(from_wit_check).collect())
+    }
+
+    fn new_store(
+        &self,
+        tenant: &Tenant,
+        options: &TickOptions,
+        limits: &EffectiveLimits,
+        meter: Arc<Meter>,
+    ) -> wasmtime::Store<TickState> {
+        let stores = Arc::clone(&self.stores);
+        instance::new_store(&self.engine, tenant, options, limits, self.limits.request_timeout, stores, meter)
     }
 }

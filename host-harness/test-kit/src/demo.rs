@@ -43,7 +43,7 @@ pub async fn run(
     let tenant = Tenant {
         name: "demo".into(),
         schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
-        kv_path: state.join("demo.sqlite"),
+        kv: state.join("demo.sqlite").into(),
         variables: BTreeMap::from([
             ("base_url".into(), op.base_url()),
             ("token".into(), DEMO_OP_TOKEN.into()),

@@ -5,6 +5,7 @@
 //!   Devo's HTTP ingestion, with seeded, switchable faults, and the
 //!   generator of their data sets;
 //! * [`demo`]: the offline first run (`host-harness demo`);
+//! * [`redis_server`]: a real `redis-server` on a free loopback port;
 //! * [`spin_check`]: the static Spin compatibility checker behind
 //!   `tests/spin_compat.rs`;
 //! * `src/bin/bench.rs`: the bench binary (`cargo run --release -p
@@ -12,4 +13,5 @@
 
 pub mod demo;
 pub mod emulator;
+pub mod redis_server;
 pub mod spin_check;

@@ -606,7 +606,7 @@ impl Bench<'_> {
         Tenant {
             name: name.into(),
             schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
-            kv_path: dir.path.join(format!("{name}.sqlite")),
+            kv: dir.path.join(format!("{name}.sqlite")).into(),
             variables,
             allowed_outbound_hosts: None,
             limits: Default::default(),

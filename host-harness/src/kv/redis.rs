@@ -1,0 +1,233 @@
+//! The Redis backend: a tenant's pairs are the Redis keys under its prefix
+//! (`<prefix><key>`), so tenants sharing one Redis never read or overwrite
+//! each other's state, and harness replicas on several machines share
+//! leases, checkpoints and request budgets.
+//!
+//! Compare-and-swap runs as one Lua script (compare, then set), which Redis
+//! executes atomically: a swap whose key changed since the guest read it is
+//! reported as not written. (Spin 3.x's Redis store uses
+//! `WATCH`/`MULTI`/`EXEC` and takes an aborted `EXEC` — the nil reply of a
+//! lost race — for success; `tests/redis.rs` plays that exact race against
+//! this backend.)
+//!
+//! The URL may carry a password (`redis://:secret@host:6379/0`), so it is
+//! never shown: errors and `describe` name the server without credentials.
+
+use super::KvBackend;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use std::time::Duration;
+
+/// How long one Redis command, or a connection attempt, may take before the
+/// store call fails (the tick then fails that step, as for any store error).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Compare-and-swap. KEYS[1]: the key; ARGV[1]: "1" when a value is
+/// expected, "0" when the key must be absent; ARGV[2]: the expected value;
+/// ARGV[3]: the new value. Returns 1 when written, 0 when the key held
+/// something else.
+const CAS_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+";
+
+/// A Redis database and the prefix of one tenant's keys in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisLocation {
+    url: String,
+    prefix: String,
+}
+
+impl RedisLocation {
+    /// `url` is `redis://[user:password@]host[:port][/db]` or `rediss://…`
+    /// (TLS); `prefix` goes in front of every key.
+    pub fn new(url: &str, prefix: &str) -> Result<RedisLocation, String> {
+        let info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|_| format!("{} is not a Redis URL (redis://host:port/db or rediss://…)", redact(url)))?;
+        drop(info);
+        if prefix.is_empty() {
+            return Err("the Redis key prefix must not be empty: tenants sharing a Redis need their own".into());
+        }
+        Ok(RedisLocation { url: url.to_string(), prefix: prefix.to_string() })
+    }
+
+    /// True for values of a tenant's `kv` that name a Redis store.
+    pub fn is_redis_url(kv: &str) -> bool {
+        kv.starts_with("redis://") || kv.starts_with("rediss://")
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// True when both name the same server and database (credentials aside).
+    pub fn same_server(&self, other: &RedisLocation) -> bool {
+        redact(&self.url) == redact(&other.url)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The server and the prefix, without credentials.
+    pub fn describe(&self) -> String {
+        format!("redis {} prefix {:?}", redact(&self.url), self.prefix)
+    }
+
+    /// A connection that reconnects by itself after a failure.
+    pub(crate) async fn connect(&self) -> Result<ConnectionManager, String> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| self.error("cannot use", &e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1);
+        ConnectionManager::new_with_config(client, config).await.map_err(|e| self.error("cannot connect to", &e))
+    }
+
+    fn error(&self, what: &str, e: &redis::RedisError) -> String {
+        format!("{what} Redis {}: {}", redact(&self.url), describe_error(e))
+    }
+}
+
+/// A Redis error's text, bounded: it names the failure (refused, timed
+/// out, a server message), never the URL it was given.
+fn describe_error(e: &redis::RedisError) -> String {
+    e.to_string().chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
+/// `scheme://host:port/db` of a Redis URL, credentials and query left out.
+fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{rest}")
+}
+
+/// One tenant's bucket in a shared Redis.
+pub struct RedisBucket {
+    connection: ConnectionManager,
+    /// `<tenant prefix><bucket>/`: the bucket name keeps Spin's store
+    /// namespaces apart as the SQLite layout's `store` column does.
+    prefix: String,
+    server: String,
+}
+
+impl RedisBucket {
+    pub(crate) fn new(connection: ConnectionManager, location: &RedisLocation, bucket: &str) -> RedisBucket {
+        RedisBucket { connection, prefix: format!("{}{bucket}/", location.prefix), server: redact(&location.url) }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn fail(&self, e: redis::RedisError) -> String {
+        format!("Redis {}: {}", self.server, describe_error(&e))
+    }
+}
+
+/// `text` with Redis's glob characters escaped, for `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl KvBackend for RedisBucket {
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let key = self.key(key);
+        self.connection.get(key).await.map_err(|e| self.fail(e))
+    }
+
+    async fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+        let key = self.key(key);
+        self.connection.set(key, value).await.map_err(|e| self.fail(e))
+    }
+
+    async fn delete(&mut self, key: &str) -> Result<(), String> {
+        let key = self.key(key);
+        self.connection.del(key).await.map_err(|e| self.fail(e))
+    }
+
+    async fn keys(&mut self) -> Result<Vec<String>, String> {
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut self.connection)
+                .await
+                .map_err(|e| self.fail(e))?;
+            keys.extend(batch.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn compare_and_swap(&mut self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, String> {
+        let written: i64 = redis::Script::new(CAS_SCRIPT)
+            .key(self.key(key))
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(value)
+            .invoke_async(&mut self.connection)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(written == 1)
+    }
+
+    async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String> {
+        let full = self.key(key);
+        self.connection.incr(full, delta).await.map_err(|e| {
+            if e.to_string().contains("not an integer") {
+                format!("key {key} does not hold a counter")
+            } else {
+                self.fail(e)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(redact("redis://:hunter2@cache.internal:6380/2"), "redis://cache.internal:6380/2");
+        assert_eq!(redact("rediss://user:p%40ss@h:6379/0?x=1"), "rediss://h:6379/0");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let location = RedisLocation::new("redis://:hunter2@cache.internal:6380/2", "acme/").unwrap();
+        assert!(!location.describe().contains("hunter2"), "{}", location.describe());
+        let bad = RedisLocation::new("redis://:hunter2@[::1", "acme/").map(|_| ()).unwrap_err();
+        assert!(!bad.contains("hunter2"), "{bad}");
+        assert!(RedisLocation::new("redis://h:6379/0", "").is_err());
+    }
+
+    #[test]
+    fn scan_patterns_match_the_prefix_literally() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
