@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
-    /// Tick every tenant on its schedule until interrupted (Ctrl-C).
+    /// Tick every tenant on its schedule until interrupted (Ctrl-C or SIGTERM).
     Run {
         #[command(flatten)]
         setup: Setup,
@@ -99,6 +99,22 @@ fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<
         anyhow::ensure!(!tenants.is_empty(), "no tenant named {name:?} in {}", config.display());
     }
     Ok(tenants)
+}
+
+/// Ctrl-C, or SIGTERM (what Kubernetes and systemd send to stop a process).
+/// A tick cut short loses nothing: its checkpoint had not moved.
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 #[tokio::main]
@@ -151,9 +167,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = Arc::new(setup.runtime()?);
             match shard {
                 Some(shard) => {
-                    eprintln!("host-harness: shard {shard}: running {} of {all} tenant(s); Ctrl-C stops", tenants.len())
+                    eprintln!(
+                        "host-harness: shard {shard}: running {} of {all} tenant(s); Ctrl-C or SIGTERM stops",
+                        tenants.len()
+                    )
                 }
-                None => eprintln!("host-harness: running {all} tenant(s); Ctrl-C stops"),
+                None => eprintln!("host-harness: running {all} tenant(s); Ctrl-C or SIGTERM stops"),
             }
             let mut tasks = tokio::task::JoinSet::new();
             for t in tenants {
@@ -182,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             tasks.abort_all();
             Ok(ExitCode::SUCCESS)
         }
