@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY};
 use crate::http::{HttpRequest, HttpResponse, Method};
 use crate::secret::Secret;
+use crate::time;
 use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -117,7 +118,7 @@ pub fn token_claims(token: &Secret) -> Option<TokenClaims> {
 /// A warning when the token expires soon (or has expired), from its claims.
 pub fn expiry_warning(claims: &TokenClaims, now: DateTime<Utc>) -> Option<String> {
     let exp = DateTime::from_timestamp(claims.exp?, 0)?;
-    let when = exp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let when = time::utc(exp);
     if exp <= now {
         Some(format!("the 1Password token expired at {when}; issue a new one"))
     } else if exp - now < EXPIRY_WARNING {

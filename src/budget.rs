@@ -9,6 +9,7 @@
 //! windows the limit is counted in.
 
 use crate::backoff::Backoff;
+use crate::time;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -50,14 +51,12 @@ impl Refusal {
 
     pub fn describe(&self) -> String {
         match self {
-            Refusal::RateLimited { until } => format!(
-                "1Password rate-limited this account; no requests before {}",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-            Refusal::Exhausted { until, window } => format!(
-                "the account's request budget for this {window} is spent; more from {}",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
+            Refusal::RateLimited { until } => {
+                format!("1Password rate-limited this account; no requests before {}", time::utc(*until))
+            }
+            Refusal::Exhausted { until, window } => {
+                format!("the account's request budget for this {window} is spent; more from {}", time::utc(*until))
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod service;
 mod sim;
 pub mod state;
 pub mod tick;
+pub mod time;
 pub mod validate;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,7 +1,9 @@
 //! What a tick did, per service: returned to the host (WIT `tick-report`)
-//! and printed by the harness as JSON.
+//! and printed by the harness as JSON. Every time in it is UTC, as
+//! [`time::utc`] shows it (`2026-11-27T16:21:25Z`).
 
 use crate::error::CollectorError;
+use crate::time;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -35,14 +37,15 @@ pub struct ServiceReport {
     /// Bytes sent to Devo in this tick (after compression).
     pub bytes_sent: u64,
     pub has_more: bool,
-    /// Timestamp of the newest event delivered so far, as 1Password wrote it.
+    /// Time of the newest event delivered so far, in UTC (the event itself
+    /// keeps the offset 1Password wrote).
     pub checkpoint: Option<String>,
     pub total_sent: u64,
     /// Seconds between the tick and the newest delivered event: how far
     /// behind the service is.
     pub lag_seconds: Option<u64>,
     pub elapsed_ms: u64,
-    /// Why and until when a deferred service waits.
+    /// Why and until when (UTC) a deferred service waits.
     pub deferred_until: Option<String>,
     pub deferred_reason: Option<String>,
     pub error: Option<CollectorError>,
@@ -50,6 +53,7 @@ pub struct ServiceReport {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TickReport {
+    /// UTC.
     pub started_at: String,
     pub elapsed_ms: u64,
     pub services: Vec<ServiceReport>,
@@ -60,7 +64,8 @@ pub struct TickReport {
 
 impl ServiceReport {
     /// One log line with Devo's sender statistics and more (the Spin log,
-    /// the harness's `run`). Never carries a secret: reports have none.
+    /// the harness's `run`). Never carries a secret: reports have none. Its
+    /// times are UTC, whoever built the report.
     pub fn log_line(&self) -> String {
         let s = self;
         let mut line = format!(
@@ -72,13 +77,13 @@ impl ServiceReport {
             s.pages,
             s.bytes_sent,
             s.total_sent,
-            s.checkpoint.as_deref().unwrap_or("-"),
+            s.checkpoint.as_deref().map_or("-".to_string(), time::shown),
             s.lag_seconds.map_or("-".to_string(), |l| l.to_string()),
             s.has_more,
             s.elapsed_ms
         );
         if let (Some(until), Some(reason)) = (&s.deferred_until, &s.deferred_reason) {
-            line.push_str(&format!(" deferred_until={until} reason=\"{reason}\""));
+            line.push_str(&format!(" deferred_until={} reason=\"{reason}\"", time::shown(until)));
         }
         if s.unconfirmed > 0 {
             line.push_str(&format!(" unconfirmed={}", s.unconfirmed));
@@ -135,5 +140,30 @@ mod tests {
         ] {
             assert!(line.contains(part), "{part} missing: {line}");
         }
+    }
+
+    #[test]
+    fn log_lines_show_times_in_utc_whatever_the_report_holds() {
+        let s = ServiceReport {
+            service: "audit".into(),
+            outcome: Outcome::Delivered,
+            fetched: 1,
+            sent: 1,
+            unconfirmed: 0,
+            pages: 1,
+            bytes_sent: 10,
+            has_more: true,
+            checkpoint: Some("2026-11-26T14:36:46-07:00".into()),
+            total_sent: 1,
+            lag_seconds: Some(1),
+            elapsed_ms: 1,
+            deferred_until: Some("2026-11-27T03:07:00+05:30".into()),
+            deferred_reason: Some("budget".into()),
+            error: None,
+        };
+        let line = s.log_line();
+        assert!(line.contains("checkpoint=2026-11-26T21:36:46Z"), "{line}");
+        assert!(line.contains("deferred_until=2026-11-26T21:37:00Z"), "{line}");
+        assert!(time::tests::not_utc(&line).is_empty(), "{line}");
     }
 }

@@ -140,6 +140,19 @@ mod tests {
     }
 
     #[test]
+    fn stored_times_are_utc() {
+        let mut s = ServiceState::new(t("2026-01-01T05:30:00+05:30"));
+        s.stats.last_success_at = Some(t("2025-12-31T17:00:00-07:00"));
+        s.stats.last_error = Some(StoredError { id: 503, message: "x".into(), at: t("2026-01-01T05:31:00.5+05:30") });
+        let text = String::from_utf8(s.encode()).unwrap();
+        for stored in [r#""created_at":"2026-01-01T00:00:00Z""#, r#""last_success_at":"2026-01-01T00:00:00Z""#] {
+            assert!(text.contains(stored), "{stored} not in {text}");
+        }
+        assert!(text.contains(r#""at":"2026-01-01T00:01:00.500Z""#), "{text}");
+        assert_eq!(ServiceState::decode(Service::Audit, &s.encode()).unwrap(), s);
+    }
+
+    #[test]
     fn leases_expire_and_belong_to_their_holder() {
         let mut s = ServiceState::new(t("2026-01-01T00:00:00Z"));
         s.lease = Some(Lease { holder: "a".into(), expires: t("2026-01-01T00:01:00Z") });

@@ -377,6 +377,103 @@ fn a_start_older_than_retention_is_clamped_with_a_warning() {
     assert_eq!(first.2, 200);
 }
 
+/// Events whose timestamps carry 1Password's offsets, oldest first.
+fn offset_events() -> Vec<String> {
+    [
+        "2026-03-02T15:30:00+05:30",     // 10:00:00Z
+        "2026-03-02T03:01:30-07:00",     // 10:01:30Z
+        "2026-03-02T10:02:00Z",          //
+        "2026-03-02T15:32:45.500+05:30", // 10:02:45.5Z
+        "2026-03-02T03:03:00.250-07:00", // 10:03:00.25Z
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, ts)| format!(r#"{{"uuid":"OFF{i:04}","timestamp":"{ts}","note":"as sent"}}"#))
+    .collect()
+}
+
+/// Asserts every time a report shows, in its JSON and its log lines, is UTC.
+fn assert_times_in_utc(report: &TickReport) {
+    let json = serde_json::to_string(report).unwrap();
+    assert!(crate::time::tests::not_utc(&json).is_empty(), "{:?} in {json}", crate::time::tests::not_utc(&json));
+    for s in &report.services {
+        let line = s.log_line();
+        assert!(crate::time::tests::not_utc(&line).is_empty(), "{line}");
+    }
+}
+
+#[test]
+fn reports_show_every_time_in_utc_and_devo_gets_the_events_as_written() {
+    let mut sim = Sim::new(t(NOW));
+    sim.events.insert(Service::Audit, offset_events());
+    // A token that expires in a day, and a start older than 1Password keeps,
+    // both given with offsets: each makes a warning with a time in it.
+    let exp = t("2026-03-03T17:30:00+05:30").timestamp();
+    sim.token = crate::account::tests::jwt(&format!(r#"{{"features":["auditevents"],"exp":{exp}}}"#));
+    let c = audit_only(&[
+        ("token", &sim.token.clone()),
+        ("start_time_value", "2025-06-01T10:00:00+05:30"),
+        ("page_size", "2"),
+        ("max_pages_per_tick", "10"),
+        ("max_requests_per_minute", "1"),
+    ]);
+
+    // One page (an event at -07:00 is the newest), then the minute's budget is spent.
+    let report = sim.tick(c.clone()).unwrap();
+    assert_times_in_utc(&report);
+    assert_eq!(report.started_at, "2026-03-02T12:00:00Z");
+    let s = svc(&report, "audit");
+    assert_eq!((s.outcome, s.sent, s.has_more), (Outcome::Delivered, 2, true));
+    assert_eq!(s.checkpoint.as_deref(), Some("2026-03-02T10:01:30Z"));
+    assert_eq!(s.lag_seconds, Some(7110), "lag is counted from the event's own instant");
+    assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:00Z"));
+    assert!(s.deferred_reason.as_ref().unwrap().ends_with("more from 2026-03-02T12:01:00Z"), "{s:?}");
+    let line = s.log_line();
+    assert!(line.contains("checkpoint=2026-03-02T10:01:30Z"), "{line}");
+    assert!(line.contains("deferred_until=2026-03-02T12:01:00Z"), "{line}");
+    assert_eq!(
+        report.warnings,
+        [
+            "the 1Password token expires at 2026-03-03T12:00:00Z; issue a new one before then",
+            "start_time_value 2025-06-01T04:30:00Z is older than the 120 days 1Password keeps; \
+             collection starts at the oldest available events, from 2025-11-02T12:05:00Z"
+        ]
+    );
+    // The stored checkpoint keeps the event's own text: it is what the next
+    // page is read from after a refused cursor.
+    let stored = state(&sim, Service::Audit);
+    assert_eq!(stored.checkpoint.as_ref().unwrap().newest_event.as_deref(), Some("2026-03-02T03:01:30-07:00"));
+    // Its own times (lease, statistics) are UTC, fractions kept.
+    let record = String::from_utf8(stored.encode()).unwrap();
+    let offsets: Vec<String> =
+        crate::time::tests::not_utc(&record).into_iter().filter(|bad| bad[19..].contains(['+', '-'])).collect();
+    assert_eq!(offsets, ["2026-03-02T03:01:30-07:00"], "{record}");
+
+    // A refused cursor: the next page is read again from the newest event's time.
+    sim.now = t("2026-03-02T12:01:00Z");
+    sim.scripted.push_back(Fault::OpStatus(400, None));
+    let report = sim.tick(c.clone()).unwrap();
+    assert_times_in_utc(&report);
+    assert_eq!(svc(&report, "audit").outcome, Outcome::Failed);
+    assert_eq!(svc(&report, "audit").checkpoint.as_deref(), Some("2026-03-02T10:01:30Z"));
+
+    sim.now = t("2026-03-02T12:02:00Z");
+    drain(&mut sim, &c, 10, TimeDelta::minutes(1));
+    let report = sim.tick(c).unwrap();
+    assert_times_in_utc(&report);
+    // The newest is 10:03:00.25 at -07:00: shown in UTC, whole seconds.
+    assert_eq!(svc(&report, "audit").checkpoint.as_deref(), Some("2026-03-02T10:03:00Z"));
+    let stored = state(&sim, Service::Audit).checkpoint.unwrap();
+    assert_eq!(stored.newest_event.as_deref(), Some("2026-03-02T03:03:00.250-07:00"));
+
+    // Devo got every event once, byte for byte as 1Password served it.
+    assert_exactly_once(&sim, Service::Audit);
+    let received = sim.received(Service::Audit);
+    for ts in ["2026-03-02T15:30:00+05:30", "2026-03-02T03:01:30-07:00", "2026-03-02T03:03:00.250-07:00"] {
+        assert_eq!(received.iter().filter(|l| l.contains(&format!(r#""timestamp":"{ts}""#))).count(), 1, "{ts}");
+    }
+}
+
 #[test]
 fn a_lease_held_by_another_tick_defers_the_service() {
     let mut sim = sim_with(Service::Audit, 3);

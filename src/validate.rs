@@ -292,6 +292,19 @@ mod tests {
     }
 
     #[test]
+    fn the_checklist_shows_times_in_utc() {
+        let mut m = minimal();
+        m.insert("token", jwt(&format!(r#"{{"features":["auditevents"],"exp":{}}}"#, 1_800_000_000 + 3600)));
+        m.insert("start_time_value", "2027-01-15T12:00:00+05:30".into());
+        let body = r#"{"features":["auditevents","itemusages","signinattempts"],"account_uuid":"ACC"}"#;
+        let (checks, _) = run_with(load(&m), answer(200, body), answer(200, ""));
+        let expiry = checks.iter().find(|c| c.name == "1Password token expiry").unwrap();
+        assert_eq!(expiry.detail, "the 1Password token expires at 2027-01-15T09:00:00Z; issue a new one before then");
+        let text = serde_json::to_string(&checks).unwrap();
+        assert!(crate::time::tests::not_utc(&text).is_empty(), "{text}");
+    }
+
+    #[test]
     fn a_bad_configuration_is_the_only_check() {
         let mut m = minimal();
         m.remove("base_url");

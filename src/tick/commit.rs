@@ -17,11 +17,12 @@
 
 use super::delivery::{lease_lost, lease_lost_error};
 use super::swap::{self, Decision};
-use super::{elapsed_ms, nanos, rfc3339, Ending, Step, Tick, Update};
+use super::{elapsed_ms, nanos, Ending, Step, Tick, Update};
 use crate::backoff::Backoff;
 use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::service::Service;
 use crate::state::{ServiceState, StoredError};
+use crate::time;
 use chrono::{DateTime, Utc};
 
 impl Tick {
@@ -114,16 +115,15 @@ impl Tick {
     pub(super) fn finish(&mut self, ending: Ending) {
         let run = self.run.take().expect("a service is running");
         let checkpoint = run.state.checkpoint.as_ref();
-        let newest = checkpoint.and_then(|c| c.newest_event.clone());
-        let lag_seconds = newest
-            .as_deref()
+        let lag_seconds = checkpoint
+            .and_then(|c| c.newest_event.as_deref())
             .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
             .map(|n| (self.now - n.with_timezone(&Utc)).num_seconds().max(0) as u64);
         // A service that delivered and then met a spent budget says until
         // when it waits, too.
         let (deferred_until, deferred_reason) = match (&run.deferred, ending.outcome) {
             (Some((until, reason)), Outcome::Deferred | Outcome::Delivered) => {
-                (Some(rfc3339(*until)), Some(reason.clone()))
+                (Some(time::utc(*until)), Some(reason.clone()))
             }
             _ => (None, None),
         };
@@ -136,7 +136,8 @@ impl Tick {
             pages: run.pages,
             bytes_sent: run.bytes_sent,
             has_more: run.has_more,
-            checkpoint: newest,
+            // In UTC; the stored checkpoint keeps the event's own text.
+            checkpoint: checkpoint.and_then(|c| c.newest_event_utc()),
             total_sent: checkpoint.map_or(0, |c| c.total_sent),
             lag_seconds,
             elapsed_ms: elapsed_ms(run.started_at, self.now),
@@ -152,7 +153,7 @@ impl Tick {
         let mut services = self.reports.clone();
         services.sort_by_key(|s| s.service.parse::<Service>().ok());
         TickReport {
-            started_at: rfc3339(self.started_at),
+            started_at: time::utc(self.started_at),
             elapsed_ms: elapsed_ms(self.started_at, self.now),
             services,
             warnings: self.warnings.clone(),

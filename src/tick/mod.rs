@@ -79,6 +79,7 @@ use crate::onepassword::PageStart;
 use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::service::Service;
 use crate::state::ServiceState;
+use crate::time;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::VecDeque;
 // tick_tests.rs reads these through `use super::*`.
@@ -143,10 +144,12 @@ impl Tick {
         if let Some(claims) = account::token_claims(&config.token) {
             warnings.extend(account::expiry_warning(&claims, now));
         }
-        if config.start_time.is_some_and(|t| t < now - RETENTION) {
+        if let Some(start) = config.start_time.filter(|t| *t < now - RETENTION) {
             warnings.push(format!(
-                "start_time_value is older than the {} days 1Password keeps; collection starts at the oldest available events",
-                RETENTION.num_days()
+                "start_time_value {} is older than the {} days 1Password keeps; collection starts at the oldest available events, from {}",
+                time::utc(start),
+                RETENTION.num_days(),
+                time::utc(page::oldest_available(now))
             ));
         }
         // Start at a different service each tick, so that when the budget
@@ -393,6 +396,9 @@ impl ServiceRun {
     }
 }
 
+/// A time as stored in a checkpoint (its `start_time_value`): changing this
+/// format would reset every service once. What reports show is
+/// [`time::utc`].
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }

@@ -237,6 +237,12 @@ fn start_value(config: &Config) -> Option<String> {
     config.start_time.map(rfc3339)
 }
 
+/// The oldest start a page may ask for: 1Password serves nothing older, and
+/// asking for it is an error there.
+pub(super) fn oldest_available(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - RETENTION + TimeDelta::minutes(5)
+}
+
 /// Continue from the stored cursor, unless there is none or the configured
 /// `start_time_value` changed since it was stored (Devo's way of asking for a
 /// re-ingest): then a reset cursor from the configured start. After a
@@ -244,8 +250,7 @@ fn start_value(config: &Config) -> Option<String> {
 fn page_start(config: &Config, state: &ServiceState, now: DateTime<Utc>) -> PageStart {
     let configured = || {
         let start = config.start_time.or(state.initial_start).unwrap_or(now - DEFAULT_LOOKBACK);
-        // 1Password serves nothing older; asking for it is an error there.
-        PageStart::From(start.max(now - RETENTION + TimeDelta::minutes(5)))
+        PageStart::From(start.max(oldest_available(now)))
     };
     match &state.checkpoint {
         Some(cp) if cp.start_time_value == start_value(config) => match (&cp.cursor, &cp.newest_event) {
