@@ -11,7 +11,8 @@
 //!   SQLite backend);
 //! * [`tenant`]: the tenants file; [`schedule`]: cron schedules;
 //!   [`shard`]: which tenants a process ticks when replicas split them;
-//!   [`status`]: what the stored state says, without running the component.
+//!   [`status`]: what the stored state says, without running the component;
+//! * [`telemetry`]: Prometheus metrics, health and readiness over HTTP.
 
 mod bindings;
 pub mod host;
@@ -20,4 +21,5 @@ pub mod runtime;
 pub mod schedule;
 pub mod shard;
 pub mod status;
+pub mod telemetry;
 pub mod tenant;

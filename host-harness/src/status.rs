@@ -43,6 +43,11 @@ pub async fn read(tenants: &[Tenant], stores: &Stores) -> Vec<Row> {
     rows
 }
 
+/// An event's own RFC 3339 time (any offset) as UTC, `…Z`.
+fn utc(event_time: &str) -> String {
+    onepassword_collector::time::shown(event_time)
+}
+
 fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or("-".into(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
@@ -93,7 +98,7 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
                     row.tenant,
                     row.service.name(),
                     time(s.stats.last_success_at),
-                    newest.unwrap_or("-"),
+                    newest.map_or("-".to_string(), utc),
                     lag(newest, now),
                     cp.map_or(0, |c| c.total_sent),
                     s.stats.bytes_sent,
@@ -107,6 +112,49 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
     out
 }
 
+/// One JSON object per tenant (for scripts): per service the same facts
+/// as the table, times in UTC.
+pub fn to_json(rows: &[Row], now: DateTime<Utc>) -> Vec<serde_json::Value> {
+    let mut tenants: Vec<(String, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+    for row in rows {
+        let service = match &row.state {
+            Err(e) => serde_json::json!({ "error": e }),
+            Ok(None) => serde_json::json!({ "collected": false }),
+            Ok(Some(s)) => {
+                let cp = s.checkpoint.as_ref();
+                let newest = cp.and_then(|c| c.newest_event.as_deref());
+                let lag = newest
+                    .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
+                    .map(|t| (now - t.with_timezone(&Utc)).num_seconds().max(0));
+                serde_json::json!({
+                    "collected": true,
+                    "last_success_at": s.stats.last_success_at.map(|t| time(Some(t))),
+                    "newest_event": newest.map(utc),
+                    "lag_seconds": lag,
+                    "total_sent": cp.map_or(0, |c| c.total_sent),
+                    "bytes_sent": s.stats.bytes_sent,
+                    "last_error": s.stats.last_error.as_ref().map(|e| serde_json::json!({
+                        "id": e.id, "message": e.message, "at": time(Some(e.at)),
+                    })),
+                    "backoff_until": s.backoff.as_ref().filter(|b| b.until > now).map(|b| time(Some(b.until))),
+                    "lease_until": s.lease.as_ref().filter(|l| l.expires > now).map(|l| time(Some(l.expires))),
+                })
+            }
+        };
+        match tenants.last_mut() {
+            Some((name, services)) if *name == row.tenant => {
+                services.insert(row.service.name().to_string(), service);
+            }
+            _ => tenants
+                .push((row.tenant.clone(), serde_json::Map::from_iter([(row.service.name().to_string(), service)]))),
+        }
+    }
+    tenants
+        .into_iter()
+        .map(|(tenant, services)| serde_json::json!({ "tenant": tenant, "services": services }))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,18 +163,22 @@ mod tests {
     use onepassword_collector::state::StoredError;
     use std::collections::BTreeMap;
 
-    #[tokio::test]
-    async fn shows_success_lag_totals_and_errors_per_service() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
-        let tenant = Tenant {
+    fn tenant_of(dir: &tempfile::TempDir) -> Tenant {
+        Tenant {
             name: "acme".into(),
             schedule: "0 * * * * *".into(),
             kv: dir.path().join("acme.sqlite").into(),
             variables: BTreeMap::from([("services".into(), "audit,sign_in_attempts".into())]),
             allowed_outbound_hosts: None,
             limits: Default::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn shows_success_lag_totals_and_errors_per_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        let tenant = tenant_of(&dir);
         let mut state = ServiceState::new(now);
         state.checkpoint = Some(Checkpoint {
             newest_event: Some("2026-05-01T11:00:00Z".into()),
@@ -151,5 +203,27 @@ mod tests {
         }
         assert!(text.lines().any(|l| l.contains("sign_in_attempts") && l.contains("never collected")));
         assert!(!text.contains("item_usage"));
+        let json = to_json(&read(&[tenant_of(&dir)], &Stores::default()).await, now);
+        assert_eq!(json.len(), 1, "one object per tenant");
+        assert_eq!(json[0]["services"]["audit"]["total_sent"], 42);
+        assert_eq!(json[0]["services"]["audit"]["lag_seconds"], 3600);
+        assert_eq!(json[0]["services"]["audit"]["last_error"]["id"], 503);
+        assert_eq!(json[0]["services"]["sign_in_attempts"]["collected"], false);
+    }
+
+    #[tokio::test]
+    async fn event_times_with_offsets_are_shown_in_utc() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = tenant_of(&dir);
+        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        let mut state = ServiceState::new(now);
+        let newest = "2026-05-01T04:00:00-07:00";
+        state.checkpoint = Some(Checkpoint { newest_event: Some(newest.into()), ..Default::default() });
+        let key = ServiceState::key(Service::Audit);
+        SqliteStore::open(tenant.kv.sqlite_path().unwrap()).unwrap().set(BUCKET, &key, &state.encode()).unwrap();
+        let rows = read(&[tenant], &Stores::default()).await;
+        let text = table(&rows, now);
+        assert!(text.contains("2026-05-01T11:00:00Z") && !text.contains("-07:00"), "{text}");
+        assert_eq!(to_json(&rows, now)[0]["services"]["audit"]["newest_event"], "2026-05-01T11:00:00Z");
     }
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant {
     pub name: String,
     /// Cron expression with a seconds field, as Spin's cron trigger takes.

@@ -1,16 +1,30 @@
 //! `host-harness`: run the onepassword-collector component locally, once
 //! (`tick`), on each tenant's schedule (`run`), or against built-in
-//! emulators (`demo`).
+//! emulators (`demo`); check a setup (`validate`) or read what was collected
+//! (`status`).
+//!
+//! This file holds the arguments and the dispatch; `run.rs` the scheduler
+//! (reload, graceful stop, skipped firings), `log.rs` its log lines,
+//! `output.rs` the tables and JSON lines of the other commands.
+
+mod log;
+mod output;
+mod run;
 
 use clap::{Args, Parser, Subcommand};
 use host_harness::kv::Stores;
 use host_harness::runtime::{default_component_path, CompileCache, Limits, Runtime, RuntimeOptions};
 use host_harness::shard::Shard;
-use host_harness::{schedule, tenant};
+use host_harness::telemetry::{self, Telemetry};
+use host_harness::tenant;
+use log::{LogFormat, Logger};
 use onepassword_collector::validate::Status;
+use output::OutputFormat;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "host-harness", version, about = "Runs the 1Password → Devo collector component under wasmtime")]
@@ -44,7 +58,7 @@ impl Setup {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one tick per tenant and print one JSON line per tenant.
+    /// Run one tick per tenant; a table on a terminal, else one JSON line per tenant.
     Tick {
         #[command(flatten)]
         setup: Setup,
@@ -54,8 +68,11 @@ enum Command {
         /// Tenants ticked at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+        output: OutputFormat,
     },
-    /// Tick every tenant on its schedule until interrupted (Ctrl-C or SIGTERM).
+    /// Tick every tenant on its schedule until Ctrl-C or SIGTERM; SIGHUP
+    /// reloads the tenants file.
     Run {
         #[command(flatten)]
         setup: Setup,
@@ -63,6 +80,18 @@ enum Command {
         /// (replicas split the tenants; overlapping replicas stay safe).
         #[arg(long, value_name = "K/N", env = "HOST_HARNESS_SHARD")]
         shard: Option<Shard>,
+        /// Serve /metrics (Prometheus), /healthz and /readyz here, e.g.
+        /// 127.0.0.1:9464. Off by default.
+        #[arg(long, value_name = "ADDR", env = "HOST_HARNESS_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Seconds in-flight ticks may take to finish after a stop is asked.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        grace_period: u64,
+        /// /readyz fails when a tenant failed this many ticks in a row.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        unready_after: u32,
+        #[arg(long, value_enum, default_value_t = LogFormat::Logfmt)]
+        log_format: LogFormat,
     },
     /// Check each tenant's setup (config, store, token scopes, 1Password,
     /// Devo) without pulling any event.
@@ -72,12 +101,16 @@ enum Command {
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+        output: OutputFormat,
     },
     /// Print, per tenant and service, what the stored state says: last
     /// success, newest event, lag, totals, last error.
     Status {
         #[arg(long)]
         config: PathBuf,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+        output: OutputFormat,
     },
     /// Start emulators of 1Password and Devo on loopback and collect everything.
     Demo {
@@ -101,25 +134,9 @@ fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<
     Ok(tenants)
 }
 
-/// Ctrl-C, or SIGTERM (what Kubernetes and systemd send to stop a process).
-/// A tick cut short loses nothing: its checkpoint had not moved.
-async fn stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    match dispatch(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("host-harness: {e:#}");
@@ -128,94 +145,80 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Tick { setup, tenant: only, concurrency } => {
+        Command::Tick { setup, tenant: only, concurrency, output } => {
             let tenants = load_tenants(&setup.config, only.as_deref())?;
             let runtime = setup.runtime()?;
             let ticks = runtime.tick_all(&tenants, concurrency).await;
-            for tick in &ticks {
-                println!("{}", tick.to_json());
+            match output.resolve() {
+                OutputFormat::Json => ticks.iter().for_each(|t| println!("{}", t.to_json())),
+                _ => print!("{}", output::tick_table(&ticks)),
             }
-            Ok(if ticks.iter().all(|t| t.ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(exit(ticks.iter().all(|t| t.ok())))
         }
-        Command::Validate { setup, tenant: only } => {
+        Command::Validate { setup, tenant: only, output } => {
             let tenants = load_tenants(&setup.config, only.as_deref())?;
             let runtime = setup.runtime()?;
             let mut all_ok = true;
             for t in &tenants {
-                println!("tenant {}", t.name);
-                println!("  store   {}", t.kv.describe());
-                for check in runtime.validate(t).await {
-                    let mark = match check.status {
-                        Status::Pass => "  ok  ",
-                        Status::Warn => "  warn",
-                        Status::Fail => "  FAIL",
-                    };
-                    all_ok &= check.status != Status::Fail;
-                    println!("{mark}  {:<24} {}", check.name, check.detail);
+                let checks = runtime.validate(t).await;
+                all_ok &= checks.iter().all(|c| c.status != Status::Fail);
+                let store = t.kv.describe();
+                match output.resolve() {
+                    OutputFormat::Json => println!("{}", output::validate_json(&t.name, &store, &checks)),
+                    _ => print!("{}", output::validate_table(&t.name, &store, &checks)),
                 }
             }
-            Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(exit(all_ok))
         }
-        Command::Run { setup, shard } => {
-            let mut tenants = tenant::load_file(&setup.config, |n| std::env::var(n).ok())?;
-            let all = tenants.len();
-            if let Some(shard) = shard {
-                tenants.retain(|t| shard.owns(&t.name));
-            }
-            let runtime = Arc::new(setup.runtime()?);
-            match shard {
-                Some(shard) => {
-                    eprintln!(
-                        "host-harness: shard {shard}: running {} of {all} tenant(s); Ctrl-C or SIGTERM stops",
-                        tenants.len()
-                    )
-                }
-                None => eprintln!("host-harness: running {all} tenant(s); Ctrl-C or SIGTERM stops"),
-            }
-            let mut tasks = tokio::task::JoinSet::new();
-            for t in tenants {
-                let runtime = runtime.clone();
-                tasks.spawn(async move {
-                    let sched = schedule::parse(&t.schedule).expect("validated when loaded");
-                    loop {
-                        let now = chrono::Utc::now();
-                        let Some(next) = schedule::next_after(&sched, now) else {
-                            return;
-                        };
-                        tokio::time::sleep((next - now).to_std().unwrap_or_default()).await;
-                        let tick = runtime.tick(&t).await;
-                        // A human line per service on stderr (Devo's sender
-                        // statistics), the JSON line on stdout.
-                        match &tick.result {
-                            Ok(report) => report
-                                .services
-                                .iter()
-                                .for_each(|s| eprintln!("{} tenant={} {}", next.to_rfc3339(), t.name, s.log_line())),
-                            Err(e) => eprintln!("{} tenant={} error=\"{e}\"", next.to_rfc3339(), t.name),
-                        }
-                        let mut line = tick.to_json();
-                        line["fired_at"] = serde_json::Value::String(next.to_rfc3339());
-                        println!("{line}");
+        Command::Run { setup, shard, listen, grace_period, unready_after, log_format } => {
+            let telemetry = Arc::new(Telemetry::new(unready_after));
+            if let Some(addr) = listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--listen): {e}"))?;
+                let served = Arc::clone(&telemetry);
+                tokio::spawn(async move {
+                    if let Err(e) = telemetry::serve(listener, served).await {
+                        eprintln!("host-harness: the metrics endpoint stopped: {e}");
                     }
                 });
             }
-            stop_signal().await?;
-            tasks.abort_all();
+            let runtime = setup.runtime()?;
+            let options = run::RunOptions {
+                config: setup.config.clone(),
+                shard,
+                grace: Duration::from_secs(grace_period),
+                logger: Logger::new(log_format),
+                telemetry,
+            };
+            run::run(runtime, options).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config } => {
+        Command::Status { config, output } => {
             // Status reads stored state only: secrets need not be in the environment.
             let tenants = tenant::load_file(&config, |n| Some(std::env::var(n).unwrap_or_default()))?;
             let rows = host_harness::status::read(&tenants, &Stores::default()).await;
-            print!("{}", host_harness::status::table(&rows, chrono::Utc::now()));
-            Ok(if rows.iter().all(|r| r.state.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let now = chrono::Utc::now();
+            match output.resolve() {
+                OutputFormat::Json => host_harness::status::to_json(&rows, now).iter().for_each(|l| println!("{l}")),
+                _ => print!("{}", host_harness::status::table(&rows, now)),
+            }
+            Ok(exit(rows.iter().all(|r| r.state.is_ok())))
         }
         Command::Demo { component, events, page_size } => {
             let component = component.unwrap_or_else(default_component_path);
             let summary = harness_test_kit::demo::run(&component, events, page_size, &mut std::io::stdout()).await?;
-            Ok(if summary.complete() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(exit(summary.complete()))
         }
     }
 }

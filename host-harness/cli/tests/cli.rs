@@ -128,6 +128,9 @@ fn demo_delivers_everything_exactly_once() {
     assert!(summary.complete(), "{text}");
     assert_eq!(summary.ticks, 3);
     assert!(text.contains("every event arrived exactly once"));
+    // progress while it runs: per tag, delivered against served
+    assert!(text.lines().any(|l| l.starts_with("tick   1") && l.contains("audit 50/120")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("tick   3") && l.contains("signinattempt 120/120")), "{text}");
     assert!(text.contains("auth.agilebits.onepassword.signinattempt"));
 }
 
@@ -136,7 +139,7 @@ fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
     let setup = setup(4, 10, "", "", ENV_DEVO_TOKEN);
     let (op, devo, config) = (&setup.op, &setup.devo, std::path::PathBuf::from(&setup.config));
     let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
-        .args(["validate", "--config", config.to_str().unwrap()])
+        .args(["validate", "--config", config.to_str().unwrap(), "--output", "table"])
         .env("CLI_OP_TOKEN", OP_TOKEN)
         .env("CLI_DEVO_TOKEN", DEVO_TOKEN)
         .output()
@@ -163,7 +166,7 @@ fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
 
     setup.with_devo_token("wrongDevoToken0123456789");
     let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
-        .args(["validate", "--config", config.to_str().unwrap()])
+        .args(["validate", "--config", config.to_str().unwrap(), "--output", "table"])
         .env("CLI_OP_TOKEN", OP_TOKEN)
         .output()
         .unwrap();
@@ -177,14 +180,25 @@ fn validate_prints_a_checklist_pulls_nothing_and_fails_on_bad_credentials() {
 fn status_shows_what_was_collected() {
     let setup = setup(5, 12, "", "services = \"audit\"", ENV_DEVO_TOKEN);
     let config = setup.config.as_str();
-    let out = Command::new(env!("CARGO_BIN_EXE_host-harness")).args(["status", "--config", config]).output().unwrap();
-    assert!(String::from_utf8(out.stdout).unwrap().contains("never collected"));
+    let status = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+            .args(["status", "--config", config, "--output", format])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(status("table").contains("never collected"));
     let (ok, _, _) = harness(&["tick", "--config", config]);
     assert!(ok);
-    let out = Command::new(env!("CARGO_BIN_EXE_host-harness")).args(["status", "--config", config]).output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = status("table");
     let line = text.lines().find(|l| l.contains("audit")).unwrap();
     assert!(line.contains("acme") && line.contains(" 12 ") && line.ends_with("ok"), "{text}");
+    // piped without --output: one JSON line per tenant, for scripts
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness")).args(["status", "--config", config]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tenant"], "acme");
+    assert_eq!(json["services"]["audit"]["total_sent"], 12);
+    assert!(json["services"]["audit"]["newest_event"].as_str().unwrap().ends_with('Z'), "{json}");
 }
 
 #[test]
@@ -215,7 +229,11 @@ fn run_ticks_every_tenant_on_its_schedule_and_logs_each_service() {
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() >= 3, "{stdout}");
     assert!(lines.iter().all(|l| l["tenant"] == "acme" && l["fired_at"].is_string()));
-    assert!(stderr.lines().any(|l| l.contains("tenant=acme service=audit") && l.contains("total_sent=")), "{stderr}");
+    // one logfmt line per tick: time, level, the tenant, each service's outcome and totals
+    let tick_line =
+        stderr.lines().find(|l| l.contains("tenant=acme msg=tick") && l.contains("audit=\"delivered sent="));
+    let tick_line = tick_line.unwrap_or_else(|| panic!("no tick line in {stderr}"));
+    assert!(tick_line.starts_with("time=") && tick_line.contains("Z level=info") && tick_line.contains("total="));
     for text in [&stdout, &stderr] {
         assert!(!text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN));
     }

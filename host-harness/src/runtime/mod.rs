@@ -111,6 +111,11 @@ impl Runtime {
         &self.inner.limits
     }
 
+    /// Instances alive right now (ticks holding a pool slot).
+    pub fn instances_in_use(&self) -> usize {
+        self.inner.limits.max_concurrent_instances - self.inner.slots.available_permits()
+    }
+
     /// True when the compiled component came from the on-disk cache.
     pub fn loaded_from_cache(&self) -> bool {
         self.inner.loaded_from_cache

@@ -62,11 +62,21 @@ pub async fn run(
     loop {
         ticks += 1;
         let tick = runtime.tick(&tenant).await;
-        writeln!(out, "{}", tick.to_json())?;
         let report = match &tick.result {
             Ok(r) => r,
             Err(e) => anyhow::bail!("the tick failed: {e}"),
         };
+        // Progress: what reached Devo per tag, against what was served.
+        let mut line = format!("tick {ticks:>3} ({:>4} ms):", tick.host_elapsed_ms);
+        for service in Service::ALL {
+            let tag = service.default_tag();
+            let short = tag.rsplit('.').next().unwrap_or(tag);
+            line.push_str(&format!("  {short} {}/{}", devo.events(tag).len(), dataset.events(service).len()));
+        }
+        if let Some(e) = report.services.iter().find_map(|s| s.error.as_ref()) {
+            line.push_str(&format!("  error {}: {}", e.id, e.message.lines().next().unwrap_or_default()));
+        }
+        writeln!(out, "{line}")?;
         let caught_up = report.services.iter().all(|s| s.error.is_none() && !s.has_more);
         if caught_up || ticks >= MAX_TICKS {
             break;

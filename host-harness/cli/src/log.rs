@@ -1,0 +1,275 @@
+//! The `run` log on stderr: one line per tick per tenant, plus lifecycle
+//! lines (start, reload, skipped firing, stop), each with a time (UTC) and a
+//! level, as logfmt (`key=value`, for people and for Loki/grep) or JSON (for
+//! log pipelines). An error names its id and what to do about it.
+
+use chrono::{SecondsFormat, Utc};
+use host_harness::runtime::TenantTick;
+use onepassword_collector::error::CollectorError;
+use onepassword_collector::report::Outcome;
+use serde_json::Value;
+
+/// A line's fields, in the order they are written.
+pub type Fields = Vec<(String, Value)>;
+use std::io::Write;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Logger {
+    format: LogFormat,
+}
+
+impl Logger {
+    pub fn new(format: LogFormat) -> Logger {
+        Logger { format }
+    }
+
+    /// A lifecycle line.
+    pub fn log(&self, level: Level, tenant: Option<&str>, msg: &str, fields: &[(&str, String)]) {
+        let mut record = Fields::new();
+        if let Some(tenant) = tenant {
+            record.push(("tenant".into(), tenant.into()));
+        }
+        record.push(("msg".into(), msg.into()));
+        for (k, v) in fields {
+            record.push(((*k).into(), v.clone().into()));
+        }
+        self.emit(level, record);
+    }
+
+    /// The line of one tenant's tick.
+    pub fn tick(&self, tick: &TenantTick) {
+        let (level, record) = tick_record(tick);
+        self.emit(level, record);
+    }
+
+    fn emit(&self, level: Level, fields: Fields) {
+        let line = render(self.format, Utc::now(), level, fields);
+        // One write per line: lines of concurrent ticks never interleave.
+        let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// The fields of a tick's line and its level: error when the tick or a
+/// service failed, info otherwise (a deferral is not a problem).
+pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
+    let mut r = Fields::new();
+    r.push(("tenant".into(), tick.tenant.clone().into()));
+    r.push(("msg".into(), "tick".into()));
+    r.push(("ok".into(), tick.ok().into()));
+    let failure = match &tick.result {
+        Err(e) => Some((None, e)),
+        Ok(report) => {
+            r.push(("fetched".into(), report.services.iter().map(|s| s.fetched).sum::<u32>().into()));
+            r.push(("sent".into(), report.services.iter().map(|s| s.sent).sum::<u32>().into()));
+            for s in &report.services {
+                let mut summary = outcome_name(s.outcome).to_string();
+                if s.outcome == Outcome::Delivered {
+                    summary.push_str(&format!(" sent={} total={}", s.sent, s.total_sent));
+                }
+                if let Some(lag) = s.lag_seconds {
+                    summary.push_str(&format!(" lag={lag}s"));
+                }
+                if let Some(reason) = &s.deferred_reason {
+                    summary.push_str(&format!(" ({})", first_line(reason)));
+                }
+                r.push((s.service.clone(), summary.into()));
+            }
+            report.services.iter().find_map(|s| s.error.as_ref().map(|e| (Some(s.service.as_str()), e)))
+        }
+    };
+    r.push(("elapsed_ms".into(), tick.host_elapsed_ms.into()));
+    r.push(("guest_cpu_ms".into(), tick.guest_cpu_ms.into()));
+    let level = match failure {
+        None => Level::Info,
+        Some((service, e)) => {
+            if let Some(service) = service {
+                r.push(("service".into(), service.into()));
+            }
+            insert_error(&mut r, e);
+            Level::Error
+        }
+    };
+    (level, r)
+}
+
+fn insert_error(r: &mut Fields, e: &CollectorError) {
+    r.push(("error_id".into(), e.id.into()));
+    r.push(("error".into(), first_line(&e.message).into()));
+    r.push(("fix".into(), remedy(e.id).into()));
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered => "delivered",
+        Outcome::Idle => "idle",
+        Outcome::Failed => "failed",
+        Outcome::Deferred => "deferred",
+    }
+}
+
+/// What to do about an error id (the README's error table, in short).
+pub fn remedy(id: u32) -> &'static str {
+    match id {
+        1 => "set the key named in the message",
+        2 => "fix the value named in the message",
+        3 => "give the key a value or remove it",
+        4 => "check the host's variables",
+        200 => "check the key-value store named in the message",
+        201 => "delete the key named in the message to restart that service",
+        202 => "nothing to do; raise tick_deadline_ms or request_timeout_ms if ticks are that slow",
+        401 => "issue a 1Password token with the feature named in the message",
+        429 => "nothing to do: the account backs off; lower max_requests_per_minute if it recurs",
+        400..=599 => "retried next tick; check 1Password's status if it persists",
+        600 => "check base_url and the allowed outbound hosts",
+        601 => "check that base_url is the 1Password Events API, not a proxy",
+        610 => "issue a token with the named feature, or remove the service from services",
+        700 => "check devo_domain and devo_token; the page is sent again next tick",
+        701 => "check devo_url and the allowed outbound hosts",
+        900 => "raise the limit named in the message, or see the message",
+        _ => "see the message",
+    }
+}
+
+/// The first line of a message, without control characters.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).collect()
+}
+
+/// One line: `time`, `level`, then the fields in order.
+pub fn render(format: LogFormat, now: chrono::DateTime<Utc>, level: Level, fields: Fields) -> String {
+    let time = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+    match format {
+        LogFormat::Json => {
+            // Written by hand to keep the order: time, level, then the fields.
+            let mut line = format!("{{\"time\":{},\"level\":{}", Value::from(time), Value::from(level.name()));
+            for (key, value) in fields {
+                line.push_str(&format!(",{}:{value}", Value::from(key)));
+            }
+            line.push('}');
+            line
+        }
+        LogFormat::Logfmt => {
+            let mut line = format!("time={time} level={}", level.name());
+            for (key, value) in fields {
+                let text = match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                line.push(' ');
+                line.push_str(&key);
+                line.push('=');
+                line.push_str(&logfmt_value(&text));
+            }
+            line
+        }
+    }
+}
+
+/// A logfmt value: bare when it can be, else quoted with `"` and `\` escaped.
+fn logfmt_value(text: &str) -> String {
+    let bare = !text.is_empty() && text.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    if bare {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onepassword_collector::error::{CollectorError, ErrorKind};
+    use onepassword_collector::report::{ServiceReport, TickReport};
+
+    fn tick(error: Option<CollectorError>) -> TenantTick {
+        let service = ServiceReport {
+            service: "audit".into(),
+            outcome: if error.is_some() { Outcome::Failed } else { Outcome::Delivered },
+            fetched: 20,
+            sent: 20,
+            unconfirmed: 0,
+            pages: 1,
+            bytes_sent: 100,
+            has_more: false,
+            checkpoint: Some("2026-11-27T10:00:00Z".into()),
+            total_sent: 40,
+            lag_seconds: Some(12),
+            elapsed_ms: 5,
+            deferred_until: None,
+            deferred_reason: None,
+            error,
+        };
+        TenantTick {
+            tenant: "acme".into(),
+            result: Ok(TickReport { started_at: "x".into(), elapsed_ms: 1, services: vec![service], warnings: vec![] }),
+            peak_memory_bytes: 0,
+            guest_cpu_ms: 3,
+            host_elapsed_ms: 9,
+        }
+    }
+
+    fn at() -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339("2026-11-27T05:59:42+05:30").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_good_tick_is_one_info_line_in_utc() {
+        let (level, fields) = tick_record(&tick(None));
+        assert_eq!(level, Level::Info);
+        let line = render(LogFormat::Logfmt, at(), level, fields);
+        assert_eq!(
+            line,
+            "time=2026-11-27T00:29:42.000Z level=info tenant=acme msg=tick ok=true fetched=20 sent=20 \
+             audit=\"delivered sent=20 total=40 lag=12s\" elapsed_ms=9 guest_cpu_ms=3"
+        );
+    }
+
+    #[test]
+    fn an_error_names_its_id_and_the_fix_and_cannot_break_the_line() {
+        let e = CollectorError::new(ErrorKind::DeliveryError, 700, "Devo said \"no\"\n\x1b[31mdetails");
+        let (level, fields) = tick_record(&tick(Some(e)));
+        assert_eq!(level, Level::Error);
+        let logfmt = render(LogFormat::Logfmt, at(), level, fields.clone());
+        assert!(logfmt.contains(" level=error "), "{logfmt}");
+        assert!(
+            logfmt.contains(r#"error_id=700 error="Devo said \"no\"" fix="check devo_domain and devo_token"#),
+            "{logfmt}"
+        );
+        assert!(!logfmt.contains('\n') && !logfmt.contains('\x1b'));
+        let json: Value = serde_json::from_str(&render(LogFormat::Json, at(), level, fields)).unwrap();
+        assert_eq!(json["level"], "error");
+        assert_eq!(json["error_id"], 700);
+        assert_eq!(json["time"], "2026-11-27T00:29:42.000Z");
+    }
+}

@@ -1,0 +1,222 @@
+//! What `tick`, `validate` and `status` print: a compact table for a person
+//! at a terminal, or one JSON line per tenant for scripts (`--output json`,
+//! and whenever stdout is not a terminal). Times are UTC.
+
+use host_harness::runtime::TenantTick;
+use onepassword_collector::report::Outcome;
+use onepassword_collector::validate::{Check, Status};
+use std::io::IsTerminal;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table on a terminal, JSON otherwise.
+    Auto,
+    Table,
+    Json,
+}
+
+impl OutputFormat {
+    /// `Auto` decided by whether stdout is a terminal.
+    pub fn resolve(self) -> OutputFormat {
+        match self {
+            OutputFormat::Auto if std::io::stdout().is_terminal() => OutputFormat::Table,
+            OutputFormat::Auto => OutputFormat::Json,
+            other => other,
+        }
+    }
+}
+
+/// One row per tenant and service: outcome, fetched/sent, lag, checkpoint,
+/// and the error's id and first line.
+pub fn tick_table(ticks: &[TenantTick]) -> String {
+    let mut rows =
+        vec![["tenant", "service", "outcome", "fetched", "sent", "lag", "checkpoint", "error"].map(String::from)];
+    for tick in ticks {
+        match &tick.result {
+            Err(e) => rows.push([
+                tick.tenant.clone(),
+                "-".into(),
+                "failed".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("{} {}", e.id, first_line(&e.message, 80)),
+            ]),
+            Ok(report) => {
+                for s in &report.services {
+                    let note = match (&s.error, &s.deferred_reason) {
+                        (Some(e), _) => format!("{} {}", e.id, first_line(&e.message, 80)),
+                        (None, Some(reason)) => first_line(reason, 80),
+                        (None, None) if s.has_more => "more waiting".into(),
+                        _ => String::new(),
+                    };
+                    rows.push([
+                        tick.tenant.clone(),
+                        s.service.clone(),
+                        outcome(s.outcome).into(),
+                        s.fetched.to_string(),
+                        s.sent.to_string(),
+                        s.lag_seconds.map_or("-".into(), |l| duration(i64::try_from(l).unwrap_or(i64::MAX))),
+                        s.checkpoint.clone().unwrap_or_else(|| "-".into()),
+                        note,
+                    ]);
+                }
+            }
+        }
+    }
+    columns(&rows)
+}
+
+/// The checklist of one tenant, as a person reads it.
+pub fn validate_table(tenant: &str, store: &str, checks: &[Check]) -> String {
+    let mut out = format!("tenant {tenant}\n  store   {store}\n");
+    for check in checks {
+        let mark = match check.status {
+            Status::Pass => "  ok  ",
+            Status::Warn => "  warn",
+            Status::Fail => "  FAIL",
+        };
+        out.push_str(&format!("{mark}  {:<24} {}\n", check.name, check.detail));
+    }
+    out
+}
+
+/// The checklist of one tenant as one JSON line.
+pub fn validate_json(tenant: &str, store: &str, checks: &[Check]) -> serde_json::Value {
+    let checks: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| {
+            let status = match c.status {
+                Status::Pass => "pass",
+                Status::Warn => "warn",
+                Status::Fail => "fail",
+            };
+            serde_json::json!({ "name": c.name, "status": status, "detail": c.detail })
+        })
+        .collect();
+    let ok = checks.iter().all(|c| c["status"] != "fail");
+    serde_json::json!({ "tenant": tenant, "store": store, "ok": ok, "checks": checks })
+}
+
+fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered => "delivered",
+        Outcome::Idle => "idle",
+        Outcome::Failed => "FAILED",
+        Outcome::Deferred => "deferred",
+    }
+}
+
+/// Seconds as a short human duration: 42s, 17m, 5h, 3d.
+fn duration(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The first line of `text`, at most `max` characters, no control characters.
+fn first_line(text: &str, max: usize) -> String {
+    let line: String = text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).collect();
+    if line.chars().count() > max {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    } else {
+        line
+    }
+}
+
+/// Rows as left-aligned columns, the last one unpadded.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onepassword_collector::error::{CollectorError, ErrorKind};
+    use onepassword_collector::report::{ServiceReport, TickReport};
+
+    fn service(name: &str, outcome: Outcome) -> ServiceReport {
+        ServiceReport {
+            service: name.into(),
+            outcome,
+            fetched: 20,
+            sent: 20,
+            unconfirmed: 0,
+            pages: 1,
+            bytes_sent: 100,
+            has_more: true,
+            checkpoint: Some("2026-11-27T10:00:00Z".into()),
+            total_sent: 40,
+            lag_seconds: Some(3700),
+            elapsed_ms: 5,
+            deferred_until: None,
+            deferred_reason: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_tick_table_has_a_row_per_tenant_and_service_with_the_first_line_of_errors() {
+        let mut failed = service("item_usage", Outcome::Failed);
+        failed.error = Some(CollectorError::new(ErrorKind::DeliveryError, 700, "Devo answered 401\nbody: \x1b[31mno"));
+        let ok = TenantTick {
+            tenant: "acme".into(),
+            result: Ok(TickReport {
+                started_at: "2026-11-27T11:00:00Z".into(),
+                elapsed_ms: 9,
+                services: vec![service("audit", Outcome::Delivered), failed],
+                warnings: vec![],
+            }),
+            peak_memory_bytes: 0,
+            guest_cpu_ms: 0,
+            host_elapsed_ms: 0,
+        };
+        let broken = TenantTick {
+            tenant: "beta".into(),
+            result: Err(CollectorError::new(ErrorKind::InitVariablesError, 1, "base_url is missing")),
+            ..ok.clone()
+        };
+        let text = tick_table(&[ok, broken]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("tenant") && lines[0].contains("checkpoint"));
+        assert!(lines[1].contains("audit") && lines[1].contains("delivered") && lines[1].contains("61m"), "{text}");
+        assert!(lines[2].contains("FAILED") && lines[2].ends_with("700 Devo answered 401"), "{text}");
+        assert!(lines[3].contains("beta") && lines[3].contains("1 base_url is missing"), "{text}");
+        assert!(!text.contains('\x1b'));
+        // columns line up
+        let at = lines[0].find("outcome").unwrap();
+        assert!(lines[1..].iter().all(|l| l[at..].starts_with(|c: char| c.is_alphabetic())), "{text}");
+    }
+
+    #[test]
+    fn validate_prints_a_checklist_or_one_json_line() {
+        let checks = vec![
+            Check { name: "config".into(), status: Status::Pass, detail: "5 keys".into() },
+            Check { name: "Devo".into(), status: Status::Fail, detail: "401: check devo_token".into() },
+        ];
+        let text = validate_table("acme", "sqlite state/acme.sqlite", &checks);
+        assert!(text.contains("  FAIL  Devo"), "{text}");
+        let json = validate_json("acme", "sqlite state/acme.sqlite", &checks);
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["checks"][1]["status"], "fail");
+    }
+}

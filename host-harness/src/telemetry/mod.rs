@@ -1,0 +1,283 @@
+//! Telemetry for `host-harness run --listen ADDR`: Prometheus metrics per
+//! tenant and service, and the health and readiness the HTTP endpoint
+//! ([`serve`]) answers.
+//!
+//! The run loop owns one [`Telemetry`] (in an `Arc`, shared with [`serve`])
+//! and tells it what happened: [`Telemetry::component_loaded`] once,
+//! [`Telemetry::tick_finished`] after every tick, [`Telemetry::firing_skipped`]
+//! when a firing found the tenant's previous tick still running,
+//! [`Telemetry::instances`] as the pool fills and empties,
+//! [`Telemetry::reload`] and [`Telemetry::tenant_removed`] on config reloads.
+//!
+//! Where to look: `metrics.rs` (every metric name, type and help text),
+//! `labels.rs` (label values: bounded names, fixed sets, never free text),
+//! `readiness.rs` (what makes `/readyz` fail), `server.rs` (the endpoint),
+//! `tests.rs`; `monitoring/` at the repository root has the Grafana
+//! dashboard and alerting rules built on these metrics.
+
+mod labels;
+mod metrics;
+mod readiness;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use self::labels::{is_onepassword_error, service_label, tenant_label, DeferralReason, TICK_SERVICE};
+pub use self::metrics::PREFIX;
+pub use self::readiness::Readiness;
+pub use self::server::{serve, OPENMETRICS_CONTENT_TYPE};
+
+use self::labels::{
+    DeferralLabels, FailureLabels, ServiceLabels, ServiceOutcomeLabels, TenantLabels, TickOutcomeLabels,
+};
+use self::metrics::Metrics;
+use self::readiness::Health;
+use crate::runtime::{TenantTick, HOST_FAILURE};
+use chrono::{DateTime, Utc};
+use onepassword_collector::report::{Outcome, ServiceReport};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+/// Error id of a 1Password rate limit.
+const RATE_LIMITED: u32 = 429;
+
+/// Metrics and readiness of one harness process. Shareable (`Send + Sync`);
+/// every method takes `&self`.
+pub struct Telemetry {
+    registry: Registry,
+    metrics: Metrics,
+    state: Mutex<State>,
+    failing_ticks_unready: u32,
+}
+
+#[derive(Default)]
+struct State {
+    component_loaded: bool,
+    /// By tenant label.
+    tenants: HashMap<String, TenantState>,
+}
+
+#[derive(Default)]
+struct TenantState {
+    health: Health,
+    /// Newest delivered event per service label, unix seconds: the lag of a
+    /// service the last tick did not report on is computed from it.
+    checkpoints: HashMap<String, f64>,
+}
+
+impl Telemetry {
+    /// Readiness turns false when a tenant fails `failing_ticks_unready`
+    /// ticks in a row (0: never for that reason).
+    pub fn new(failing_ticks_unready: u32) -> Telemetry {
+        let (registry, metrics) = Metrics::register();
+        Telemetry { registry, metrics, state: Mutex::new(State::default()), failing_ticks_unready }
+    }
+
+    /// The component is compiled and linked: readiness may turn true.
+    pub fn component_loaded(&self) {
+        self.state().component_loaded = true;
+    }
+
+    /// Records everything one tick says: per service its events, bytes,
+    /// pages, outcome, error, deferral, checkpoint and lag (as of `now`); per
+    /// tenant the tick's outcome, duration, guest CPU, peak memory and
+    /// failures in a row.
+    pub fn tick_finished(&self, tick: &TenantTick, now: DateTime<Utc>) {
+        let m = &self.metrics;
+        let tenant = tenant_label(&tick.tenant);
+        let now_s = unix_seconds(now);
+        let tl = TenantLabels { tenant: tenant.clone() };
+        m.tick_duration.get(tl.clone()).observe(tick.host_elapsed_ms as f64 / 1000.0);
+        m.guest_cpu.get(tl.clone()).observe(tick.guest_cpu_ms as f64 / 1000.0);
+        m.peak_memory.get(tl.clone()).set(i64::try_from(tick.peak_memory_bytes).unwrap_or(i64::MAX));
+        m.last_tick.get(tl.clone()).set(now_s);
+        // Created at zero so the first skip or 429 shows in increase().
+        m.skipped_firings.get(tl.clone());
+
+        let mut state = self.state();
+        let ts = state.tenants.entry(tenant.clone()).or_default();
+        let mut error_ids = Vec::new();
+        let mut reported = Vec::new();
+        let outcome = match &tick.result {
+            Ok(report) => {
+                for s in &report.services {
+                    reported.push(self.record_service(&tenant, s, now, ts));
+                    error_ids.extend(s.error.as_ref().map(|e| e.id));
+                }
+                if error_ids.is_empty() {
+                    "ok"
+                } else {
+                    "failed"
+                }
+            }
+            Err(e) => {
+                self.record_failure(&tenant, TICK_SERVICE, e.id);
+                error_ids.push(e.id);
+                if e.id == HOST_FAILURE {
+                    "host_failure"
+                } else {
+                    "failed"
+                }
+            }
+        };
+        // Services the tick did not reach still fall behind.
+        for (service, checkpoint) in &ts.checkpoints {
+            if !reported.contains(service) {
+                let labels = ServiceLabels { tenant: tenant.clone(), service: service.clone() };
+                m.lag.get(labels).set((now_s - checkpoint).max(0.0));
+            }
+        }
+        for o in ["ok", "failed", "host_failure"] {
+            let counter = m.ticks.get(TickOutcomeLabels { tenant: tenant.clone(), outcome: o.into() });
+            if o == outcome {
+                counter.inc();
+            }
+        }
+        let attempted =
+            tick.result.as_ref().map_or(true, |r| r.services.iter().any(|s| s.outcome != Outcome::Deferred));
+        ts.health.record_tick(&error_ids, tick.result.is_ok(), attempted);
+        m.consecutive_failed_ticks.get(tl).set(i64::from(ts.health.consecutive_failures));
+    }
+
+    /// One service's part of a tick; returns its label.
+    fn record_service(&self, tenant: &str, s: &ServiceReport, now: DateTime<Utc>, ts: &mut TenantState) -> String {
+        let m = &self.metrics;
+        let service = service_label(&s.service);
+        let sl = ServiceLabels { tenant: tenant.to_string(), service: service.clone() };
+        m.events_fetched.get(sl.clone()).inc_by(u64::from(s.fetched));
+        m.events_delivered.get(sl.clone()).inc_by(u64::from(s.sent));
+        m.events_unconfirmed.get(sl.clone()).inc_by(u64::from(s.unconfirmed));
+        m.sent_bytes.get(sl.clone()).inc_by(s.bytes_sent);
+        m.pages.get(sl.clone()).inc_by(u64::from(s.pages));
+        let error_id = s.error.as_ref().map(|e| e.id);
+        let failed_request = error_id.is_some_and(is_onepassword_error);
+        m.onepassword_requests.get(sl.clone()).inc_by(u64::from(s.pages) + u64::from(failed_request));
+        m.onepassword_rate_limited.get(sl.clone()).inc_by(u64::from(error_id == Some(RATE_LIMITED)));
+        let outcome = match s.outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Idle => "idle",
+            Outcome::Failed => "failed",
+            Outcome::Deferred => "deferred",
+        };
+        let ol = ServiceOutcomeLabels { tenant: tenant.to_string(), service: service.clone(), outcome: outcome.into() };
+        m.service_ticks.get(ol).inc();
+        if let Some(id) = error_id {
+            self.record_failure(tenant, &service, id);
+        }
+        if s.outcome == Outcome::Deferred {
+            let reason = DeferralReason::from_text(s.deferred_reason.as_deref()).as_str().to_string();
+            m.deferrals.get(DeferralLabels { tenant: tenant.to_string(), service: service.clone(), reason }).inc();
+        }
+        let now_s = unix_seconds(now);
+        let checkpoint = s.checkpoint.as_deref().and_then(|c| DateTime::parse_from_rfc3339(c).ok());
+        if let Some(checkpoint) = checkpoint {
+            let checkpoint_s = unix_seconds(checkpoint.with_timezone(&Utc));
+            ts.checkpoints.insert(service.clone(), checkpoint_s);
+            m.checkpoint.get(sl.clone()).set(checkpoint_s);
+        }
+        let lag = match ts.checkpoints.get(&service) {
+            Some(checkpoint_s) => Some((now_s - checkpoint_s).max(0.0)),
+            None => s.lag_seconds.map(|l| l as f64),
+        };
+        if let Some(lag) = lag {
+            m.lag.get(sl).set(lag);
+        }
+        service
+    }
+
+    /// A failure with error `id`; a 1Password one of the whole tick counts
+    /// as a request (and a 429) too.
+    fn record_failure(&self, tenant: &str, service: &str, id: u32) {
+        let m = &self.metrics;
+        let fl = FailureLabels { tenant: tenant.to_string(), service: service.to_string(), error_id: id.to_string() };
+        m.failures.get(fl).inc();
+        if service == TICK_SERVICE && is_onepassword_error(id) {
+            let sl = ServiceLabels { tenant: tenant.to_string(), service: service.to_string() };
+            m.onepassword_requests.get(sl.clone()).inc();
+            m.onepassword_rate_limited.get(sl).inc_by(u64::from(id == RATE_LIMITED));
+        }
+    }
+
+    /// A firing of `tenant` was skipped: its previous tick was still running.
+    pub fn firing_skipped(&self, tenant: &str) {
+        self.metrics.skipped_firings.get(TenantLabels { tenant: tenant_label(tenant) }).inc();
+    }
+
+    /// Instance pool occupancy: ticks running and slots in all.
+    pub fn instances(&self, in_use: usize, capacity: usize) {
+        self.metrics.instances_in_use.set(i64::try_from(in_use).unwrap_or(i64::MAX));
+        self.metrics.instances_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
+    /// The result of checking `tenant`'s key-value store outside a tick (at
+    /// start, or after a reload): an unreachable store makes readiness false
+    /// until a tick or check reaches it.
+    pub fn store_checked(&self, tenant: &str, reachable: bool) {
+        self.state().tenants.entry(tenant_label(tenant)).or_default().health.store_unreachable = !reachable;
+    }
+
+    /// `tenant` is gone from the config: its series and readiness state are
+    /// dropped.
+    pub fn tenant_removed(&self, tenant: &str) {
+        let tenant = tenant_label(tenant);
+        let m = &self.metrics;
+        m.ticks.remove_tenant(&tenant);
+        m.service_ticks.remove_tenant(&tenant);
+        m.events_fetched.remove_tenant(&tenant);
+        m.events_delivered.remove_tenant(&tenant);
+        m.events_unconfirmed.remove_tenant(&tenant);
+        m.sent_bytes.remove_tenant(&tenant);
+        m.pages.remove_tenant(&tenant);
+        m.failures.remove_tenant(&tenant);
+        m.deferrals.remove_tenant(&tenant);
+        m.onepassword_requests.remove_tenant(&tenant);
+        m.onepassword_rate_limited.remove_tenant(&tenant);
+        m.lag.remove_tenant(&tenant);
+        m.checkpoint.remove_tenant(&tenant);
+        m.tick_duration.remove_tenant(&tenant);
+        m.guest_cpu.remove_tenant(&tenant);
+        m.peak_memory.remove_tenant(&tenant);
+        m.last_tick.remove_tenant(&tenant);
+        m.skipped_firings.remove_tenant(&tenant);
+        m.consecutive_failed_ticks.remove_tenant(&tenant);
+        self.state().tenants.remove(&tenant);
+    }
+
+    /// A config reload, by result.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.metrics.config_reloads.get_or_create(&labels::ResultLabels { result: result.into() }).inc();
+    }
+
+    /// The `/metrics` body: the OpenMetrics text format (served as
+    /// [`OPENMETRICS_CONTENT_TYPE`]), ending with `# EOF`.
+    pub fn render(&self) -> String {
+        self.metrics.ready.set(i64::from(self.readiness().ready));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Ready, or why not: component not loaded, a tenant's store
+    /// unreachable, a tenant failing N ticks in a row (named, with its last
+    /// error id).
+    pub fn readiness(&self) -> Readiness {
+        let state = self.state();
+        readiness::evaluate(
+            state.component_loaded,
+            state.tenants.iter().map(|(t, s)| (t, &s.health)),
+            self.failing_ticks_unready,
+        )
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain counters
+        // behind: still consistent enough to report.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unix_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_millis()) / 1000.0
+}

@@ -1,0 +1,77 @@
+//! Readiness: what `/readyz` answers. The process is ready when the
+//! component is loaded, no tenant's key-value store is known to be
+//! unreachable, and no tenant has failed its last N ticks in a row; when it
+//! is not, the reasons name the tenants and their last error id.
+
+use onepassword_collector::error::PERSISTENCE;
+use std::collections::BTreeMap;
+
+/// What `/readyz` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why not, one line each (empty when ready), e.g.
+    /// `tenant acme: 3 failed ticks in a row (last error 429)`.
+    pub reasons: Vec<String>,
+}
+
+/// One tenant's health, as its ticks left it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Health {
+    /// Failed ticks in a row (0 after a tick without error).
+    pub consecutive_failures: u32,
+    /// The id of the last tick's first error, while it is failing.
+    pub last_error_id: Option<u32>,
+    /// The store answered with error 200 on the last tick (or a check said
+    /// it is unreachable), and nothing has reached it since.
+    pub store_unreachable: bool,
+}
+
+impl Health {
+    /// Updates from a tick: `error_ids` are every error id of the tick (of
+    /// the tick itself or its services), in report order; `store_used` says
+    /// whether the tick got as far as the store (a report came back);
+    /// `attempted` whether any service was tried at all. A tick that only
+    /// deferred (a service backing off after failures, a spent budget)
+    /// proves nothing either way and leaves the count as it was.
+    pub fn record_tick(&mut self, error_ids: &[u32], store_used: bool, attempted: bool) {
+        if error_ids.is_empty() && !attempted {
+            // neither a failure nor a success
+        } else if error_ids.is_empty() {
+            self.consecutive_failures = 0;
+            self.last_error_id = None;
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            self.last_error_id = Some(error_ids[0]);
+        }
+        if error_ids.contains(&PERSISTENCE) {
+            self.store_unreachable = true;
+        } else if store_used {
+            self.store_unreachable = false;
+        }
+    }
+}
+
+/// Readiness of the whole process. `failing_ticks_unready` of 0 disables the
+/// failing-tenant check.
+pub(super) fn evaluate<'a>(
+    component_loaded: bool,
+    tenants: impl IntoIterator<Item = (&'a String, &'a Health)>,
+    failing_ticks_unready: u32,
+) -> Readiness {
+    let mut reasons = Vec::new();
+    if !component_loaded {
+        reasons.push("component not loaded".to_string());
+    }
+    let sorted: BTreeMap<&String, &Health> = tenants.into_iter().collect();
+    for (tenant, health) in sorted {
+        if health.store_unreachable {
+            reasons.push(format!("tenant {tenant}: key-value store unreachable (error {PERSISTENCE})"));
+        }
+        if failing_ticks_unready > 0 && health.consecutive_failures >= failing_ticks_unready {
+            let last = health.last_error_id.map_or(String::new(), |id| format!(" (last error {id})"));
+            reasons.push(format!("tenant {tenant}: {} failed ticks in a row{last}", health.consecutive_failures));
+        }
+    }
+    Readiness { ready: reasons.is_empty(), reasons }
+}

@@ -1,0 +1,390 @@
+//! What `/metrics` and readiness say after synthetic ticks: counters grow by
+//! the report's amounts, lag follows `now`, deferral texts and error ids
+//! land in their labels, readiness turns and recovers, removed tenants
+//! vanish, and no free text reaches a label.
+
+use super::*;
+use onepassword_collector::error::{CollectorError, ErrorKind};
+use onepassword_collector::report::TickReport;
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn service(name: &str, outcome: Outcome) -> ServiceReport {
+    ServiceReport {
+        service: name.into(),
+        outcome,
+        fetched: 0,
+        sent: 0,
+        unconfirmed: 0,
+        pages: 0,
+        bytes_sent: 0,
+        has_more: false,
+        checkpoint: None,
+        total_sent: 0,
+        lag_seconds: None,
+        elapsed_ms: 5,
+        deferred_until: None,
+        deferred_reason: None,
+        error: None,
+    }
+}
+
+fn delivered(name: &str, events: u32, checkpoint: &str) -> ServiceReport {
+    ServiceReport {
+        fetched: events,
+        sent: events,
+        pages: 1,
+        bytes_sent: u64::from(events) * 20,
+        checkpoint: Some(checkpoint.into()),
+        ..service(name, Outcome::Delivered)
+    }
+}
+
+fn failed(name: &str, id: u32, message: &str) -> ServiceReport {
+    ServiceReport {
+        error: Some(CollectorError::new(ErrorKind::PullError, id, message)),
+        ..service(name, Outcome::Failed)
+    }
+}
+
+fn deferred(name: &str, reason: &str) -> ServiceReport {
+    ServiceReport { deferred_reason: Some(reason.into()), ..service(name, Outcome::Deferred) }
+}
+
+fn tick(tenant: &str, services: Vec<ServiceReport>) -> TenantTick {
+    TenantTick {
+        tenant: tenant.into(),
+        result: Ok(TickReport {
+            started_at: "2026-01-01T00:00:00Z".into(),
+            elapsed_ms: 10,
+            services,
+            warnings: vec![],
+        }),
+        peak_memory_bytes: 6 << 20,
+        guest_cpu_ms: 30,
+        host_elapsed_ms: 400,
+    }
+}
+
+fn tick_error(tenant: &str, id: u32, message: &str) -> TenantTick {
+    TenantTick { result: Err(CollectorError::new(ErrorKind::PrePullError, id, message)), ..tick(tenant, vec![]) }
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered).
+fn sample(t: &Telemetry, series: &str) -> Option<f64> {
+    let text = t.render();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
+
+fn value(t: &Telemetry, series: &str) -> f64 {
+    sample(t, series).unwrap_or_else(|| panic!("{series} missing from:\n{}", t.render()))
+}
+
+const NOW: &str = "2026-01-01T00:10:00Z";
+
+#[test]
+fn counters_grow_by_what_each_tick_reports() {
+    let t = Telemetry::new(3);
+    t.tick_finished(&tick("acme", vec![delivered("audit", 100, "2026-01-01T00:00:00Z")]), at(NOW));
+    let mut second = delivered("audit", 40, "2026-01-01T00:05:00Z");
+    second.unconfirmed = 2;
+    t.tick_finished(&tick("acme", vec![second, service("item_usage", Outcome::Idle)]), at(NOW));
+    let labels = r#"{tenant="acme",service="audit"}"#;
+    assert_eq!(value(&t, &format!("onepassword_collector_events_fetched_total{labels}")), 140.0);
+    assert_eq!(value(&t, &format!("onepassword_collector_events_delivered_total{labels}")), 140.0);
+    assert_eq!(value(&t, &format!("onepassword_collector_events_unconfirmed_total{labels}")), 2.0);
+    assert_eq!(value(&t, &format!("onepassword_collector_sent_bytes_total{labels}")), 2800.0);
+    assert_eq!(value(&t, &format!("onepassword_collector_pages_total{labels}")), 2.0);
+    assert_eq!(value(&t, &format!("onepassword_collector_onepassword_requests_total{labels}")), 2.0);
+    assert_eq!(
+        value(&t, r#"onepassword_collector_service_ticks_total{tenant="acme",service="audit",outcome="delivered"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(&t, r#"onepassword_collector_service_ticks_total{tenant="acme",service="item_usage",outcome="idle"}"#),
+        1.0
+    );
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="ok"}"#), 2.0);
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="failed"}"#), 0.0);
+    assert_eq!(value(&t, r#"onepassword_collector_peak_memory_bytes{tenant="acme"}"#), f64::from(6 << 20));
+    assert_eq!(value(&t, r#"onepassword_collector_tick_duration_seconds_count{tenant="acme"}"#), 2.0);
+    assert_eq!(value(&t, r#"onepassword_collector_tick_duration_seconds_sum{tenant="acme"}"#), 0.8);
+    assert_eq!(value(&t, r#"onepassword_collector_tick_duration_seconds_bucket{le="0.5",tenant="acme"}"#), 2.0);
+    assert_eq!(value(&t, r#"onepassword_collector_guest_cpu_seconds_bucket{le="0.025",tenant="acme"}"#), 0.0);
+    assert_eq!(value(&t, r#"onepassword_collector_guest_cpu_seconds_bucket{le="0.05",tenant="acme"}"#), 2.0);
+    assert_eq!(value(&t, r#"onepassword_collector_last_tick_timestamp_seconds{tenant="acme"}"#), 1767226200.0);
+}
+
+#[test]
+fn lag_is_now_minus_the_newest_delivered_event() {
+    let t = Telemetry::new(3);
+    t.tick_finished(&tick("acme", vec![delivered("audit", 1, "2026-01-01T00:00:00.500Z")]), at(NOW));
+    let labels = r#"{tenant="acme",service="audit"}"#;
+    assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 599.5);
+    assert_eq!(value(&t, &format!("onepassword_collector_checkpoint_timestamp_seconds{labels}")), 1767225600.5);
+    // A deferred service reports its stored checkpoint: lag from the new now.
+    let mut waiting = deferred("audit", "the account's request budget for this minute is spent; more from x");
+    waiting.checkpoint = Some("2026-01-01T00:00:00.500Z".into());
+    t.tick_finished(&tick("acme", vec![waiting]), at("2026-01-01T00:11:00Z"));
+    assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 659.5);
+    // A tick that failed as a whole reached no service; they still fall behind.
+    t.tick_finished(
+        &tick_error("acme", 900, "the host stopped the tick: wall deadline exceeded"),
+        at("2026-01-01T00:12:00Z"),
+    );
+    assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 719.5);
+    // A checkpoint with an offset is the same instant.
+    t.tick_finished(&tick("acme", vec![delivered("item_usage", 1, "2026-01-01T05:50:00+05:50")]), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_lag_seconds{tenant="acme",service="item_usage"}"#), 600.0);
+    // Without a checkpoint the report's own lag is used, if any.
+    let mut fresh = service("sign_in_attempts", Outcome::Idle);
+    fresh.lag_seconds = Some(42);
+    t.tick_finished(&tick("acme", vec![fresh]), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_lag_seconds{tenant="acme",service="sign_in_attempts"}"#), 42.0);
+    assert_eq!(
+        sample(&t, r#"onepassword_collector_checkpoint_timestamp_seconds{tenant="acme",service="sign_in_attempts"}"#),
+        None
+    );
+}
+
+#[test]
+fn the_collectors_deferral_texts_map_to_fixed_reasons() {
+    // The texts of src/budget.rs and src/tick/page.rs.
+    let cases = [
+        ("1Password rate-limited this account; no requests before 2026-01-01T00:01:00Z", "rate_limited"),
+        ("the account's request budget for this minute is spent; more from 2026-01-01T00:01:00Z", "budget"),
+        ("the account's request budget for this hour is spent; more from 2026-01-01T01:00:00Z", "budget"),
+        ("backing off after 3 consecutive failure(s)", "backoff"),
+        ("another instance is collecting this service", "lease_held"),
+        (
+            "lease lost: another instance took this service's lease at the same moment and is collecting it",
+            "lease_lost",
+        ),
+        ("something new", "other"),
+    ];
+    let t = Telemetry::new(3);
+    for (text, reason) in cases {
+        assert_eq!(DeferralReason::from_text(Some(text)).as_str(), reason, "{text}");
+        t.tick_finished(&tick("acme", vec![deferred("audit", text)]), at(NOW));
+    }
+    assert_eq!(DeferralReason::from_text(None), DeferralReason::Other);
+    let series = |reason: &str| {
+        format!(r#"onepassword_collector_deferrals_total{{tenant="acme",service="audit",reason="{reason}"}}"#)
+    };
+    assert_eq!(value(&t, &series("budget")), 2.0);
+    for reason in ["rate_limited", "backoff", "lease_held", "lease_lost", "other"] {
+        assert_eq!(value(&t, &series(reason)), 1.0, "{reason}");
+    }
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="ok"}"#), 7.0);
+    assert_eq!(DeferralReason::ALL.len(), 6);
+}
+
+#[test]
+fn errors_land_in_failures_by_id_and_tick_outcome() {
+    let t = Telemetry::new(3);
+    t.tick_finished(
+        &tick("acme", vec![failed("audit", 700, "Devo answered 403"), delivered("item_usage", 5, NOW)]),
+        at(NOW),
+    );
+    t.tick_finished(&tick_error("acme", 900, "the host stopped the tick: memory limit exceeded"), at(NOW));
+    t.tick_finished(&tick_error("acme", 2, "base_url: expected https"), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_failures_total{tenant="acme",service="audit",error_id="700"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_failures_total{tenant="acme",service="_tick",error_id="900"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_failures_total{tenant="acme",service="_tick",error_id="2"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="failed"}"#), 2.0);
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="host_failure"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="ok"}"#), 0.0);
+    assert_eq!(
+        value(&t, r#"onepassword_collector_service_ticks_total{tenant="acme",service="audit",outcome="failed"}"#),
+        1.0
+    );
+    // A Devo failure is no 1Password request of its own (the page was one).
+    assert_eq!(value(&t, r#"onepassword_collector_onepassword_requests_total{tenant="acme",service="audit"}"#), 0.0);
+}
+
+#[test]
+fn rate_limits_and_1password_requests_are_counted() {
+    let t = Telemetry::new(3);
+    let mut paged = delivered("item_usage", 3000, NOW);
+    paged.pages = 3;
+    let mut devo_down = failed("sign_in_attempts", 701, "Devo unreachable");
+    devo_down.pages = 1;
+    let services = vec![failed("audit", 429, "1Password answered 429"), paged, devo_down];
+    t.tick_finished(&tick("acme", services), at(NOW));
+    t.tick_finished(&tick("acme", vec![failed("audit", 503, "1Password answered 503")]), at(NOW));
+    t.tick_finished(&tick_error("acme", 429, "1Password answered 429"), at(NOW));
+    let requests = |s: &str| {
+        value(&t, &format!(r#"onepassword_collector_onepassword_requests_total{{tenant="acme",service="{s}"}}"#))
+    };
+    let limited = |s: &str| {
+        value(&t, &format!(r#"onepassword_collector_onepassword_rate_limited_total{{tenant="acme",service="{s}"}}"#))
+    };
+    assert_eq!((requests("audit"), limited("audit")), (2.0, 1.0));
+    assert_eq!((requests("item_usage"), limited("item_usage")), (3.0, 0.0));
+    assert_eq!((requests("sign_in_attempts"), limited("sign_in_attempts")), (1.0, 0.0));
+    assert_eq!((requests(TICK_SERVICE), limited(TICK_SERVICE)), (1.0, 1.0));
+    assert!(is_onepassword_error(600) && is_onepassword_error(601) && !is_onepassword_error(610));
+}
+
+#[test]
+fn readiness_needs_the_component_and_no_tenant_failing_n_ticks_in_a_row() {
+    let t = Telemetry::new(3);
+    let r = t.readiness();
+    assert!(!r.ready);
+    assert_eq!(r.reasons, ["component not loaded"]);
+    t.component_loaded();
+    assert_eq!(t.readiness(), Readiness { ready: true, reasons: vec![] });
+    assert_eq!(value(&t, "onepassword_collector_ready"), 1.0);
+
+    for _ in 0..2 {
+        t.tick_finished(&tick("acme", vec![failed("audit", 429, "rate limited")]), at(NOW));
+        t.tick_finished(&tick("globex", vec![delivered("audit", 1, NOW)]), at(NOW));
+    }
+    assert!(t.readiness().ready, "2 failures in a row are not 3");
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 2.0);
+    t.tick_finished(&tick("acme", vec![failed("audit", 429, "rate limited")]), at(NOW));
+    let r = t.readiness();
+    assert!(!r.ready);
+    assert_eq!(r.reasons, ["tenant acme: 3 failed ticks in a row (last error 429)"]);
+    assert_eq!(value(&t, "onepassword_collector_ready"), 0.0);
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 3.0);
+
+    // A tick that only deferred (backing off after those failures) proves
+    // nothing: still not ready. A tick that gets through is.
+    t.tick_finished(&tick("acme", vec![deferred("audit", "1Password rate-limited this account")]), at(NOW));
+    assert!(!t.readiness().ready, "a deferral is not a recovery");
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 3.0);
+    t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
+    assert!(t.readiness().ready);
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 0.0);
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="globex"}"#), 0.0);
+
+    // Zero turns the failing-tenant check off.
+    let never = Telemetry::new(0);
+    never.component_loaded();
+    for _ in 0..10 {
+        never.tick_finished(&tick_error("acme", 900, "trap"), at(NOW));
+    }
+    assert!(never.readiness().ready);
+}
+
+#[test]
+fn an_unreachable_store_makes_the_process_unready_until_reached() {
+    let t = Telemetry::new(5);
+    t.component_loaded();
+    t.store_checked("acme", false);
+    assert_eq!(t.readiness().reasons, ["tenant acme: key-value store unreachable (error 200)"]);
+    t.store_checked("acme", true);
+    assert!(t.readiness().ready);
+    t.tick_finished(&tick_error("acme", 200, "the key-value store could not be opened"), at(NOW));
+    assert_eq!(t.readiness().reasons, ["tenant acme: key-value store unreachable (error 200)"]);
+    // A config error never reached the store: no news about it.
+    t.tick_finished(&tick_error("acme", 1, "token is missing"), at(NOW));
+    assert!(!t.readiness().ready);
+    t.tick_finished(&tick("acme", vec![service("audit", Outcome::Idle)]), at(NOW));
+    assert!(t.readiness().ready);
+}
+
+#[test]
+fn a_removed_tenant_loses_its_series_and_its_readiness_state() {
+    let t = Telemetry::new(1);
+    t.component_loaded();
+    t.tick_finished(&tick("acme", vec![failed("audit", 700, "no"), deferred("item_usage", "backing off")]), at(NOW));
+    t.tick_finished(&tick("globex", vec![delivered("audit", 1, NOW)]), at(NOW));
+    t.firing_skipped("acme");
+    assert!(!t.readiness().ready);
+    t.tenant_removed("acme");
+    let text = t.render();
+    assert!(!text.contains(r#"tenant="acme""#), "{text}");
+    assert!(text.contains(r#"tenant="globex""#));
+    assert!(t.readiness().ready);
+    // A tenant added back starts from zero.
+    t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_events_delivered_total{tenant="acme",service="audit"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_skipped_firings_total{tenant="acme"}"#), 0.0);
+}
+
+#[test]
+fn no_free_text_reaches_a_label() {
+    let secret = "ops_eyJhbGciOiJFUzI1NiIsImtpZCI6InNlY3JldCJ9";
+    let t = Telemetry::new(1);
+    t.component_loaded();
+    let mut hostile = failed("audit", 401, &format!("token {secret} refused by https://x.invalid/{secret}"));
+    hostile.deferred_reason = Some(format!("deferred because {secret}"));
+    let mut odd = deferred("item_usage\"} 1\nfake_metric{a=\"b", &format!("until {secret}"));
+    odd.checkpoint = Some(secret.into());
+    t.tick_finished(&tick("acme", vec![hostile, odd]), at(NOW));
+    t.tick_finished(&tick_error("weird tenant\"name\n", 900, &format!("trap near {secret}")), at(NOW));
+    t.tick_finished(&tick(&"long".repeat(40), vec![]), at(NOW));
+    let text = t.render();
+    assert!(!text.contains(secret) && !text.contains("x.invalid") && !text.contains("fake_metric"), "{text}");
+    // Every label value is a bounded name, a number or a fixed word.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, labels)) = line.split_once('{') else { continue };
+        let labels = labels.rsplit_once('}').unwrap().0;
+        for pair in labels.split(',') {
+            let (_, v) = pair.split_once('=').unwrap();
+            let v = v.trim_matches('"');
+            assert!(v.len() <= 64, "{line}");
+            assert!(v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:~+".contains(c)), "{line}");
+        }
+    }
+    // The readiness text names the tenant by its label too.
+    assert!(t.readiness().reasons.iter().any(|r| r.starts_with("tenant weird_tenant_name_~")));
+}
+
+#[test]
+fn names_are_bounded_and_distinct() {
+    assert_eq!(tenant_label("acme-eu.prod_2"), "acme-eu.prod_2");
+    assert_eq!(service_label("sign_in_attempts"), "sign_in_attempts");
+    let long = tenant_label(&"a".repeat(100));
+    assert_eq!(long.len(), 64);
+    assert_ne!(long, tenant_label(&"a".repeat(101)));
+    assert_ne!(tenant_label("a b"), tenant_label("a_b"));
+    assert_eq!(tenant_label("a_b"), "a_b");
+    assert!(tenant_label("").starts_with('~'));
+    assert!(service_label(&"s".repeat(40)).len() <= 32);
+}
+
+#[test]
+fn skips_pool_and_reloads_are_counted() {
+    let t = Telemetry::new(3);
+    t.firing_skipped("acme");
+    t.firing_skipped("acme");
+    t.instances(3, 8);
+    t.reload(true);
+    t.reload(false);
+    t.reload(false);
+    assert_eq!(value(&t, r#"onepassword_collector_skipped_firings_total{tenant="acme"}"#), 2.0);
+    assert_eq!(value(&t, "onepassword_collector_instances_in_use"), 3.0);
+    assert_eq!(value(&t, "onepassword_collector_instances_capacity"), 8.0);
+    assert_eq!(value(&t, r#"onepassword_collector_config_reloads_total{result="ok"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_config_reloads_total{result="error"}"#), 2.0);
+}
+
+#[test]
+fn the_text_is_openmetrics_with_one_suffix_each() {
+    let t = Telemetry::new(3);
+    t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
+    let text = t.render();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE onepassword_collector_sent_bytes counter"));
+    assert!(text.contains("# UNIT onepassword_collector_lag_seconds seconds"));
+    for doubled in ["_total_total", "_seconds_seconds", "_bytes_bytes"] {
+        assert!(!text.contains(doubled), "{doubled} in\n{text}");
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with(PREFIX), "{line}");
+    }
+}
+
+#[test]
+fn telemetry_is_shareable() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Telemetry>();
+}

@@ -1,0 +1,182 @@
+//! The telemetry endpoint over real HTTP/1.1 on loopback: `/metrics`,
+//! `/healthz`, `/readyz` (200 when ready, 503 naming the failing tenant),
+//! 404 and 405 otherwise, and the server gone once its task is aborted.
+//! Requests are written by hand on a std `TcpStream`.
+
+use chrono::Utc;
+use host_harness::runtime::TenantTick;
+use host_harness::telemetry::{serve, Telemetry, OPENMETRICS_CONTENT_TYPE};
+use onepassword_collector::error::{CollectorError, ErrorKind};
+use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+struct Server {
+    runtime: Runtime,
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+fn start(telemetry: Arc<Telemetry>) -> Server {
+    let runtime = Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = runtime.spawn(serve(listener, telemetry));
+    Server { runtime, addr, task }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers =
+        lines.map(|l| l.split_once(':').unwrap()).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
+    Reply { status, headers, body: body.to_string() }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path)
+}
+
+fn service(name: &str, sent: u32, error: Option<u32>) -> ServiceReport {
+    ServiceReport {
+        service: name.into(),
+        outcome: if error.is_some() { Outcome::Failed } else { Outcome::Delivered },
+        fetched: sent,
+        sent,
+        unconfirmed: 0,
+        pages: 1,
+        bytes_sent: u64::from(sent) * 100,
+        has_more: false,
+        checkpoint: Some("2026-01-01T00:00:00Z".into()),
+        total_sent: u64::from(sent),
+        lag_seconds: Some(60),
+        elapsed_ms: 12,
+        deferred_until: None,
+        deferred_reason: None,
+        error: error.map(|id| CollectorError::new(ErrorKind::PullError, id, "1Password answered")),
+    }
+}
+
+fn tick(tenant: &str, services: Vec<ServiceReport>) -> TenantTick {
+    TenantTick {
+        tenant: tenant.into(),
+        result: Ok(TickReport {
+            started_at: "2026-01-01T00:01:00Z".into(),
+            elapsed_ms: 80,
+            services,
+            warnings: vec![],
+        }),
+        peak_memory_bytes: 5 << 20,
+        guest_cpu_ms: 25,
+        host_elapsed_ms: 90,
+    }
+}
+
+#[test]
+fn metrics_and_health_are_served() {
+    let telemetry = Arc::new(Telemetry::new(3));
+    telemetry.component_loaded();
+    telemetry.tick_finished(&tick("acme", vec![service("audit", 250, None)]), Utc::now());
+    let server = start(telemetry.clone());
+
+    let metrics = get(server.addr, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(metrics.header("content-type"), Some(OPENMETRICS_CONTENT_TYPE));
+    assert!(
+        metrics.body.contains("onepassword_collector_events_delivered_total{tenant=\"acme\",service=\"audit\"} 250\n"),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics.body.ends_with("# EOF\n"));
+    assert_eq!(metrics.header("content-length"), Some(metrics.body.len().to_string().as_str()));
+    // A query string does not change the path.
+    assert_eq!(get(server.addr, "/metrics?x=1").status, 200);
+
+    let health = get(server.addr, "/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let ready = get(server.addr, "/readyz");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    server.task.abort();
+}
+
+#[test]
+fn readyz_names_the_tenant_that_keeps_failing() {
+    let telemetry = Arc::new(Telemetry::new(3));
+    let server = start(telemetry.clone());
+    let not_loaded = get(server.addr, "/readyz");
+    assert_eq!(not_loaded.status, 503);
+    assert!(not_loaded.body.contains("component not loaded"), "{}", not_loaded.body);
+
+    telemetry.component_loaded();
+    for _ in 0..3 {
+        telemetry.tick_finished(&tick("acme", vec![service("audit", 0, Some(429))]), Utc::now());
+        telemetry.tick_finished(&tick("globex", vec![service("audit", 5, None)]), Utc::now());
+    }
+    let failing = get(server.addr, "/readyz");
+    assert_eq!(failing.status, 503);
+    assert_eq!(failing.body, "not ready\ntenant acme: 3 failed ticks in a row (last error 429)\n");
+    assert!(!failing.body.contains("globex"));
+    // Health is about the process, not the tenants.
+    assert_eq!(get(server.addr, "/healthz").status, 200);
+
+    telemetry.tick_finished(&tick("acme", vec![service("audit", 1, None)]), Utc::now());
+    assert_eq!(get(server.addr, "/readyz").status, 200);
+    server.task.abort();
+}
+
+#[test]
+fn other_paths_and_methods_are_refused() {
+    let server = start(Arc::new(Telemetry::new(3)));
+    assert_eq!(get(server.addr, "/nope").status, 404);
+    assert_eq!(get(server.addr, "/").status, 404);
+    assert_eq!(get(server.addr, "/metrics/extra").status, 404);
+    let post = request(server.addr, "POST", "/metrics");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = request(server.addr, "HEAD", "/healthz");
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    server.task.abort();
+}
+
+#[test]
+fn concurrent_scrapes_are_answered_and_an_aborted_server_is_gone() {
+    let telemetry = Arc::new(Telemetry::new(3));
+    telemetry.tick_finished(&tick("acme", vec![service("audit", 1, None)]), Utc::now());
+    let server = start(telemetry);
+    let addr = server.addr;
+    let scrapes: Vec<_> = (0..16).map(|_| std::thread::spawn(move || get(addr, "/metrics").status)).collect();
+    for scrape in scrapes {
+        assert_eq!(scrape.join().unwrap(), 200);
+    }
+    // An idle client does not block others.
+    let _idle = TcpStream::connect(addr).unwrap();
+    assert_eq!(get(addr, "/healthz").status, 200);
+
+    server.task.abort();
+    let result = server.runtime.block_on(server.task);
+    assert!(result.unwrap_err().is_cancelled());
+    assert!(TcpStream::connect(addr).is_err(), "the listener is closed with its task");
+}
