@@ -25,8 +25,8 @@
 //! * the SpinApp: its variables are spin.toml's, cover the required ones,
 //!   secrets from `secretKeyRef`; `default` store on Redis with its URL from a
 //!   Secret; a known executor;
-//! * probes: well formed; the harness has none while it serves no health
-//!   endpoint, and `/healthz` + `/readyz` as soon as its args carry `--listen`;
+//! * probes: well formed; the harness serves `/healthz` + `/readyz` when its
+//!   args carry `--listen`, and then must be probed on both (and not without);
 //! * the Dockerfile (textually): multi-stage, pinned bases, builds both
 //!   packages in release, non-root numeric USER, the `.wasm` copied from the
 //!   builder, no secret-looking ENV/ARG; `.dockerignore` keeps `target/` and
@@ -1534,13 +1534,11 @@ fn every_check_catches_what_it_is_for() {
         (
             HARNESS,
             "HTTP probe without --listen",
-            r(
-                "          resources:\n            requests:\n              cpu: 100m",
-                "          livenessProbe:\n            httpGet:\n              path: /healthz\n              port: 8080\n          resources:\n            requests:\n              cpu: 100m",
-            ),
+            r("            - --listen\n            - 0.0.0.0:9464\n", ""),
             "no --listen",
         ),
-        (HARNESS, "--listen without probes", r("            - run\n", "            - run\n            - --listen\n            - 0.0.0.0:8080\n"), "/healthz"),
+        (HARNESS, "--listen without probes", r("          livenessProbe:\n            httpGet:\n              path: /healthz\n              port: metrics\n            periodSeconds: 20\n", ""), "/healthz"),
+        (HARNESS, "readiness on the wrong path", r("              path: /readyz\n", "              path: /healthz\n"), "/readyz"),
         // Dockerfile and .dockerignore
         (DOCKERFILE, "root user", r("USER 10001:10001", "USER root"), "USER root"),
         (DOCKERFILE, "uid differs from the pods'", r("USER 10001:10001", "USER 10002:10002"), "not the image's USER"),
