@@ -47,7 +47,8 @@ pub fn cache_key(token: &Secret) -> String {
 
 /// The name the request budget is kept under.
 pub fn budget_account(info: Option<&AccountInfo>, token: &Secret) -> String {
-    match info.and_then(|i| i.account_uuid.as_deref()) {
+    // A cached answer is stored data: checked again.
+    match info.and_then(|i| i.account_uuid.as_deref()).filter(|u| plausible_account_uuid(u)) {
         Some(uuid) => uuid.to_string(),
         None => format!("token-{}", token_fingerprint(token)),
     }
@@ -92,10 +93,23 @@ pub fn parse_introspection(response: &HttpResponse, now: DateTime<Utc>) -> Resul
         CollectorError::new(
             ErrorKind::PullError,
             ONEPASSWORD_BAD_BODY,
-            format!("1Password's token introspection answer is not the expected JSON ({e})"),
+            format!(
+                "1Password's token introspection answer is not the expected JSON ({})",
+                crate::error::bounded(&e.to_string())
+            ),
         )
     })?;
-    Ok(AccountInfo { account_uuid: body.account_uuid, features: body.features, fetched_at: now })
+    // The account uuid names a store key (the budget's): one that does not
+    // look like an id is not used, and the budget is kept under the token's
+    // fingerprint instead.
+    let account_uuid = body.account_uuid.filter(|u| plausible_account_uuid(u));
+    Ok(AccountInfo { account_uuid, features: body.features, fetched_at: now })
+}
+
+/// 1Password's account uuids are 26 letters and digits; anything of up to
+/// 64 letters, digits, `-` and `_` is accepted.
+fn plausible_account_uuid(uuid: &str) -> bool {
+    (1..=64).contains(&uuid.len()) && uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The claims of the token's JWT payload that the collector uses. Only the
@@ -166,6 +180,13 @@ pub(crate) mod tests {
         assert_eq!(info.features.unwrap(), vec!["auditevents", "signinattempts"]);
         let e = parse_introspection(&HttpResponse { status: 401, headers: vec![], body: vec![] }, now).unwrap_err();
         assert_eq!(e.id, 401);
+        // An account uuid that is no id does not name the budget's key.
+        for odd in ["", "a/b", "../x", "a\0b", &"A".repeat(65)] {
+            let body = format!(r#"{{"features":["auditevents"],"account_uuid":{}}}"#, serde_json::json!(odd));
+            let info =
+                parse_introspection(&HttpResponse { status: 200, headers: vec![], body: body.into() }, now).unwrap();
+            assert_eq!(info.account_uuid, None, "{odd:?}");
+        }
     }
 
     #[test]

@@ -79,10 +79,10 @@ impl BudgetRecord {
 
     /// Whether a request may be made now, without spending.
     pub fn check(&self, now: DateTime<Utc>, ceilings: Ceilings) -> Result<(), Refusal> {
-        if let Some(b) = &self.backoff {
-            if b.until > now {
-                return Err(Refusal::RateLimited { until: b.until });
-            }
+        // A back-off further ahead than any lasts is not obeyed (a corrupt
+        // or skewed record): see `Backoff::pending`.
+        if let Some(until) = self.backoff.as_ref().and_then(|b| b.pending(now)) {
+            return Err(Refusal::RateLimited { until });
         }
         let (minute, hour) = windows(now);
         if self.minute == minute && self.minute_count >= ceilings.per_minute {
@@ -109,9 +109,10 @@ impl BudgetRecord {
         }
         next.minute_count += 1;
         next.hour_count += 1;
-        if next.backoff.as_ref().is_some_and(|b| b.until <= now) {
+        if next.backoff.as_ref().is_some_and(|b| b.pending(now).is_none()) {
             // Keep the attempt count until a request succeeds? A spent
-            // back-off has done its job; the next 429 starts a new one.
+            // back-off has done its job (and one that is not obeyed has
+            // none to do); the next 429 starts a new one.
             next.backoff = None;
         }
         Ok(next)
@@ -164,5 +165,23 @@ mod tests {
         assert_eq!(next.backoff, None);
         assert_eq!(BudgetRecord::decode(Some(&next.encode())), next);
         assert_eq!(BudgetRecord::decode(Some(b"junk")), BudgetRecord::default());
+    }
+
+    #[test]
+    fn a_stored_backoff_beyond_the_longest_does_not_stop_the_account() {
+        let now = t("2026-01-01T00:00:00Z");
+        let corrupt = BudgetRecord {
+            backoff: Some(Backoff { until: t("2300-01-01T00:00:00Z"), attempts: 1 }),
+            ..Default::default()
+        };
+        assert_eq!(corrupt.check(now, C), Ok(()));
+        let next = corrupt.spend(now, C).unwrap();
+        assert_eq!(next.backoff, None, "spending clears it");
+        // One as long as a Retry-After may make it is obeyed.
+        let longest = BudgetRecord {
+            backoff: Some(Backoff { until: now + crate::backoff::LONGEST, attempts: 1 }),
+            ..Default::default()
+        };
+        assert_eq!(longest.check(now, C), Err(Refusal::RateLimited { until: now + crate::backoff::LONGEST }));
     }
 }

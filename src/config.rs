@@ -46,7 +46,11 @@ pub const SECRET_KEYS: &[&str] = &["token", "devo_token", "obfuscation_key"];
 pub const DEFAULT_PAGE_SIZE: u16 = 1000;
 pub const DEFAULT_MAX_PAGES_PER_TICK: u32 = 1;
 pub const DEFAULT_TICK_DEADLINE_MS: u64 = 30_000;
+/// The longest `tick_deadline_ms` accepted.
+pub const MAX_TICK_DEADLINE_MS: u64 = 3_600_000;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// The longest `request_timeout_ms` accepted.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_DEVO_MAX_BATCH_EVENTS: u32 = 1000;
 /// 1Password serves no data older than this.
 pub const RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(120);
@@ -159,8 +163,10 @@ impl Config {
         };
         let max_pages_per_tick =
             number(&mut get, "max_pages_per_tick", 1, 10_000, DEFAULT_MAX_PAGES_PER_TICK.into())? as u32;
-        let tick_deadline_ms = number(&mut get, "tick_deadline_ms", 1_000, 3_600_000, DEFAULT_TICK_DEADLINE_MS)?;
-        let request_timeout_ms = number(&mut get, "request_timeout_ms", 100, 600_000, DEFAULT_REQUEST_TIMEOUT_MS)?;
+        let tick_deadline_ms =
+            number(&mut get, "tick_deadline_ms", 1_000, MAX_TICK_DEADLINE_MS, DEFAULT_TICK_DEADLINE_MS)?;
+        let request_timeout_ms =
+            number(&mut get, "request_timeout_ms", 100, MAX_REQUEST_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS)?;
         let devo_max_batch_events =
             number(&mut get, "devo_max_batch_events", 1, 1_000_000, DEFAULT_DEVO_MAX_BATCH_EVENTS.into())? as u32;
         let devo_gzip = match get("devo_gzip")?.as_deref() {
@@ -235,7 +241,7 @@ fn obfuscator(
         CollectorError::invalid(
             "obfuscate_fields",
             "comma-separated dotted field paths, e.g. target_user.email,client.ip_address",
-            &format!("{fields:?} ({e})"),
+            &format!("{} ({e})", quote(&fields)),
         )
     })
 }
@@ -253,8 +259,9 @@ fn hint(key: &str) -> &'static str {
     }
 }
 
+/// A given value as an error shows it: quoted, and cut when long.
 fn quote(v: &str) -> String {
-    format!("{v:?}")
+    crate::error::quoted(v)
 }
 
 fn endpoint(key: &str, value: String) -> Result<Endpoint, CollectorError> {
@@ -268,7 +275,7 @@ fn parse_services(value: &str) -> Result<Vec<Service>, CollectorError> {
             CollectorError::invalid(
                 "services",
                 "a comma-separated list of audit, item_usage, sign_in_attempts",
-                &format!("{value:?} (unknown service {name:?})"),
+                &format!("{} (unknown service {})", quote(value), quote(name)),
             )
         })?;
         if !services.contains(&svc) {

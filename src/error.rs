@@ -34,6 +34,45 @@ pub const DEVO_REJECTED: u32 = 700;
 /// Devo could not be reached.
 pub const DEVO_UNREACHABLE: u32 = 701;
 
+/// The most characters of outside input an error message repeats, at its
+/// start and its end ([`bounded`], [`quoted`]): enough to recognise a value
+/// or a parser's complaint, never a megabyte body in a log line.
+pub const EXCERPT_CHARS: usize = 60;
+
+/// `text` as it is when short; else its start and its end around an
+/// ellipsis. For text that may repeat outside input, such as a parser's
+/// complaint (serde quotes the string it did not expect, whatever its size).
+pub fn bounded(text: &str) -> String {
+    if text.char_indices().nth(3 * EXCERPT_CHARS).is_none() {
+        return text.to_owned();
+    }
+    // Found from either end, without walking a megabyte in between.
+    let head_end = text.char_indices().nth(EXCERPT_CHARS).map_or(text.len(), |(i, _)| i);
+    let tail_start = text.char_indices().rev().nth(EXCERPT_CHARS - 1).map_or(0, |(i, _)| i);
+    format!("{}…{}", &text[..head_end], &text[tail_start..])
+}
+
+/// A value as an error message shows it: quoted and escaped, and when long
+/// (once escaped), the start of it and its length.
+pub fn quoted(value: &str) -> String {
+    let count = value.chars().count();
+    if count <= 2 * EXCERPT_CHARS {
+        let quoted = format!("{value:?}");
+        if quoted.chars().count() <= 2 * EXCERPT_CHARS + 2 {
+            return quoted;
+        }
+    }
+    let mut head = String::new();
+    for c in value.chars() {
+        let escaped = c.escape_debug().to_string();
+        if head.chars().count() + escaped.chars().count() > EXCERPT_CHARS {
+            break;
+        }
+        head.push_str(&escaped);
+    }
+    format!("\"{head}\"… ({count} characters)")
+}
+
 /// The error families, named as Devo's collector names them where it can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ErrorKind {
@@ -137,5 +176,21 @@ mod tests {
         let e = CollectorError::invalid("page_size", "an integer from 1 to 1000", "\"abc\"");
         assert_eq!(e.id, INVALID_SETTING);
         assert!(e.message.contains("page_size") && e.message.contains("\"abc\""));
+    }
+
+    #[test]
+    fn outside_input_in_messages_is_bounded() {
+        assert_eq!(quoted("a\"b"), r#""a\"b""#);
+        assert_eq!(bounded("short"), "short");
+        let long =
+            format!("invalid type: string \"{}\", expected a boolean at line 1 column 1000030", "x".repeat(1 << 20));
+        let b = bounded(&long);
+        assert!(b.chars().count() <= 2 * EXCERPT_CHARS + 1, "{b}");
+        assert!(b.starts_with("invalid type: string \"xx") && b.ends_with("at line 1 column 1000030"), "{b}");
+        let q = quoted(&"é".repeat(1 << 20));
+        assert!(q.ends_with(&format!("… ({} characters)", 1 << 20)) && q.chars().count() < 100, "{q}");
+        // Escapes count: 100 backslashes show as at most 60 characters.
+        let q = quoted(&"\\".repeat(100));
+        assert_eq!(q, format!("\"{}\"… (100 characters)", "\\".repeat(60)));
     }
 }

@@ -13,6 +13,8 @@ pub mod config;
 pub mod devo;
 pub mod endpoint;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod http;
 mod json;
 pub mod obfuscate;

@@ -39,10 +39,12 @@ pub enum Mode {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ObfuscateError {
-    /// A path in the field list is malformed (holds the offending path).
+    /// A path in the field list is malformed (holds the offending path,
+    /// shown cut when long).
     #[error(
-        "obfuscate_fields: {0:?} is not a valid field path; use key names separated \
-         by single dots with no empty parts or surrounding spaces, e.g. client.ip_address"
+        "obfuscate_fields: {} is not a valid field path; use key names separated \
+         by single dots with no empty parts or surrounding spaces, e.g. client.ip_address",
+        crate::error::quoted(.0)
     )]
     BadPath(String),
     /// Hash mode was chosen without a (non-empty) key.

@@ -70,9 +70,18 @@ pub struct EventMeta {
     pub timestamp: Option<String>,
 }
 
+/// The longest `uuid` the collector keeps to recognise an event it already
+/// delivered (1Password's are 26 characters). Uuids are stored, up to
+/// [`RECENT_UUIDS`](crate::checkpoint::RECENT_UUIDS) of them in every
+/// service's record: an event with a longer one is delivered like an event
+/// without one, so that the record stays small whatever the events hold.
+pub const MAX_UUID_LEN: usize = 128;
+
 impl EventMeta {
     pub fn of(item: &RawValue) -> EventMeta {
-        serde_json::from_str(item.get()).unwrap_or_default()
+        let mut meta: EventMeta = serde_json::from_str(item.get()).unwrap_or_default();
+        meta.uuid = meta.uuid.filter(|u| u.len() <= MAX_UUID_LEN);
+        meta
     }
 
     /// The `timestamp` if it is a valid RFC 3339 time, with its raw text.
@@ -104,9 +113,11 @@ pub fn parse_page(service: Service, response: &HttpResponse) -> Result<Page, Col
             ErrorKind::PullError,
             ONEPASSWORD_BAD_BODY,
             format!(
-                "1Password answered {service} with 200 but the body is not an events page ({e}); \
+                "1Password answered {service} with 200 but the body is not an events page ({}); \
                  the page will be requested again next tick. If this persists, check that base_url \
-                 points at the Events API and not at a proxy or login page"
+                 points at the Events API and not at a proxy or login page",
+                // serde's complaint may quote what it read: bounded.
+                crate::error::bounded(&e.to_string())
             ),
         )
     })?;
@@ -211,5 +222,23 @@ mod tests {
         let e = transport_error(Service::Audit, &HttpFailure::Timeout);
         assert_eq!(e.id, ONEPASSWORD_UNREACHABLE);
         assert!(e.message.contains("timed out"));
+        // serde quotes a string of the wrong type: not a megabyte of it.
+        let huge = format!(r#"{{"cursor":"C","has_more":"{}"}}"#, "x".repeat(1 << 20));
+        let e = parse_page(Service::Audit, &response(200, &huge)).unwrap_err();
+        assert_eq!(e.id, ONEPASSWORD_BAD_BODY);
+        assert!(e.message.len() < 1000 && e.message.contains("expected a boolean"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_overlong_uuid_is_not_kept_to_recognise_repeats() {
+        let (long, longest) = ("U".repeat(MAX_UUID_LEN + 1), "U".repeat(MAX_UUID_LEN));
+        let body = format!(
+            r#"{{"items":[{{"uuid":"{long}","timestamp":"2026-01-01T00:00:00Z"}},{{"uuid":"{longest}"}}],"cursor":"C"}}"#
+        );
+        let page = parse_page(Service::Audit, &response(200, &body)).unwrap();
+        let meta = EventMeta::of(&page.items[0]);
+        assert_eq!(meta.uuid, None);
+        assert!(meta.time().is_some(), "the rest of the event is read");
+        assert_eq!(EventMeta::of(&page.items[1]).uuid, Some(longest));
     }
 }

@@ -62,6 +62,9 @@ pub struct Sim {
     pub received: BTreeMap<String, Vec<String>>,
     /// 1Password event requests: (time, path, status).
     pub op_requests: Vec<(DateTime<Utc>, String, u16)>,
+    /// Where each 1Password event request started: its `start_time`, or
+    /// `cursor:<c>`.
+    pub op_starts: Vec<String>,
     pub devo_requests: usize,
     /// 1Password's own limit per clock minute (answers 429 beyond it).
     pub op_limit_per_minute: Option<u32>,
@@ -107,6 +110,7 @@ impl Sim {
             events: BTreeMap::new(),
             received: BTreeMap::new(),
             op_requests: Vec::new(),
+            op_starts: Vec::new(),
             devo_requests: 0,
             op_limit_per_minute: None,
             scripted: VecDeque::new(),
@@ -263,6 +267,11 @@ impl Sim {
             let body = serde_json::json!({"uuid": "TOKEN", "features": self.features, "account_uuid": self.account});
             return answer(200, &body.to_string(), None);
         }
+        let asked: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        self.op_starts.push(match (asked["cursor"].as_str(), asked["start_time"].as_str()) {
+            (Some(cursor), _) => format!("cursor:{cursor}"),
+            (None, start) => start.unwrap_or_default().to_string(),
+        });
         let minute = self.now.timestamp().div_euclid(60);
         let in_minute =
             self.op_requests.iter().filter(|(t, _, _)| t.timestamp().div_euclid(60) == minute).count() as u32;

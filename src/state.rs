@@ -6,9 +6,11 @@
 
 use crate::backoff::Backoff;
 use crate::checkpoint::Checkpoint;
-use crate::error::{CollectorError, ErrorKind, CHECKPOINT_UNREADABLE};
+use crate::config::{MAX_REQUEST_TIMEOUT_MS, MAX_TICK_DEADLINE_MS};
+use crate::error::{self, CollectorError, ErrorKind, CHECKPOINT_UNREADABLE};
 use crate::service::Service;
-use chrono::{DateTime, Utc};
+use crate::time::MAX_CLOCK_SKEW;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the stored shape changes in a way older code cannot read.
@@ -39,6 +41,38 @@ pub struct ServiceState {
 pub struct Lease {
     pub holder: String,
     pub expires: DateTime<Utc>,
+}
+
+impl Lease {
+    /// How long a tick's lease lasts: past the tick's deadline by a few
+    /// requests' timeouts, so it cannot expire under a tick that is still
+    /// working.
+    pub fn ttl(tick_deadline: TimeDelta, request_timeout_ms: u64) -> TimeDelta {
+        tick_deadline + TimeDelta::milliseconds(4 * request_timeout_ms as i64)
+    }
+
+    /// The longest lease any instance takes: [`Lease::ttl`] of the longest
+    /// deadline and timeout a config accepts. Not this instance's own:
+    /// replicas of one collector may run with different settings (while a
+    /// change rolls out), and the longer lease of another is real.
+    pub fn longest() -> TimeDelta {
+        Lease::ttl(TimeDelta::milliseconds(MAX_TICK_DEADLINE_MS as i64), MAX_REQUEST_TIMEOUT_MS)
+    }
+
+    /// True when the lease expires further ahead than any instance takes one
+    /// ([`Lease::longest`] plus [`MAX_CLOCK_SKEW`]): it was not written by a
+    /// collector whose clock agrees with this one's (a corrupt record, or a
+    /// clock far ahead), and it is treated as expired, so that it cannot
+    /// defer the service forever. (Capping it at "now plus the longest"
+    /// would not do: that moves with every tick.)
+    pub fn implausible(&self, now: DateTime<Utc>) -> bool {
+        self.expires > now + Lease::longest() + MAX_CLOCK_SKEW
+    }
+
+    /// True while the lease keeps others from collecting the service.
+    pub fn in_force(&self, now: DateTime<Utc>) -> bool {
+        self.expires > now && !self.implausible(now)
+    }
 }
 
 /// Progress inside one page: which of its events Devo already took.
@@ -94,7 +128,9 @@ impl ServiceState {
                 ),
             )
         };
-        let state: ServiceState = serde_json::from_slice(bytes).map_err(|e| unreadable(e.to_string()))?;
+        // serde's complaint may quote what it read: bounded, not a megabyte.
+        let state: ServiceState =
+            serde_json::from_slice(bytes).map_err(|e| unreadable(error::bounded(&e.to_string())))?;
         if state.version > SCHEMA_VERSION {
             return Err(unreadable(format!(
                 "written by a newer release, schema version {} > {SCHEMA_VERSION}; upgrade the collector",
@@ -108,9 +144,10 @@ impl ServiceState {
         serde_json::to_vec(self).expect("a service state always serialises")
     }
 
-    /// True when someone else holds an unexpired lease.
+    /// True when someone else holds a lease in force ([`Lease::in_force`]:
+    /// unexpired, and not further ahead than any lease lasts).
     pub fn leased_to_other(&self, me: &str, now: DateTime<Utc>) -> bool {
-        self.lease.as_ref().is_some_and(|l| l.holder != me && l.expires > now)
+        self.lease.as_ref().is_some_and(|l| l.holder != me && l.in_force(now))
     }
 
     pub fn holds_lease(&self, me: &str) -> bool {
@@ -137,6 +174,10 @@ mod tests {
         assert!(e.message.contains("service/audit"));
         let future = ServiceState { version: SCHEMA_VERSION + 1, ..s.clone() };
         assert!(ServiceState::decode(Service::Audit, &future.encode()).unwrap_err().message.contains("newer release"));
+        // serde quotes a string of the wrong type: not a megabyte of it.
+        let huge = format!(r#"{{"version":"{}"}}"#, "x".repeat(1 << 20));
+        let e = ServiceState::decode(Service::Audit, huge.as_bytes()).unwrap_err();
+        assert!(e.message.len() < 1000 && e.message.contains("service/audit"), "{}", e.message);
     }
 
     #[test]
@@ -160,5 +201,22 @@ mod tests {
         assert!(!s.leased_to_other("b", t("2026-01-01T00:01:00Z")));
         assert!(!s.leased_to_other("a", t("2026-01-01T00:00:10Z")));
         assert!(s.holds_lease("a") && !s.holds_lease("b"));
+    }
+
+    #[test]
+    fn a_lease_beyond_the_longest_any_instance_takes_is_taken_as_expired() {
+        let now = t("2026-01-01T00:00:00Z");
+        // The longest lease: a deadline of an hour and timeouts of ten minutes.
+        assert_eq!(Lease::longest(), TimeDelta::minutes(100));
+        let mut s = ServiceState::new(now);
+        for expires in [now + Lease::longest(), now + Lease::longest() + MAX_CLOCK_SKEW] {
+            s.lease = Some(Lease { holder: "a".into(), expires });
+            assert!(s.leased_to_other("b", now), "{expires}");
+        }
+        for expires in [now + Lease::longest() + MAX_CLOCK_SKEW + TimeDelta::seconds(1), t("2300-01-01T00:00:00Z")] {
+            s.lease = Some(Lease { holder: "a".into(), expires });
+            assert!(s.lease.as_ref().unwrap().implausible(now));
+            assert!(!s.leased_to_other("b", now), "{expires}");
+        }
     }
 }

@@ -919,3 +919,163 @@ fn soak_two_instances_on_a_lying_store_collect_every_event_once_except_unconfirm
     }
     assert!(sim.lies > 30 && deferred_lease_lost > 10 && lease_lost > 0, "the races happened");
 }
+
+// Hostile data cannot wedge a service: a time far ahead of the clock, in an
+// event or a stored record, is not obeyed (it would stall the service until
+// then), and the report says so.
+
+const YEAR_2300: &str = "2300-01-01T00:00:00Z";
+
+#[test]
+fn a_future_dated_event_is_delivered_but_moves_neither_the_checkpoint_nor_the_reread() {
+    let mut sim = sim_with(Service::Audit, 4);
+    let future = format!(r#"{{"uuid":"FUTURE0001","timestamp":"{YEAR_2300}","note":"x"}}"#);
+    sim.events.get_mut(&Service::Audit).unwrap().insert(2, future.clone());
+    let newest_real = t(NOW) - TimeDelta::hours(1) - TimeDelta::seconds(1);
+    let c = audit_only(&[]);
+
+    let report = sim.tick(c.clone()).unwrap();
+    let s = svc(&report, "audit");
+    assert_eq!((s.outcome, s.sent), (Outcome::Delivered, 5));
+    assert!(sim.received(Service::Audit).contains(&future), "delivered unchanged");
+    let cp = state(&sim, Service::Audit).checkpoint.unwrap();
+    assert_eq!(cp.newest_event.as_deref(), Some(rfc3339(newest_real).as_str()), "not the year 2300");
+    assert_eq!(s.checkpoint.as_deref(), Some(rfc3339(newest_real).as_str()));
+    assert_eq!(s.lag_seconds, Some(3601), "the lag is not hidden");
+    let warning = report.warnings.iter().find(|w| w.contains("of audit")).expect("a warning");
+    assert!(warning.starts_with("1 event(s) of audit are dated more than 5 minutes after"), "{warning}");
+    assert!(!warning.contains("FUTURE0001") && !warning.contains("2300"), "the event is not quoted: {warning}");
+
+    // The cursor is refused: the page is read again from the newest real
+    // event (from the year 2300 nothing would ever come).
+    sim.generate(Service::Audit, 2, t(NOW), 1);
+    sim.now += TimeDelta::minutes(1);
+    sim.scripted.push_back(Fault::OpStatus(400, None));
+    sim.tick(c.clone()).unwrap();
+    sim.now += TimeDelta::minutes(1);
+    let report = sim.tick(c).unwrap();
+    assert_eq!(sim.op_starts.last().unwrap(), &rfc3339(newest_real));
+    assert_eq!(svc(&report, "audit").sent, 2);
+    assert_exactly_once(&sim, Service::Audit);
+}
+
+#[test]
+fn a_stored_newest_event_or_first_start_in_the_future_is_not_read_from() {
+    // A record whose newest event is in the year 2300 (written before events
+    // were checked, or corrupt) and whose cursor was refused.
+    let mut sim = sim_with(Service::Audit, 3);
+    let mut st = ServiceState::new(t(NOW));
+    st.initial_start = Some(t(NOW) - TimeDelta::hours(2));
+    st.checkpoint = Some(Checkpoint { newest_event: Some(YEAR_2300.into()), ..Checkpoint::default() });
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    let report = sim.tick(audit_only(&[])).unwrap();
+    assert_eq!(sim.op_starts, [rfc3339(t(NOW) - TimeDelta::hours(2))], "the configured start, not 2300");
+    assert_eq!(svc(&report, "audit").sent, 3);
+    let newest = state(&sim, Service::Audit).checkpoint.unwrap().newest_event.unwrap();
+    assert!(t(&newest) < t(NOW), "{newest}");
+
+    // One with a cursor: the next page's newest event replaces it.
+    let mut sim = sim_with(Service::Audit, 3);
+    st.checkpoint = Some(Checkpoint {
+        cursor: Some("audit:0:1000".into()),
+        newest_event: Some(YEAR_2300.into()),
+        ..Checkpoint::default()
+    });
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    let report = sim.tick(audit_only(&[])).unwrap();
+    assert_eq!(svc(&report, "audit").sent, 3);
+    assert!(svc(&report, "audit").lag_seconds.unwrap() >= 3600);
+    let newest = state(&sim, Service::Audit).checkpoint.unwrap().newest_event.unwrap();
+    assert!(t(&newest) < t(NOW), "{newest}");
+
+    // A first start pinned in the year 2300: pinned again, 24 hours back.
+    let mut sim = sim_with(Service::Audit, 3);
+    let mut st = ServiceState::new(t(NOW));
+    st.initial_start = Some(t(YEAR_2300));
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    assert_eq!(svc(&sim.tick(audit_only(&[])).unwrap(), "audit").sent, 3);
+    assert_eq!(sim.op_starts, [rfc3339(t(NOW) - TimeDelta::hours(24))]);
+    assert_exactly_once(&sim, Service::Audit);
+}
+
+#[test]
+fn a_stored_lease_expiring_in_the_year_2300_does_not_defer_the_service() {
+    let mut sim = sim_with(Service::Audit, 3);
+    let mut st = ServiceState::new(sim.now);
+    // The longest lease any instance takes is obeyed...
+    let longest = sim.now + Lease::longest();
+    st.lease = Some(Lease { holder: "someone-else".into(), expires: longest });
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    let report = sim.tick(audit_only(&[])).unwrap();
+    let s = svc(&report, "audit");
+    assert_eq!(s.outcome, Outcome::Deferred);
+    assert_eq!(s.deferred_until.as_deref(), Some(rfc3339(longest).as_str()));
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    // ... one that ends in the year 2300 is taken as expired.
+    st.lease = Some(Lease { holder: "someone-else".into(), expires: t(YEAR_2300) });
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    let report = sim.tick(audit_only(&[])).unwrap();
+    let s = svc(&report, "audit");
+    assert_eq!((s.outcome, s.sent, &s.deferred_until), (Outcome::Delivered, 3, &None), "{s:?}");
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("audit holds a lease of another instance until 2300-01-01T00:00:00Z")
+            && report.warnings[0].contains("(100 minutes)"),
+        "{}",
+        report.warnings[0]
+    );
+    assert_eq!(state(&sim, Service::Audit).lease, None, "released");
+    assert_exactly_once(&sim, Service::Audit);
+}
+
+#[test]
+fn a_stored_back_off_until_the_year_2300_does_not_defer_the_service() {
+    let mut sim = sim_with(Service::Audit, 3);
+    let mut st = ServiceState::new(sim.now);
+    // A back-off as long as any is obeyed...
+    let longest = sim.now + crate::backoff::LONGEST;
+    st.backoff = Some(crate::backoff::Backoff { until: longest, attempts: 7 });
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    let report = sim.tick(audit_only(&[])).unwrap();
+    let s = svc(&report, "audit");
+    assert_eq!(s.outcome, Outcome::Deferred);
+    assert_eq!(s.deferred_until.as_deref(), Some(rfc3339(longest).as_str()));
+    // ... one until the year 2300 is ignored, and dropped from the record.
+    st.backoff = Some(crate::backoff::Backoff { until: t(YEAR_2300), attempts: 7 });
+    sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+    let report = sim.tick(audit_only(&[])).unwrap();
+    let s = svc(&report, "audit");
+    assert_eq!((s.outcome, s.sent, &s.deferred_until), (Outcome::Delivered, 3, &None), "{s:?}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("audit holds a back-off until 2300-01-01T00:00:00Z")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(state(&sim, Service::Audit).backoff, None);
+    assert_exactly_once(&sim, Service::Audit);
+}
+
+#[test]
+fn an_account_back_off_until_the_year_2300_does_not_stop_the_account() {
+    let mut sim = Sim::new(t(NOW));
+    for s in Service::ALL {
+        sim.generate(s, 2, t(NOW) - TimeDelta::hours(1), 1);
+    }
+    let budget = BudgetRecord {
+        backoff: Some(crate::backoff::Backoff { until: t(YEAR_2300), attempts: 1 }),
+        ..BudgetRecord::default()
+    };
+    sim.store.insert("budget/ACCOUNT1".into(), budget.encode());
+    let report = sim.tick(config(&[])).unwrap();
+    assert!(report.services.iter().all(|s| s.outcome == Outcome::Delivered), "{report:?}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("budget holds a back-off until 2300-01-01T00:00:00Z")),
+        "{:?}",
+        report.warnings
+    );
+    let stored = BudgetRecord::decode(sim.store.get("budget/ACCOUNT1").map(Vec::as_slice));
+    assert_eq!(stored.backoff, None, "dropped by the next spend");
+    for s in Service::ALL {
+        assert_exactly_once(&sim, s);
+    }
+}

@@ -6,8 +6,22 @@
 //! Only what is shown: the raw events go to Devo exactly as 1Password wrote
 //! them, offsets included, and stored identities (the checkpoint's
 //! `start_time_value`, a page's start) keep their own formats.
+//!
+//! Also how far ahead of this host's clock a time read from outside is
+//! believed: [`MAX_CLOCK_SKEW`].
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+/// How far ahead of this host's clock a time read from outside may be and
+/// still be believed: an event's `timestamp`, a stored lease's expiry, a
+/// stored back-off's end. Clocks of hosts and of 1Password differ by
+/// seconds, rarely by more, so an event a little "in the future" is normal
+/// and counts. A time further ahead is a bad timestamp, a corrupt record or
+/// a clock far off; trusting it would stall a service until then (a
+/// checkpoint read again from the future, a lease or back-off that never
+/// ends), so it is ignored and reported instead. Minutes, not hours: a
+/// stall this long is the most a bad time can cost.
+pub const MAX_CLOCK_SKEW: TimeDelta = TimeDelta::minutes(5);
 
 /// A time as shown to an operator: `2026-11-27T16:21:25Z` (fractions of a
 /// second are cut).

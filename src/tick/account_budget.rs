@@ -18,6 +18,7 @@ use crate::budget::{BudgetRecord, Refusal};
 use crate::error::CollectorError;
 use crate::http::{HttpFailure, HttpResponse};
 use crate::report::Outcome;
+use crate::time;
 
 impl Tick {
     // The token's account: the cached introspection, or a new one.
@@ -100,6 +101,14 @@ impl Tick {
             Err(detail) => self.fail_all(CollectorError::persistence("get", &detail)),
             Ok(bytes) => {
                 let budget = BudgetRecord::decode(bytes.as_deref());
+                if let Some(b) = budget.backoff.as_ref().filter(|b| b.implausible(self.now)) {
+                    // Not obeyed (`Backoff::pending`): it would stop the account forever.
+                    self.warn(format!(
+                        "the account's stored budget holds a back-off until {}, further ahead than any back-off lasts ({} minutes); it is ignored (a corrupt record, or a clock far ahead)",
+                        time::utc(b.until),
+                        crate::backoff::LONGEST.num_minutes()
+                    ));
+                }
                 // Only the account's back-off after a 429 stops every service
                 // here; a spent minute or hour is met by each service's own
                 // spend, on the record's value at that moment.

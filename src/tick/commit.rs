@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::service::Service;
 use crate::state::{ServiceState, StoredError};
-use crate::time;
+use crate::time::{self, MAX_CLOCK_SKEW};
 use chrono::{DateTime, Utc};
 
 impl Tick {
@@ -41,8 +41,9 @@ impl Tick {
         state.partial = None;
         state.backoff = None;
         state.stats.last_success_at = Some(now);
-        state.stats.pages += 1;
-        state.stats.bytes_sent += run.bytes_sent - run.bytes_counted;
+        // Saturating: the stored statistics are outside input too.
+        state.stats.pages = state.stats.pages.saturating_add(1);
+        state.stats.bytes_sent = state.stats.bytes_sent.saturating_add(run.bytes_sent - run.bytes_counted);
         state.lease = Some(lease);
         run.write_state(state)
     }
@@ -114,6 +115,16 @@ impl Tick {
     /// Reports the service's part; then the next service.
     pub(super) fn finish(&mut self, ending: Ending) {
         let run = self.run.take().expect("a service is running");
+        if run.future_events > 0 {
+            // Counted, never quoted: the events are the tenant's data.
+            self.warn(format!(
+                "{} event(s) of {} are dated more than {} minutes after this host's clock ({}); they were delivered as they are, but the checkpoint does not take them as its newest event. Check this host's clock, or 1Password's timestamps",
+                run.future_events,
+                run.service,
+                MAX_CLOCK_SKEW.num_minutes(),
+                time::utc(self.now)
+            ));
+        }
         let checkpoint = run.state.checkpoint.as_ref();
         let lag_seconds = checkpoint
             .and_then(|c| c.newest_event.as_deref())

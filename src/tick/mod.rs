@@ -227,6 +227,14 @@ impl Tick {
     fn running(&mut self) -> &mut ServiceRun {
         self.run.as_mut().expect("a service is running")
     }
+
+    /// Adds a warning to the report, once (a compare-and-swap may decide
+    /// again on the same record).
+    fn warn(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
 }
 
 /// Where the tick is: what `poll` does next, or which input `handle` awaits.
@@ -360,6 +368,9 @@ struct ServiceRun {
     deferred: Option<(DateTime<Utc>, String)>,
     /// `bytes_sent` already added to the stored statistics.
     bytes_counted: u64,
+    /// Events fetched whose time is further ahead than `MAX_CLOCK_SKEW`:
+    /// delivered, but not the checkpoint's newest (page.rs `prepare`).
+    future_events: u32,
 }
 
 impl ServiceRun {
@@ -382,6 +393,7 @@ impl ServiceRun {
             next: None,
             batches: VecDeque::new(),
             deferred: None,
+            future_events: 0,
         }
     }
 

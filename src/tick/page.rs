@@ -25,6 +25,7 @@ use crate::onepassword::{self, EventMeta, Page, PageStart};
 use crate::report::Outcome;
 use crate::service::Service;
 use crate::state::{Lease, ServiceState};
+use crate::time::{self, MAX_CLOCK_SKEW};
 use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::HashSet;
 
@@ -62,23 +63,34 @@ impl Tick {
 
     /// `Update::TakeLease`: the lease, unless another instance holds one or
     /// the service backs off after failures. Then the budget is spent.
+    ///
+    /// A lease or back-off further ahead than any lasts (a corrupt record, a
+    /// clock far ahead) is not obeyed, and said so in a warning: it would
+    /// defer the service forever.
     pub(super) fn take_lease(&mut self, mut state: ServiceState) -> Decision {
         let now = self.now;
         let lease = self.lease();
+        self.warn_implausible(&state);
         let run = self.running();
         if state.leased_to_other(&lease.holder, now) {
             let until = state.lease.as_ref().map_or(now, |l| l.expires);
             run.deferred = Some((until, "another instance is collecting this service".into()));
             return Decision::Skip(Step::Finish(Ending::of(Outcome::Deferred)));
         }
-        if let Some(b) = state.backoff.as_ref().filter(|b| b.until > now) {
-            let reason = format!("backing off after {} consecutive failure(s)", b.attempts);
-            run.deferred = Some((b.until, reason));
-            run.state = state;
-            return Decision::Skip(Step::Finish(Ending::of(Outcome::Deferred)));
+        if let Some(b) = state.backoff.as_ref() {
+            if let Some(until) = b.pending(now) {
+                let reason = format!("backing off after {} consecutive failure(s)", b.attempts);
+                run.deferred = Some((until, reason));
+                run.state = state;
+                return Decision::Skip(Step::Finish(Ending::of(Outcome::Deferred)));
+            }
+            if b.implausible(now) {
+                state.backoff = None;
+            }
         }
-        // Pinned at the first lease, so a retried first page is the same page.
-        if state.initial_start.is_none() {
+        // Pinned at the first lease, so a retried first page is the same page
+        // (pinned again if the stored one is in the future: nothing is there).
+        if state.initial_start.is_none_or(|t| t > now + MAX_CLOCK_SKEW) {
             state.initial_start = Some(now - DEFAULT_LOOKBACK);
         }
         state.lease = Some(lease);
@@ -104,11 +116,31 @@ impl Tick {
         Step::Finish(Ending::of(Outcome::Deferred))
     }
 
-    /// The lease this tick takes, and renews with every progress and commit.
-    /// It outlives the tick's deadline by a few requests' timeouts, so it
-    /// cannot expire under a tick that is still working.
+    /// Warns of a lease of another instance or a back-off in the service's
+    /// record that is further ahead than any lasts, and so is not obeyed.
+    fn warn_implausible(&mut self, state: &ServiceState) {
+        let now = self.now;
+        let service = self.running().service;
+        if let Some(l) = state.lease.as_ref().filter(|l| l.holder != self.me && l.implausible(now)) {
+            self.warn(format!(
+                "the stored state of {service} holds a lease of another instance until {}, further ahead than any instance takes one ({} minutes); it is taken as expired (a corrupt record, or a clock far ahead)",
+                time::utc(l.expires),
+                Lease::longest().num_minutes()
+            ));
+        }
+        if let Some(b) = state.backoff.as_ref().filter(|b| b.implausible(now)) {
+            self.warn(format!(
+                "the stored state of {service} holds a back-off until {}, further ahead than any back-off lasts ({} minutes); it is ignored (a corrupt record, or a clock far ahead)",
+                time::utc(b.until),
+                crate::backoff::LONGEST.num_minutes()
+            ));
+        }
+    }
+
+    /// The lease this tick takes, and renews with every progress and commit
+    /// ([`Lease::ttl`]).
     pub(super) fn lease(&self) -> Lease {
-        let ttl = self.config.tick_deadline + TimeDelta::milliseconds(4 * self.config.request_timeout_ms as i64);
+        let ttl = Lease::ttl(self.config.tick_deadline, self.config.request_timeout_ms);
         Lease { holder: self.me.clone(), expires: self.now + ttl }
     }
 
@@ -163,6 +195,7 @@ impl Tick {
     /// Turns a page into what delivery needs: the events to send, cut into
     /// batches, and the checkpoint to commit once Devo took them all.
     fn prepare(&mut self, page: Page) -> Step {
+        let now = self.now;
         let config = &self.config;
         let run = self.run.as_mut().expect("a service is running");
         let service = run.service;
@@ -197,7 +230,12 @@ impl Tick {
         for item in &page.items {
             let meta = EventMeta::of(item);
             if let Some((t, raw)) = meta.time() {
-                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                if t > now + MAX_CLOCK_SKEW {
+                    // Delivered as it is, but not the checkpoint's newest
+                    // event: a page read again from it would be empty until
+                    // that time (finish() warns).
+                    run.future_events += 1;
+                } else if newest.as_ref().is_none_or(|(n, _)| t > *n) {
                     newest = Some((t, raw));
                 }
             }
@@ -226,7 +264,7 @@ impl Tick {
             lines.push((line, meta.uuid));
         }
         let new_events = lines.len() as u64 + delivered_before;
-        run.next = Some(next_checkpoint(config, previous, newest, &page.cursor, page_uuids, new_events));
+        run.next = Some(next_checkpoint(config, previous, newest, &page.cursor, page_uuids, new_events, now));
         run.batches = batch_with_uuids(&lines, config);
         Step::Deliver
     }
@@ -246,7 +284,11 @@ pub(super) fn oldest_available(now: DateTime<Utc>) -> DateTime<Utc> {
 /// Continue from the stored cursor, unless there is none or the configured
 /// `start_time_value` changed since it was stored (Devo's way of asking for a
 /// re-ingest): then a reset cursor from the configured start. After a
-/// refused cursor, read again from the newest delivered event.
+/// refused cursor, read again from the newest delivered event, unless that
+/// is further ahead than [`MAX_CLOCK_SKEW`] (a record from before events were
+/// checked, or a corrupt one): a page from there would be empty until then,
+/// so the configured start is read again instead (repeats within the last
+/// uuids are skipped; older ones are sent again: a duplicate, not a loss).
 fn page_start(config: &Config, state: &ServiceState, now: DateTime<Utc>) -> PageStart {
     let configured = || {
         let start = config.start_time.or(state.initial_start).unwrap_or(now - DEFAULT_LOOKBACK);
@@ -256,8 +298,8 @@ fn page_start(config: &Config, state: &ServiceState, now: DateTime<Utc>) -> Page
         Some(cp) if cp.start_time_value == start_value(config) => match (&cp.cursor, &cp.newest_event) {
             (Some(cursor), _) => PageStart::Cursor(cursor.clone()),
             (None, Some(newest)) => match DateTime::parse_from_rfc3339(newest) {
-                Ok(t) => PageStart::From(t.with_timezone(&Utc)),
-                Err(_) => configured(),
+                Ok(t) if t.with_timezone(&Utc) <= now + MAX_CLOCK_SKEW => PageStart::From(t.with_timezone(&Utc)),
+                _ => configured(),
             },
             (None, None) => configured(),
         },
@@ -267,6 +309,9 @@ fn page_start(config: &Config, state: &ServiceState, now: DateTime<Utc>) -> Page
 
 /// The checkpoint after this page: its cursor, the newest event seen so far,
 /// the count and the uuids delivered. A changed configured start begins anew.
+/// `newest_in_page` is never further ahead of `now` than [`MAX_CLOCK_SKEW`]
+/// (`prepare` leaves such events out); a stored newest event that is gives
+/// way to it.
 fn next_checkpoint(
     config: &Config,
     previous: Option<&Checkpoint>,
@@ -274,13 +319,14 @@ fn next_checkpoint(
     cursor: &str,
     page_uuids: Vec<String>,
     new_events: u64,
+    now: DateTime<Utc>,
 ) -> Checkpoint {
     let reset = previous.is_some_and(|p| p.start_time_value != start_value(config));
     let previous_newest = previous.filter(|_| !reset).and_then(|p| p.newest_event.clone());
     let newest_event = match (newest_in_page, previous_newest) {
         (Some((t, raw)), Some(old)) => {
             let old_t = DateTime::parse_from_rfc3339(&old).ok().map(|o| o.with_timezone(&Utc));
-            if old_t.is_some_and(|o| o > t) {
+            if old_t.is_some_and(|o| o > t && o <= now + MAX_CLOCK_SKEW) {
                 Some(old)
             } else {
                 Some(raw)
@@ -293,7 +339,8 @@ fn next_checkpoint(
         cursor: Some(cursor.to_string()),
         start_time_value: start_value(config),
         newest_event,
-        total_sent: previous.map_or(0, |p| p.total_sent) + new_events,
+        // Saturating: the stored count is outside input too.
+        total_sent: previous.map_or(0, |p| p.total_sent).saturating_add(new_events),
         recent_uuids: previous.filter(|_| !reset).map(|p| p.recent_uuids.clone()).unwrap_or_default(),
     };
     next.remember(page_uuids);
