@@ -9,13 +9,15 @@
 //!   outbound HTTP policy);
 //! * [`kv`]: where a tenant's key-value pairs live (a backend trait and its
 //!   SQLite backend);
-//! * [`tenant`]: the tenants file; [`schedule`]: cron schedules;
+//! * [`tenant`]: the tenants file; [`host_settings`]: its `[host]` section,
+//!   the operator's ceilings; [`schedule`]: cron schedules;
 //!   [`shard`]: which tenants a process ticks when replicas split them;
 //!   [`status`]: what the stored state says, without running the component;
 //! * [`telemetry`]: Prometheus metrics, health and readiness over HTTP.
 
 mod bindings;
 pub mod host;
+pub mod host_settings;
 pub mod kv;
 pub mod runtime;
 pub mod schedule;

@@ -18,24 +18,41 @@
 //! or `rediss://…` (TLS), shared by tenants and replicas: each tenant's keys
 //! then start with `kv_prefix` (default `onepassword-collector/<name>/`).
 //!
-//! A tenant may override the runtime's per-instance limits:
+//! The operator's `[host]` section ([`crate::host_settings`]) sets the
+//! ceilings; a tenant may lower the runtime's per-instance limits, never
+//! raise them (a value above the host's ceiling is refused):
 //! ```toml
 //! [tenants.acme.limits]
-//! memory_mib = 32      # linear memory of one instance
-//! cpu_ms = 5000        # guest CPU time of one tick
-//! wall_ms = 150000     # wall-clock time of one tick
+//! memory_mib = 8       # linear memory of one instance
+//! cpu_ms = 2000        # guest CPU time of one tick
+//! wall_ms = 60000      # wall-clock time of one tick
 //! ```
+//!
+//! Tenants do not trust each other: a name holds only letters, digits, `-`
+//! and `_`; a SQLite `kv` is resolved to its real absolute path and refused
+//! when it is, or may be, another tenant's file (see `tenant/store_path.rs`),
+//! or a SQLite `file:` URI; `Debug` shows no secret variable.
 
+mod store_path;
+
+use self::store_path::StoreFile;
+use crate::host_settings::{Ceiling, HostFile, HostSettings};
 use crate::kv::{KvLocation, RedisLocation};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The longest tenant name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// One tenant. `Debug` shows its variables with every secret's value
+/// replaced (see [`Tenant::is_secret_variable`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Tenant {
     pub name: String,
     /// Cron expression with a seconds field, as Spin's cron trigger takes.
@@ -52,7 +69,8 @@ pub struct Tenant {
     pub limits: TenantLimits,
 }
 
-/// Per-tenant overrides of [`crate::runtime::Limits`].
+/// A tenant's own limits, each at most the runtime's
+/// [`crate::runtime::Limits`] (the host's ceilings).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TenantLimits {
     /// Linear memory of one instance (`memory_mib`).
@@ -64,6 +82,15 @@ pub struct TenantLimits {
 }
 
 impl Tenant {
+    /// True for a variable whose value is a secret: the collector's secret
+    /// keys (`token`, `devo_token`, `obfuscation_key`), and, to be safe,
+    /// any other key whose name speaks of a token, key, secret or password.
+    pub fn is_secret_variable(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        onepassword_collector::config::SECRET_KEYS.contains(&key.as_str())
+            || ["token", "key", "secret", "password"].iter().any(|word| key.contains(word))
+    }
+
     /// The base URLs outbound requests may go to.
     pub fn outbound_urls(&self) -> Vec<&str> {
         match &self.allowed_outbound_hosts {
@@ -75,9 +102,39 @@ impl Tenant {
     }
 }
 
+/// A value as `Debug` may show it: a secret's replaced, and a Devo token
+/// in a URL's path (`…/token!…`) too.
+fn shown(key: &str, value: &str) -> String {
+    if Tenant::is_secret_variable(key) {
+        "<redacted>".to_string()
+    } else {
+        onepassword_collector::http::redact_path(value)
+    }
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let variables: BTreeMap<&str, String> = self.variables.iter().map(|(k, v)| (k.as_str(), shown(k, v))).collect();
+        let hosts: Option<Vec<String>> = self
+            .allowed_outbound_hosts
+            .as_ref()
+            .map(|urls| urls.iter().map(|u| onepassword_collector::http::redact_path(u)).collect());
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .field("schedule", &self.schedule)
+            .field("kv", &self.kv)
+            .field("variables", &variables)
+            .field("allowed_outbound_hosts", &hosts)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    #[serde(default)]
+    host: HostFile,
     tenants: BTreeMap<String, TenantFile>,
 }
 
@@ -105,38 +162,48 @@ struct LimitsFile {
 }
 
 impl LimitsFile {
-    fn check(self, name: &str) -> anyhow::Result<TenantLimits> {
-        let within = |key: &str, value: Option<u64>, min: u64, max: u64| -> anyhow::Result<Option<u64>> {
+    /// The tenant's limits, each from 1 to the host's ceiling.
+    fn check(self, name: &str, host: &HostSettings) -> anyhow::Result<TenantLimits> {
+        let within = |value: Option<u64>, ceiling: Ceiling| -> anyhow::Result<Option<u64>> {
+            let Ceiling { key, value: max } = ceiling;
             match value {
-                Some(v) if !(min..=max).contains(&v) => {
-                    bail!("tenant {name}: limits.{key} must be from {min} to {max}, not {v}")
+                Some(0) => bail!("tenant {name}: limits.{key} must be at least 1"),
+                Some(v) if v > max => {
+                    bail!("tenant {name}: limits.{key} = {v} is above the host's ceiling {key} = {max} ([host])")
                 }
                 v => Ok(v),
             }
         };
         Ok(TenantLimits {
-            memory_bytes: within("memory_mib", self.memory_mib, 1, 4096)?.map(|m| (m as usize) << 20),
-            cpu_time: within("cpu_ms", self.cpu_ms, 1, 3_600_000)?.map(Duration::from_millis),
-            wall_deadline: within("wall_ms", self.wall_ms, 1, 86_400_000)?.map(Duration::from_millis),
+            memory_bytes: within(self.memory_mib, host.memory_mib())?.map(|m| (m as usize) << 20),
+            cpu_time: within(self.cpu_ms, host.cpu_ms())?.map(Duration::from_millis),
+            wall_deadline: within(self.wall_ms, host.wall_ms())?.map(Duration::from_millis),
         })
     }
 }
 
-/// `path` with `.` and `..` resolved lexically, to compare store files.
-fn normalized(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other),
-        }
+/// A tenant's name is part of file paths, Redis keys, metric labels and log
+/// lines: letters, digits, `-` and `_` only.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(allowed) {
+        bail!(
+            "tenant {name:?}: a tenant name holds 1 to {MAX_NAME_LEN} letters (a-z, A-Z), digits, '-' and '_', nothing else"
+        );
     }
-    out
+    Ok(())
+}
+
+/// A SQLite `kv` as the store the tenant will really open: its resolved
+/// absolute path. SQLite `file:` URIs (which could name another file,
+/// shared memory or options) are refused.
+fn sqlite_store(name: &str, kv: &str, base: &Path) -> anyhow::Result<StoreFile> {
+    if kv.trim_start().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("file:")) {
+        bail!("tenant {name}: kv {kv:?} is a SQLite URI (file:…): give the path of a file");
+    }
+    let path = store_path::resolve(&base.join(kv))
+        .with_context(|| format!("tenant {name}: kv {kv:?}: cannot resolve the path"))?;
+    Ok(StoreFile::new(path))
 }
 
 /// `text`, or the environment variable it names when its whole value is
@@ -149,34 +216,50 @@ fn from_env(text: &str, env: &impl Fn(&str) -> Option<String>, what: impl Fn() -
     }
 }
 
-/// True when two tenants' stores could see each other's keys: the same
-/// SQLite file, or prefixes of one Redis of which one starts the other.
-fn overlap(a: &KvLocation, b: &KvLocation) -> bool {
-    match (a, b) {
-        (KvLocation::Sqlite(a), KvLocation::Sqlite(b)) => normalized(a) == normalized(b),
-        (KvLocation::Redis(a), KvLocation::Redis(b)) => {
-            a.same_server(b) && (a.prefix().starts_with(b.prefix()) || b.prefix().starts_with(a.prefix()))
-        }
-        _ => false,
-    }
+/// True when two tenants' Redis stores could see each other's keys:
+/// prefixes of one Redis database of which one starts the other.
+fn redis_overlap(a: &RedisLocation, b: &RedisLocation) -> bool {
+    a.same_server(b) && (a.prefix().starts_with(b.prefix()) || b.prefix().starts_with(a.prefix()))
 }
 
 /// Loads every tenant of a config file; relative `kv` paths are relative to
 /// the file. `env` resolves `${NAME}` references (the process environment
-/// in production, a map in tests).
+/// in production, a map in tests). The `[host]` section is checked, and
+/// each tenant's limits against it; [`load_config`] also returns it.
 pub fn load_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Tenant>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    parse(&text, base, env).with_context(|| format!("in config file {}", path.display()))
+    load_config(path, env).map(|(_, tenants)| tenants)
 }
 
+/// The config file's `[host]` section (the operator's ceilings) and its
+/// tenants, as [`load_file`] loads them.
+pub fn load_config(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_config(&text, base, env).with_context(|| format!("in config file {}", path.display()))
+}
+
+/// The tenants of a config file's text; `base` is the folder relative `kv`
+/// paths start from.
 pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Tenant>> {
+    parse_config(text, base, env).map(|(_, tenants)| tenants)
+}
+
+/// The `[host]` section and the tenants of a config file's text.
+pub fn parse_config(
+    text: &str,
+    base: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
     let file: FileConfig = toml::from_str(text).context("not a valid harness config")?;
+    let host = file.host.check()?;
     if file.tenants.is_empty() {
         bail!("no [tenants.NAME] table: add at least one tenant");
     }
     let mut tenants: Vec<Tenant> = Vec::new();
+    // The SQLite tenants' stores, by tenant, to compare the next ones with.
+    let mut files: Vec<(String, StoreFile)> = Vec::new();
     for (name, t) in file.tenants {
+        check_name(&name)?;
         let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
         crate::schedule::parse(&schedule).with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
         let kv = t.kv.unwrap_or_else(|| format!("state/{name}.sqlite"));
@@ -190,25 +273,43 @@ pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> a
             };
             variables.insert(key.clone(), from_env(&text, &env, || format!("tenant {name}: variable {key}"))?);
         }
-        let limits = t.limits.check(&name)?;
+        let limits = t.limits.check(&name, &host)?;
         let kv = from_env(&kv, &env, || format!("tenant {name}: kv"))?;
         if kv.trim().is_empty() {
             bail!("tenant {name}: kv is empty: give a SQLite file or a redis:// URL");
         }
+        // A tenant's checkpoints are its own: no two tenants share a file,
+        // nor keys of one Redis.
         let kv = if RedisLocation::is_redis_url(&kv) {
             let prefix = t.kv_prefix.unwrap_or_else(|| format!("onepassword-collector/{name}/"));
-            KvLocation::Redis(RedisLocation::new(&kv, &prefix).map_err(|e| anyhow::anyhow!("tenant {name}: kv: {e}"))?)
+            let location = RedisLocation::new(&kv, &prefix).map_err(|e| anyhow::anyhow!("tenant {name}: kv: {e}"))?;
+            let location = KvLocation::Redis(location);
+            let shared = tenants.iter().find(|o| match (&o.kv, &location) {
+                (KvLocation::Redis(a), KvLocation::Redis(b)) => redis_overlap(a, b),
+                _ => false,
+            });
+            if let Some(other) = shared {
+                bail!("tenants {} and {name} use the same kv store {location:?}: give each its own", other.name);
+            }
+            location
         } else {
             if t.kv_prefix.is_some() {
                 bail!("tenant {name}: kv_prefix applies to a Redis kv (redis://…) only");
             }
-            KvLocation::Sqlite(base.join(kv))
+            let store = sqlite_store(&name, &kv, base)?;
+            for (other, theirs) in &files {
+                if let Some(why) = store.clash(theirs) {
+                    bail!(
+                        "tenants {other} and {name} use the same kv store ({why}: {} and {}): give each its own",
+                        theirs.path().display(),
+                        store.path().display()
+                    );
+                }
+            }
+            let location = KvLocation::Sqlite(store.path().to_path_buf());
+            files.push((name.clone(), store));
+            location
         };
-        // A tenant's checkpoints are its own: no two tenants share a file,
-        // nor keys of one Redis.
-        if let Some(other) = tenants.iter().find(|o| overlap(&o.kv, &kv)) {
-            bail!("tenants {} and {name} use the same kv store {kv:?}: give each its own", other.name);
-        }
         tenants.push(Tenant {
             name,
             schedule,
@@ -218,7 +319,7 @@ pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> a
             limits,
         });
     }
-    Ok(tenants)
+    Ok((host, tenants))
 }
 
 #[cfg(test)]
@@ -252,6 +353,8 @@ mod tests {
     #[test]
     fn limits_are_per_tenant_and_checked() {
         let text = r#"
+            [host]
+            memory_mib = 64
             [tenants.a.limits]
             memory_mib = 32
             cpu_ms = 2000
@@ -280,6 +383,122 @@ mod tests {
         for bad in ["wall_ms = -1", "memory_mb = 16", "memory_mib = \"16\""] {
             assert!(parse(&format!("[tenants.a.limits]\n{bad}"), Path::new("."), |_| None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_host_section_sets_ceilings_tenants_may_only_lower() {
+        let host = "[host]\nmemory_mib = 32\ncpu_ms = 1000\nwall_ms = 60000\nstate_keys = 50\n";
+        let (h, t) = parse_config(
+            &format!("{host}[tenants.a.limits]\nmemory_mib = 32\ncpu_ms = 500\nwall_ms = 1000\n[tenants.b]"),
+            Path::new("/h"),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(h.limits.memory_bytes, 32 << 20);
+        assert_eq!(h.limits.state.keys, 50);
+        assert_eq!(t[0].limits.memory_bytes, Some(32 << 20), "equal to the ceiling is allowed");
+        assert_eq!(t[1].limits, TenantLimits::default());
+        for (over, says) in [
+            (
+                "memory_mib = 64",
+                "tenant acme: limits.memory_mib = 64 is above the host's ceiling memory_mib = 32 ([host])",
+            ),
+            ("cpu_ms = 1001", "tenant acme: limits.cpu_ms = 1001 is above the host's ceiling cpu_ms = 1000 ([host])"),
+            ("wall_ms = 3600000", "limits.wall_ms = 3600000 is above the host's ceiling wall_ms = 60000 ([host])"),
+        ] {
+            let e = parse(&format!("{host}[tenants.acme.limits]\n{over}"), Path::new("/h"), |_| None).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{over}: {e:#}");
+        }
+        // without a [host] section the ceilings are the defaults
+        let e = parse("[tenants.acme.limits]\nmemory_mib = 17", Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("ceiling memory_mib = 16"), "{e:#}");
+        let (h, _) = parse_config("[tenants.a]", Path::new("/h"), |_| None).unwrap();
+        assert_eq!(h, HostSettings::default());
+        let e = parse("[host]\nmemory_mib = 0\n[tenants.a]", Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("[host] memory_mib"), "{e:#}");
+        assert!(parse("[host]\nmemroy_mib = 8\n[tenants.a]", Path::new("/h"), |_| None).is_err());
+    }
+
+    #[test]
+    fn tenant_names_are_letters_digits_dashes_and_underscores() {
+        assert!(parse("[tenants.Acme-prod_2]", Path::new("/h"), |_| None).is_ok());
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        for bad in ["\"a/b\"", "\"../x\"", "\"a b\"", "\"\"", "\"acmé\"", "\"a.b\"", "\"a\\nb\"", long.as_str()] {
+            let e = parse(&format!("[tenants.{bad}]"), Path::new("/h"), |_| None).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(text.contains("letters (a-z, A-Z), digits, '-' and '_'"), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn sqlite_uris_are_refused() {
+        for bad in ["file:x.db", "FILE:x.db", "File:/tmp/other.sqlite?mode=rw", " file::memory:"] {
+            let e = parse(&format!("[tenants.a]\nkv = {bad:?}"), Path::new("/h"), |_| None).unwrap_err();
+            assert!(format!("{e:#}").contains("SQLite URI"), "{bad}: {e:#}");
+        }
+        // a file whose name merely contains "file:" elsewhere is a path
+        let t = parse("[tenants.a]\nkv = \"state/my-file:1.sqlite\"", Path::new("/h"), |_| None).unwrap();
+        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/h/state/my-file:1.sqlite"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_kv_that_is_another_tenants_file_by_any_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = store_path::resolve(dir.path()).unwrap();
+        std::fs::create_dir(base.join("state")).unwrap();
+        std::fs::write(base.join("state/a.sqlite"), b"").unwrap();
+        std::os::unix::fs::symlink(base.join("state"), base.join("link")).unwrap();
+        std::fs::hard_link(base.join("state/a.sqlite"), base.join("hard.sqlite")).unwrap();
+        std::os::unix::fs::symlink("state/new.sqlite", base.join("dangling.sqlite")).unwrap();
+        let pair = |other: &str, b: &str| format!("[tenants.a]\nkv = {other:?}\n[tenants.b]\nkv = {b:?}");
+        for (a, b, why) in [
+            ("state/a.sqlite", "link/a.sqlite", "the same file"),
+            ("state/a.sqlite", "hard.sqlite", "on disk"),
+            ("state/a.sqlite", "nowhere/../state/a.sqlite", "the same file"),
+            ("state/a.sqlite", "link/../state/./a.sqlite", "the same file"),
+            ("state/a.sqlite", "STATE/A.sqlite", "letter case"),
+            ("state/a.sqlite", "state/a.sqlite-wal", "side file"),
+            // a link to a file that does not exist yet
+            ("state/new.sqlite", "dangling.sqlite", "the same file"),
+        ] {
+            let e = parse(&pair(a, b), &base, |_| None).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(text.contains("tenants a and b use the same kv store") && text.contains(why), "{a} {b}: {text}");
+        }
+        // an absolute path through the link is another name too
+        let absolute = base.join("link/a.sqlite");
+        let e = parse(&pair("state/a.sqlite", absolute.to_str().unwrap()), &base, |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("the same file"), "{e:#}");
+        // (a relative kv is relative to the config file's folder)
+        assert!(parse(&pair("state/a.sqlite", absolute.to_str().unwrap()), Path::new("/elsewhere"), |_| None).is_ok());
+        // the stored path is the resolved one
+        let t = parse("[tenants.a]\nkv = \"link/./x/../a.sqlite\"", &base, |_| None).unwrap();
+        assert_eq!(t[0].kv.sqlite_path().unwrap(), base.join("state/a.sqlite"));
+        assert!(parse(&pair("state/a.sqlite", "state/b.sqlite"), &base, |_| None).is_ok());
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let text = r#"
+            [tenants.acme]
+            allowed_outbound_hosts = ["https://collector-us.devo.io/stream/token!devoSecretInUrl1"]
+            [tenants.acme.variables]
+            token = "opSecretToken1"
+            devo_token = "devoSecretToken1"
+            obfuscation_key = "obfuscationSecret1"
+            devo_url = "https://collector-us.devo.io/stream/token!devoSecretInUrl1"
+            some_api_key = "anotherSecret1"
+            base_url = "https://events.1password.com"
+        "#;
+        let t = parse(text, Path::new("/h"), |_| None).unwrap();
+        let shown = format!("{:?} {:#?}", t[0], t);
+        for secret in ["opSecretToken1", "devoSecretToken1", "obfuscationSecret1", "devoSecretInUrl1", "anotherSecret1"]
+        {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("https://events.1password.com") && shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("token!<redacted>"), "{shown}");
     }
 
     #[test]

@@ -12,8 +12,9 @@ mod output;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
+use host_harness::host_settings::HostSettings;
 use host_harness::kv::Stores;
-use host_harness::runtime::{default_component_path, CompileCache, Limits, Runtime, RuntimeOptions};
+use host_harness::runtime::{default_component_path, CompileCache, Runtime, RuntimeOptions};
 use host_harness::shard::Shard;
 use host_harness::telemetry::{self, Telemetry};
 use host_harness::tenant;
@@ -49,10 +50,11 @@ struct Setup {
 }
 
 impl Setup {
-    fn runtime(&self) -> anyhow::Result<Runtime> {
+    /// The runtime, under the limits of the config's `[host]` section.
+    fn runtime(&self, host: &HostSettings) -> anyhow::Result<Runtime> {
         let component = self.component.clone().unwrap_or_else(default_component_path);
         let cache = self.compile_cache.clone().map_or(CompileCache::NextToComponent, CompileCache::Dir);
-        Runtime::with_options(&component, RuntimeOptions { limits: Limits::default(), cache })
+        Runtime::with_options(&component, RuntimeOptions { limits: host.limits.clone(), cache })
     }
 }
 
@@ -125,13 +127,14 @@ enum Command {
     },
 }
 
-fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<Vec<tenant::Tenant>> {
-    let mut tenants = tenant::load_file(config, |n| std::env::var(n).ok())?;
+/// The config's `[host]` section and its tenants (or only `only`).
+fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<(HostSettings, Vec<tenant::Tenant>)> {
+    let (host, mut tenants) = tenant::load_config(config, |n| std::env::var(n).ok())?;
     if let Some(name) = only {
         tenants.retain(|t| t.name == name);
         anyhow::ensure!(!tenants.is_empty(), "no tenant named {name:?} in {}", config.display());
     }
-    Ok(tenants)
+    Ok((host, tenants))
 }
 
 #[tokio::main]
@@ -156,8 +159,8 @@ fn exit(ok: bool) -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tick { setup, tenant: only, concurrency, output } => {
-            let tenants = load_tenants(&setup.config, only.as_deref())?;
-            let runtime = setup.runtime()?;
+            let (host, tenants) = load_tenants(&setup.config, only.as_deref())?;
+            let runtime = setup.runtime(&host)?;
             let ticks = runtime.tick_all(&tenants, concurrency).await;
             match output.resolve() {
                 OutputFormat::Json => ticks.iter().for_each(|t| println!("{}", t.to_json())),
@@ -166,8 +169,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(exit(ticks.iter().all(|t| t.ok())))
         }
         Command::Validate { setup, tenant: only, output } => {
-            let tenants = load_tenants(&setup.config, only.as_deref())?;
-            let runtime = setup.runtime()?;
+            let (host, tenants) = load_tenants(&setup.config, only.as_deref())?;
+            let runtime = setup.runtime(&host)?;
             let mut all_ok = true;
             for t in &tenants {
                 let checks = runtime.validate(t).await;
@@ -181,6 +184,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(exit(all_ok))
         }
         Command::Run { setup, shard, listen, grace_period, unready_after, log_format } => {
+            // The [host] section is read once: a change takes a restart (a
+            // reload says so). The tenants are loaded again by `run`.
+            let (host, _) = load_tenants(&setup.config, None)?;
             let telemetry = Arc::new(Telemetry::new(unready_after));
             if let Some(addr) = listen {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -193,9 +199,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
-            let runtime = setup.runtime()?;
+            let runtime = setup.runtime(&host)?;
             let options = run::RunOptions {
                 config: setup.config.clone(),
+                host,
                 shard,
                 grace: Duration::from_secs(grace_period),
                 logger: Logger::new(log_format),

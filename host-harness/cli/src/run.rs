@@ -10,13 +10,17 @@
 //! - SIGHUP reloads the tenants file. New tenants start on their schedule,
 //!   removed ones stop after their in-flight tick, changed ones tick with the
 //!   new settings from their next firing. A file that does not load changes
-//!   nothing; the log says why.
+//!   nothing; the log says why. The `[host]` section is not reloaded: the
+//!   runtime keeps the ceilings it started with (tenants are held to them
+//!   whatever the new file says), and a changed section is logged as
+//!   needing a restart.
 //! - SIGTERM or SIGINT: no new ticks; ticks in flight get the grace period to
 //!   finish, then the process exits 0. A tick cut by the grace period loses
 //!   nothing: its checkpoint had not advanced.
 
 use crate::log::{Level, Logger};
 use chrono::{SecondsFormat, Utc};
+use host_harness::host_settings::HostSettings;
 use host_harness::runtime::{Runtime, TenantTick};
 use host_harness::schedule;
 use host_harness::shard::Shard;
@@ -33,6 +37,8 @@ use tokio_util::task::TaskTracker;
 /// What `run` was asked to do.
 pub struct RunOptions {
     pub config: PathBuf,
+    /// The `[host]` section the runtime was built with.
+    pub host: HostSettings,
     pub shard: Option<Shard>,
     /// How long in-flight ticks may take to finish once a stop is asked.
     pub grace: Duration,
@@ -58,17 +64,18 @@ struct Worker {
     settings: watch::Sender<Tenant>,
 }
 
-/// The tenants of the file that this process runs (its shard's, or all).
-fn load(options: &RunOptions) -> anyhow::Result<Vec<Tenant>> {
-    let mut tenants = tenant::load_file(&options.config, |n| std::env::var(n).ok())?;
+/// The file's `[host]` section and the tenants that this process runs (its
+/// shard's, or all).
+fn load(options: &RunOptions) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
+    let (host, mut tenants) = tenant::load_config(&options.config, |n| std::env::var(n).ok())?;
     if let Some(shard) = options.shard {
         tenants.retain(|t| shard.owns(&t.name));
     }
-    Ok(tenants)
+    Ok((host, tenants))
 }
 
 pub async fn run(runtime: Runtime, options: RunOptions) -> anyhow::Result<()> {
-    let tenants = load(&options)?;
+    let (_, tenants) = load(&options)?;
     let cx = Context {
         runtime,
         logger: options.logger.clone(),
@@ -155,7 +162,14 @@ fn finished(cx: &Context, tick: &TenantTick, fired_at: chrono::DateTime<Utc>) {
 /// Applies a new tenants file, or keeps the old one when it does not load.
 fn reload(cx: &Context, options: &RunOptions, workers: &mut BTreeMap<String, Worker>) {
     let tenants = match load(options) {
-        Ok(tenants) => tenants,
+        Ok((host, tenants)) => {
+            if host != options.host {
+                let why = "the [host] section changed: it applies after a restart; until then the ceilings the \
+                           process started with stay, and every tenant is held to them";
+                cx.logger.log(Level::Warn, None, why, &[]);
+            }
+            tenants
+        }
         Err(e) => {
             cx.telemetry.reload(false);
             let why = format!("reload failed, nothing changed: {e:#}");

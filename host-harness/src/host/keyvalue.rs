@@ -6,12 +6,20 @@
 //! holding the value it read; the swap writes only if the store still holds
 //! that value (the backend checks atomically).
 //!
+//! What a tenant may store is bounded ([`StateLimits`], the config's
+//! `[host]` `state_value_bytes` and `state_keys`): a larger value, a longer
+//! key or a key beyond the store's limit is refused with a store error that
+//! names the limit, and nothing is written. So are the handles an instance
+//! may hold open at once (buckets, swaps: [`MAX_OPEN_HANDLES`] of each).
+//!
 //! Tests can make any operation fail or stop the instance ([`KvFaultHook`]),
 //! which is how the fault matrix reaches the store without a broken disk.
 
 use crate::bindings::wasi::keyvalue::atomics as wit_atomics;
 use crate::bindings::wasi::keyvalue::store as wit_store;
 use crate::kv::{KvBackend, KvLocation, Stores};
+use crate::runtime::StateLimits;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +29,13 @@ use wit_store::Error;
 
 /// The only bucket a component may open.
 pub const BUCKET: &str = "default";
+
+/// Buckets, and separately swap handles, one instance may hold open at once.
+pub const MAX_OPEN_HANDLES: usize = 64;
+
+/// The longest key a tenant may write, in bytes (the collector's are a few
+/// dozen).
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The key-value bucket resource handed to the guest.
 pub struct Bucket;
@@ -58,17 +73,41 @@ pub enum KvFault {
 pub type KvFaultHook = Arc<dyn Fn(KvOp, &str) -> Option<KvFault> + Send + Sync>;
 
 /// One instance's key-value state: where its store is, the store once
-/// opened, and the faults to inject.
+/// opened, what it may hold, and the faults to inject.
 pub struct KeyValueCtx {
     stores: Arc<Stores>,
     location: KvLocation,
     backend: Option<Box<dyn KvBackend>>,
     faults: Option<KvFaultHook>,
+    limits: StateLimits,
+    /// Keys this instance has seen in the store (read or written).
+    present: HashSet<String>,
+    /// Every key of the store, listed at the first write of a key not known
+    /// to be there (at most once per instance, so once per tick), then kept
+    /// up to date by this instance's writes and deletes.
+    listed: Option<HashSet<String>>,
+    open_buckets: usize,
+    open_swaps: usize,
 }
 
 impl KeyValueCtx {
-    pub fn new(stores: Arc<Stores>, location: KvLocation, faults: Option<KvFaultHook>) -> KeyValueCtx {
-        KeyValueCtx { stores, location, backend: None, faults }
+    pub fn new(
+        stores: Arc<Stores>,
+        location: KvLocation,
+        limits: StateLimits,
+        faults: Option<KvFaultHook>,
+    ) -> KeyValueCtx {
+        KeyValueCtx {
+            stores,
+            location,
+            backend: None,
+            faults,
+            limits,
+            present: HashSet::new(),
+            listed: None,
+            open_buckets: 0,
+            open_swaps: 0,
+        }
     }
 
     /// The tenant's store, opened (and created) on first use: a tick that
@@ -89,7 +128,61 @@ impl KeyValueCtx {
     }
 
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.run(|kv| kv.get(key)).await
+        let value = self.run(|kv| kv.get(key)).await?;
+        if value.is_some() {
+            self.present.insert(key.to_string());
+        }
+        Ok(value)
+    }
+
+    /// Whether writing `value_bytes` to `key` stays within the tenant's
+    /// [`StateLimits`]: the value's size, the key's length and, for a key
+    /// not in the store yet, the number of keys.
+    async fn admit(&mut self, key: &str, value_bytes: usize) -> Result<(), Error> {
+        let limits = self.limits;
+        if value_bytes > limits.value_bytes {
+            return Err(Error::Other(format!(
+                "value of {value_bytes} bytes refused: the host allows at most {} bytes per value (state_value_bytes)",
+                limits.value_bytes
+            )));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(Error::Other(format!(
+                "key of {} bytes refused: the host allows keys of at most {MAX_KEY_BYTES} bytes",
+                key.len()
+            )));
+        }
+        if self.present.contains(key) {
+            return Ok(());
+        }
+        if self.listed.is_none() {
+            let keys = self.run(|kv| kv.keys()).await?;
+            self.listed = Some(keys.into_iter().collect());
+        }
+        let listed = self.listed.as_ref().expect("just listed");
+        if listed.contains(key) || listed.len() < limits.keys {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "new key refused: the store already holds {} keys, the most the host allows (state_keys)",
+            listed.len()
+        )))
+    }
+
+    /// `key` is in the store now.
+    fn written(&mut self, key: &str) {
+        if let Some(listed) = &mut self.listed {
+            listed.insert(key.to_string());
+        }
+        self.present.insert(key.to_string());
+    }
+
+    /// `key` is no longer in the store.
+    fn deleted(&mut self, key: &str) {
+        if let Some(listed) = &mut self.listed {
+            listed.remove(key);
+        }
+        self.present.remove(key);
     }
 
     /// What the fault hook says of this operation, if anything.
@@ -143,7 +236,14 @@ impl wit_store::Host for KeyValue<'_> {
         if let Err(e) = self.ctx.backend().await {
             return Ok(Err(e));
         }
-        Ok(Ok(self.table.push(Bucket)?))
+        if self.ctx.open_buckets >= MAX_OPEN_HANDLES {
+            return Ok(Err(Error::Other(format!(
+                "too many open buckets: the host allows {MAX_OPEN_HANDLES} at once; drop one first"
+            ))));
+        }
+        let bucket = self.table.push(Bucket)?;
+        self.ctx.open_buckets += 1;
+        Ok(Ok(bucket))
     }
 }
 
@@ -159,11 +259,22 @@ impl wit_store::HostBucket for KeyValue<'_> {
         if let Some(e) = self.ctx.fault(KvOp::Set, &key)? {
             return Ok(Err(e));
         }
-        Ok(self.ctx.run(|kv| kv.set(&key, &value)).await)
+        if let Err(e) = self.ctx.admit(&key, value.len()).await {
+            return Ok(Err(e));
+        }
+        let result = self.ctx.run(|kv| kv.set(&key, &value)).await;
+        if result.is_ok() {
+            self.ctx.written(&key);
+        }
+        Ok(result)
     }
 
     async fn delete(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.ctx.run(|kv| kv.delete(&key)).await)
+        let result = self.ctx.run(|kv| kv.delete(&key)).await;
+        if result.is_ok() {
+            self.ctx.deleted(&key);
+        }
+        Ok(result)
     }
 
     async fn exists(&mut self, _: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, Error>> {
@@ -182,6 +293,7 @@ impl wit_store::HostBucket for KeyValue<'_> {
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
         self.table.delete(bucket)?;
+        self.ctx.open_buckets = self.ctx.open_buckets.saturating_sub(1);
         Ok(())
     }
 }
@@ -191,8 +303,17 @@ impl wit_atomics::HostCas for KeyValue<'_> {
         if let Some(e) = self.ctx.fault(KvOp::CasRead, &key)? {
             return Ok(Err(e));
         }
+        if self.ctx.open_swaps >= MAX_OPEN_HANDLES {
+            return Ok(Err(Error::Other(format!(
+                "too many compare-and-swap handles open: the host allows {MAX_OPEN_HANDLES} at once; drop one first"
+            ))));
+        }
         match self.ctx.get(&key).await {
-            Ok(seen) => Ok(Ok(self.table.push(CasHandle { key, seen })?)),
+            Ok(seen) => {
+                let cas = self.table.push(CasHandle { key, seen })?;
+                self.ctx.open_swaps += 1;
+                Ok(Ok(cas))
+            }
             Err(e) => Ok(Err(e)),
         }
     }
@@ -203,6 +324,7 @@ impl wit_atomics::HostCas for KeyValue<'_> {
 
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
         self.table.delete(cas)?;
+        self.ctx.open_swaps = self.ctx.open_swaps.saturating_sub(1);
         Ok(())
     }
 }
@@ -217,22 +339,41 @@ impl wit_atomics::Host for KeyValue<'_> {
         if let Some(e) = self.ctx.fault(KvOp::Set, &key)? {
             return Ok(Err(e));
         }
-        Ok(self.ctx.run(|kv| kv.increment(&key, delta)).await)
+        // The counter's text is at most 20 bytes: only the key counts.
+        if let Err(e) = self.ctx.admit(&key, 0).await {
+            return Ok(Err(e));
+        }
+        let result = self.ctx.run(|kv| kv.increment(&key, delta)).await;
+        if result.is_ok() {
+            self.ctx.written(&key);
+        }
+        Ok(result)
     }
 
     async fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> wasmtime::Result<Result<(), CasError>> {
         let CasHandle { key, seen } = self.table.delete(cas)?;
+        self.ctx.open_swaps = self.ctx.open_swaps.saturating_sub(1);
         if let Some(e) = self.ctx.fault(KvOp::Swap, &key)? {
+            return Ok(Err(CasError::StoreError(e)));
+        }
+        if let Err(e) = self.ctx.admit(&key, value.len()).await {
             return Ok(Err(CasError::StoreError(e)));
         }
         let lies = self.ctx.injected(KvOp::Swap, &key) == Some(KvFault::SwapReportsOk);
         match self.ctx.run(|kv| kv.compare_and_swap(&key, seen.as_deref(), &value)).await {
             Err(e) => Ok(Err(CasError::StoreError(e))),
-            Ok(true) => Ok(Ok(())),
+            Ok(true) => {
+                self.ctx.written(&key);
+                Ok(Ok(()))
+            }
             Ok(false) if lies => Ok(Ok(())),
             // Hand back a fresh handle on the current value, as the interface asks.
             Ok(false) => match self.ctx.get(&key).await {
-                Ok(seen) => Ok(Err(CasError::CasFailed(self.table.push(CasHandle { key, seen })?))),
+                Ok(seen) => {
+                    let cas = self.table.push(CasHandle { key, seen })?;
+                    self.ctx.open_swaps += 1;
+                    Ok(Err(CasError::CasFailed(cas)))
+                }
                 Err(e) => Ok(Err(CasError::StoreError(e))),
             },
         }
@@ -251,7 +392,7 @@ mod tests {
         let mine = dir.path().join("mine.sqlite");
         let other = dir.path().join("other.sqlite");
         SqliteStore::open(&other).unwrap().set(BUCKET, "service/audit", b"theirs").unwrap();
-        let mut ctx = KeyValueCtx::new(Arc::default(), KvLocation::Sqlite(mine.clone()), None);
+        let mut ctx = KeyValueCtx::new(Arc::default(), KvLocation::Sqlite(mine.clone()), StateLimits::default(), None);
         let mut table = ResourceTable::new();
         let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
         for name in ["other", "other.sqlite", other.to_str().unwrap(), "../other", "", "Default"] {
@@ -264,5 +405,92 @@ mod tests {
         assert_eq!(got.unwrap().unwrap(), None, "another tenant's value is not visible");
         assert!(mine.exists());
         assert_eq!(SqliteStore::open(&other).unwrap().get(BUCKET, "service/audit").unwrap(), Some(b"theirs".to_vec()));
+    }
+
+    /// A view on a fresh store file in `dir` under `limits`.
+    fn ctx_in(dir: &std::path::Path, limits: StateLimits) -> KeyValueCtx {
+        KeyValueCtx::new(Arc::default(), KvLocation::Sqlite(dir.join("t.sqlite")), limits, None)
+    }
+
+    fn borrow(bucket: &Resource<Bucket>) -> Resource<Bucket> {
+        Resource::new_borrow(bucket.rep())
+    }
+
+    #[tokio::test]
+    async fn values_over_the_hosts_limit_are_refused_and_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = ctx_in(dir.path(), StateLimits { value_bytes: 100, keys: 10 });
+        let mut table = ResourceTable::new();
+        let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
+        let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
+        s.set(borrow(&bucket), "k".into(), vec![1; 100]).await.unwrap().unwrap();
+        let e = s.set(borrow(&bucket), "k".into(), vec![2; 101]).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("state_value_bytes") && m.contains("100 bytes")), "{e:?}");
+        assert_eq!(s.get(borrow(&bucket), "k".into()).await.unwrap().unwrap(), Some(vec![1; 100]));
+        // a compare-and-swap is held to the same limit
+        let cas = wit_atomics::HostCas::new(&mut s, borrow(&bucket), "k".into()).await.unwrap().unwrap();
+        match wit_atomics::Host::swap(&mut s, cas, vec![3; 101]).await.unwrap() {
+            Err(CasError::StoreError(Error::Other(m))) => assert!(m.contains("state_value_bytes"), "{m}"),
+            other => panic!("swap of 101 bytes: {:?}", other.map_err(|_| "not a store error")),
+        }
+        assert_eq!(s.get(borrow(&bucket), "k".into()).await.unwrap().unwrap(), Some(vec![1; 100]));
+        let e = s.set(borrow(&bucket), "x".repeat(MAX_KEY_BYTES + 1), vec![1]).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("key of")), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn keys_beyond_the_hosts_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // two keys already in the store, written before this tick
+        SqliteStore::open(&dir.path().join("t.sqlite")).unwrap().set(BUCKET, "old/1", b"v").unwrap();
+        SqliteStore::open(&dir.path().join("t.sqlite")).unwrap().set(BUCKET, "old/2", b"v").unwrap();
+        let mut ctx = ctx_in(dir.path(), StateLimits { value_bytes: 100, keys: 3 });
+        let mut table = ResourceTable::new();
+        let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
+        let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
+        s.set(borrow(&bucket), "new/1".into(), b"v".to_vec()).await.unwrap().unwrap();
+        let e = s.set(borrow(&bucket), "new/2".into(), b"v".to_vec()).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("state_keys") && m.contains("3 keys")), "{e:?}");
+        let e = wit_atomics::Host::increment(&mut s, borrow(&bucket), "new/3".into(), 1).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("state_keys")), "{e:?}");
+        let cas = wit_atomics::HostCas::new(&mut s, borrow(&bucket), "new/4".into()).await.unwrap().unwrap();
+        assert!(matches!(
+            wit_atomics::Host::swap(&mut s, cas, b"v".to_vec()).await.unwrap(),
+            Err(CasError::StoreError(_))
+        ));
+        // keys already there may still be written, and a delete makes room
+        s.set(borrow(&bucket), "old/1".into(), b"w".to_vec()).await.unwrap().unwrap();
+        s.delete(borrow(&bucket), "old/2".into()).await.unwrap().unwrap();
+        s.set(borrow(&bucket), "new/2".into(), b"v".to_vec()).await.unwrap().unwrap();
+        let keys = SqliteStore::open(&dir.path().join("t.sqlite")).unwrap().keys(BUCKET).unwrap();
+        assert_eq!(keys, ["new/1", "new/2", "old/1"]);
+    }
+
+    #[tokio::test]
+    async fn an_instance_holds_a_bounded_number_of_buckets_and_swaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = ctx_in(dir.path(), StateLimits::default());
+        let mut table = ResourceTable::new();
+        let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
+        let mut buckets = Vec::new();
+        for _ in 0..MAX_OPEN_HANDLES {
+            buckets.push(s.open(BUCKET.into()).await.unwrap().unwrap());
+        }
+        let e = s.open(BUCKET.into()).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("too many open buckets")), "{e:?}");
+        wit_store::HostBucket::drop(&mut s, buckets.pop().unwrap()).await.unwrap();
+        let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
+
+        let mut swaps = Vec::new();
+        for i in 0..MAX_OPEN_HANDLES {
+            swaps.push(wit_atomics::HostCas::new(&mut s, borrow(&bucket), format!("k{i}")).await.unwrap().unwrap());
+        }
+        let e = wit_atomics::HostCas::new(&mut s, borrow(&bucket), "k".into()).await.unwrap().unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("compare-and-swap handles")), "{e:?}");
+        // a swap gives its handle back, as does a drop
+        wit_atomics::Host::swap(&mut s, swaps.pop().unwrap(), b"v".to_vec()).await.unwrap().unwrap();
+        let again = wit_atomics::HostCas::new(&mut s, borrow(&bucket), "k".into()).await.unwrap().unwrap();
+        wit_atomics::HostCas::drop(&mut s, again).await.unwrap();
+        wit_atomics::HostCas::new(&mut s, borrow(&bucket), "k".into()).await.unwrap().unwrap();
     }
 }

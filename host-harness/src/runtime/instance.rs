@@ -4,7 +4,7 @@
 //! is set up (limits, CPU accounting hooks, clock), and the linker that wires
 //! every import to its host module.
 
-use super::limits::{EffectiveLimits, Guard, Meter};
+use super::limits::{EffectiveLimits, Guard, Limits, Meter};
 use crate::bindings;
 use crate::host::config::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
@@ -17,6 +17,12 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Entries the resource table of one instance may hold at once: key-value
+/// buckets and swap handles, HTTP requests, responses, bodies, streams and
+/// pollables. A tick of the collector holds a few dozen; a guest that
+/// leaks handles is refused more rather than growing the host's memory.
+pub const MAX_RESOURCES: usize = 4096;
 
 /// How a tick runs beyond its tenant's config: the knobs of the
 /// fault-injection tests.
@@ -81,22 +87,25 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
 }
 
 /// A store for one instance of the tenant: its config, key-value store,
-/// allow-list, limits and clock.
+/// allow-list, limits (`limits` its own, `host` the runtime's: request
+/// timeouts and stored state) and clock.
 pub(crate) fn new_store(
     engine: &Engine,
     tenant: &Tenant,
     options: &TickOptions,
     limits: &EffectiveLimits,
-    request_timeout: Duration,
+    host: &Limits,
     stores: Arc<Stores>,
     meter: Arc<Meter>,
 ) -> Store<TickState> {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
     let state = TickState {
         wasi: WasiCtx::builder().inherit_stderr().wall_clock(OffsetClock(options.clock_offset)).build(),
         http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), request_timeout),
-        kv: KeyValueCtx::new(stores, tenant.kv.clone(), options.kv_faults.clone()),
+        table,
+        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.request_timeout),
+        kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.state, options.kv_faults.clone()),
         config: ConfigVars(tenant.variables.clone()),
         guard: Guard::new(meter, limits),
     };
@@ -122,4 +131,32 @@ pub(crate) fn new_store(
     });
     store.set_epoch_deadline(1);
     store
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::TenantLimits;
+
+    #[test]
+    fn an_instance_holds_a_bounded_number_of_resources() {
+        let host = Limits { max_concurrent_instances: 1, ..Limits::default() };
+        let engine = super::super::engine::new(&host).unwrap();
+        let tenant = Tenant {
+            name: "t".into(),
+            schedule: "* * * * * *".into(),
+            kv: std::path::PathBuf::from("/nowhere/t.sqlite").into(),
+            variables: Default::default(),
+            allowed_outbound_hosts: None,
+            limits: TenantLimits::default(),
+        };
+        let limits = host.for_tenant(&tenant);
+        let meter = Arc::new(Meter::default());
+        let mut store = new_store(&engine, &tenant, &TickOptions::default(), &limits, &host, Arc::default(), meter);
+        let table = &mut store.data_mut().table;
+        for _ in 0..MAX_RESOURCES {
+            table.push(()).unwrap();
+        }
+        assert!(table.push(()).is_err(), "one resource more than the table may hold");
+    }
 }

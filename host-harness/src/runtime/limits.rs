@@ -1,6 +1,7 @@
 //! What one instance may use, and how the host enforces it: the runtime's
-//! [`Limits`], a tenant's [`EffectiveLimits`] (its own overrides, else the
-//! runtime's), and the [`Guard`] that lives in each instance's store and
+//! [`Limits`] (the operator's ceilings, from the config's `[host]` section),
+//! a tenant's [`EffectiveLimits`] (its own lower values, else the runtime's;
+//! never above them), and the [`Guard`] that lives in each instance's store and
 //! counts linear memory (as wasmtime's `ResourceLimiter`) and guest CPU time
 //! (at every host call and every epoch). What it observed goes to a shared
 //! [`Meter`], readable after a wall-clock timeout dropped the store, so a
@@ -21,8 +22,14 @@ pub const DEFAULT_CPU_TIME: Duration = Duration::from_secs(5);
 /// Default floor of a tick's wall-clock deadline: the component's default
 /// tick deadline (30 s) plus four default request timeouts (30 s each: the
 /// connect and first-byte waits of the last page's 1Password and Devo
-/// requests).
+/// requests). Never above the ceiling, [`Limits::wall_deadline`].
 pub const DEFAULT_WALL_DEADLINE: Duration = Duration::from_secs(150);
+/// Default ceiling of a tick's wall-clock deadline: what no tenant's tick
+/// may exceed, whatever its `tick_deadline_ms` and `request_timeout_ms`.
+pub const DEFAULT_MAX_WALL_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// Default upper bound of each outbound request's connect, first-byte and
+/// between-bytes waits.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default size of the instance pool.
 pub const DEFAULT_MAX_CONCURRENT_INSTANCES: usize = 32;
 
@@ -33,10 +40,12 @@ const MAX_TABLES_PER_STORE: usize = 32;
 const MAX_MEMORIES_PER_STORE: usize = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Limits of every instance and the size of the instance pool. A tenant's
-/// `[tenants.NAME.limits]` table overrides memory, CPU and wall time for
-/// that tenant (see [`crate::tenant::TenantLimits`]).
-#[derive(Clone, Debug)]
+/// Limits of every instance and the size of the instance pool: the
+/// operator's ceilings (the config's `[host]` section, see
+/// [`crate::host_settings`]). A tenant's `[tenants.NAME.limits]` table may
+/// lower memory, CPU and wall time for that tenant (see
+/// [`crate::tenant::TenantLimits`]), never raise them.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Linear memory one instance may hold, all its memories together.
     pub memory_bytes: usize,
@@ -48,29 +57,57 @@ pub struct Limits {
     /// the key-value store) does not count. Checked at every host call and
     /// every epoch tick in between.
     pub cpu_time: Duration,
-    /// Wall-clock deadline of a whole tick, instantiation to result. A
-    /// tenant without its own `wall_ms` gets at least its component's tick
-    /// deadline plus four request timeouts (see [`Limits::for_tenant`]).
+    /// Ceiling of the wall-clock deadline of a whole tick, instantiation to
+    /// result. A tenant without its own `wall_ms` gets its component's tick
+    /// deadline plus four request timeouts, at least
+    /// [`DEFAULT_WALL_DEADLINE`], but never more than this (see
+    /// [`Limits::for_tenant`]).
     pub wall_deadline: Duration,
     /// Instances alive at once (sizes the pooling allocator); ticks beyond
     /// it wait for a free slot.
     pub max_concurrent_instances: usize,
+    /// What a tenant may keep in its key-value store.
+    pub state: StateLimits,
+}
+
+/// The size of a tenant's stored state, enforced by the host's
+/// `wasi:keyvalue` ([`crate::host::keyvalue`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateLimits {
+    /// The largest value one key may hold (`state_value_bytes`).
+    pub value_bytes: usize,
+    /// The most keys the store may hold (`state_keys`).
+    pub keys: usize,
+}
+
+/// Default largest stored value: a service's checkpoint is well under a
+/// kilobyte.
+pub const DEFAULT_STATE_VALUE_BYTES: usize = 1 << 20;
+/// Default most keys in a tenant's store: the collector keeps one per
+/// service and one per account (token).
+pub const DEFAULT_STATE_KEYS: usize = 1000;
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits { value_bytes: DEFAULT_STATE_VALUE_BYTES, keys: DEFAULT_STATE_KEYS }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_bytes: DEFAULT_MEMORY_BYTES,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             cpu_time: DEFAULT_CPU_TIME,
-            wall_deadline: DEFAULT_WALL_DEADLINE,
+            wall_deadline: DEFAULT_MAX_WALL_DEADLINE,
             max_concurrent_instances: DEFAULT_MAX_CONCURRENT_INSTANCES,
+            state: StateLimits::default(),
         }
     }
 }
 
-/// The limits one tenant's ticks run under: its overrides, else the
-/// runtime's.
+/// The limits one tenant's ticks run under: its own (lower) values, else
+/// the runtime's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EffectiveLimits {
     pub memory_bytes: usize,
@@ -79,11 +116,15 @@ pub struct EffectiveLimits {
 }
 
 impl Limits {
-    /// The limits a tenant's ticks run under. Without its own `wall_ms`, a
-    /// tenant gets at least its component's tick deadline plus four request
-    /// timeouts (the last page's 1Password and Devo requests, each waiting
-    /// up to a timeout to connect and another for the first byte), so the
-    /// host never cuts a tick the component itself would have finished.
+    /// The limits a tenant's ticks run under: its own `[limits]`, else the
+    /// runtime's, and never above the runtime's (the operator's ceilings;
+    /// the tenants file refuses higher values, this also holds for tenants
+    /// built in code). Without its own `wall_ms`, a tenant gets at least its
+    /// component's tick deadline plus four request timeouts (the last
+    /// page's 1Password and Devo requests, each waiting up to a timeout to
+    /// connect and another for the first byte), so the host does not cut a
+    /// tick the component itself would have finished — up to the wall
+    /// ceiling: the tenant's variables cannot raise its deadline above it.
     pub fn for_tenant(&self, tenant: &Tenant) -> EffectiveLimits {
         use onepassword_collector::config::{DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_TICK_DEADLINE_MS};
         let own = &tenant.limits;
@@ -94,12 +135,12 @@ impl Limits {
             };
             let tick_deadline = millis("tick_deadline_ms", DEFAULT_TICK_DEADLINE_MS);
             let request = millis("request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS).min(self.request_timeout);
-            self.wall_deadline.max(tick_deadline.saturating_add(request.saturating_mul(4)))
+            DEFAULT_WALL_DEADLINE.max(tick_deadline.saturating_add(request.saturating_mul(4)))
         });
         EffectiveLimits {
-            memory_bytes: own.memory_bytes.unwrap_or(self.memory_bytes),
-            cpu_time: own.cpu_time.unwrap_or(self.cpu_time),
-            wall_deadline,
+            memory_bytes: own.memory_bytes.map_or(self.memory_bytes, |m| m.min(self.memory_bytes)),
+            cpu_time: own.cpu_time.map_or(self.cpu_time, |c| c.min(self.cpu_time)),
+            wall_deadline: wall_deadline.min(self.wall_deadline),
         }
     }
 }
@@ -236,9 +277,77 @@ impl ResourceLimiter for Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tenant::TenantLimits;
 
     fn limits(memory_bytes: usize) -> EffectiveLimits {
         EffectiveLimits { memory_bytes, cpu_time: Duration::from_millis(50), wall_deadline: Duration::from_secs(1) }
+    }
+
+    fn tenant(variables: &[(&str, &str)], own: TenantLimits) -> Tenant {
+        Tenant {
+            name: "t".into(),
+            schedule: "* * * * * *".into(),
+            kv: std::path::PathBuf::from("/nowhere/t.sqlite").into(),
+            variables: variables.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            allowed_outbound_hosts: None,
+            limits: own,
+        }
+    }
+
+    #[test]
+    fn a_tenants_variables_cannot_raise_its_wall_deadline_above_the_ceiling() {
+        let hour = [("tick_deadline_ms", "3600000"), ("request_timeout_ms", "600000")];
+        let defaults = Limits::default();
+        // 1 h + 4 × 30 s (the host's request timeout) would be 62 min
+        assert_eq!(
+            defaults.for_tenant(&tenant(&hour, TenantLimits::default())).wall_deadline,
+            DEFAULT_MAX_WALL_DEADLINE
+        );
+        let strict = Limits { wall_deadline: Duration::from_secs(60), ..Limits::default() };
+        assert_eq!(strict.for_tenant(&tenant(&hour, TenantLimits::default())).wall_deadline, Duration::from_secs(60));
+        assert_eq!(strict.for_tenant(&tenant(&[], TenantLimits::default())).wall_deadline, Duration::from_secs(60));
+        // the floor still applies below the ceiling
+        let ten_min = [("tick_deadline_ms", "600000"), ("request_timeout_ms", "20000")];
+        assert_eq!(defaults.for_tenant(&tenant(&ten_min, TenantLimits::default())).wall_deadline.as_secs(), 680);
+        assert_eq!(defaults.for_tenant(&tenant(&[], TenantLimits::default())).wall_deadline, DEFAULT_WALL_DEADLINE);
+    }
+
+    #[test]
+    fn a_tenants_own_limits_only_narrow_the_runtimes() {
+        let ceilings = Limits {
+            memory_bytes: 8 << 20,
+            cpu_time: Duration::from_secs(1),
+            wall_deadline: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let greedy = TenantLimits {
+            memory_bytes: Some(64 << 20),
+            cpu_time: Some(Duration::from_secs(60)),
+            wall_deadline: Some(Duration::from_secs(3600)),
+        };
+        let got = ceilings.for_tenant(&tenant(&[], greedy));
+        assert_eq!(
+            got,
+            EffectiveLimits {
+                memory_bytes: 8 << 20,
+                cpu_time: Duration::from_secs(1),
+                wall_deadline: Duration::from_secs(60)
+            }
+        );
+        let modest = TenantLimits {
+            memory_bytes: Some(4 << 20),
+            cpu_time: Some(Duration::from_millis(500)),
+            wall_deadline: Some(Duration::from_secs(5)),
+        };
+        let got = ceilings.for_tenant(&tenant(&[], modest));
+        assert_eq!(
+            got,
+            EffectiveLimits {
+                memory_bytes: 4 << 20,
+                cpu_time: Duration::from_millis(500),
+                wall_deadline: Duration::from_secs(5)
+            }
+        );
     }
 
     #[test]

@@ -24,8 +24,9 @@ pub mod outcome;
 pub use self::compile_cache::CompileCache;
 pub use self::instance::{TickOptions, TickState};
 pub use self::limits::{
-    EffectiveLimits, Limits, DEFAULT_CPU_TIME, DEFAULT_MAX_CONCURRENT_INSTANCES, DEFAULT_MEMORY_BYTES,
-    DEFAULT_WALL_DEADLINE,
+    EffectiveLimits, Limits, StateLimits, DEFAULT_CPU_TIME, DEFAULT_MAX_CONCURRENT_INSTANCES,
+    DEFAULT_MAX_WALL_DEADLINE, DEFAULT_MEMORY_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_KEYS,
+    DEFAULT_STATE_VALUE_BYTES, DEFAULT_WALL_DEADLINE,
 };
 pub use self::outcome::{TenantTick, HOST_FAILURE};
 pub use crate::host::keyvalue::{KvFault, KvFaultHook, KvOp};
@@ -242,6 +243,6 @@ impl Inner {
         meter: Arc<Meter>,
     ) -> wasmtime::Store<TickState> {
         let stores = Arc::clone(&self.stores);
-        instance::new_store(&self.engine, tenant, options, limits, self.limits.request_timeout, stores, meter)
+        instance::new_store(&self.engine, tenant, options, limits, &self.limits, stores, meter)
     }
 }

@@ -1,0 +1,320 @@
+//! The operator's part of the harness config: the `[host]` section. It sets
+//! the ceilings every tenant runs under; a tenant's `[tenants.NAME.limits]`
+//! may only lower them (a higher value is refused when the file is loaded,
+//! see [`crate::tenant`]), and its variables (`tick_deadline_ms`,
+//! `request_timeout_ms`) cannot raise them either.
+//!
+//! ```toml
+//! [host]
+//! wall_ms = 900000                # wall-clock time of one tick, at most
+//! cpu_ms = 5000                   # guest CPU time of one tick, at most
+//! memory_mib = 16                 # linear memory of one instance, at most
+//! request_timeout_ms = 30000      # each connect / first-byte / between-bytes wait
+//! max_concurrent_instances = 32   # instances alive at once (the pool)
+//! state_value_bytes = 1048576     # largest value a tenant may store
+//! state_keys = 1000               # most keys in a tenant's store
+//! allow_http = true               # plain http:// outbound
+//! allow_private_networks = ["127.0.0.0/8", "::1/128"]
+//! ```
+//! Every key is optional; without the section the defaults apply (those of
+//! [`Limits::default`]). The process reads it at start: a changed `[host]`
+//! section takes a restart.
+
+use crate::runtime::{Limits, StateLimits};
+use anyhow::bail;
+use serde::Deserialize;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The `[host]` section, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSettings {
+    /// The ceilings: what the runtime is built with.
+    pub limits: Limits,
+    /// Whether a tenant may call plain `http://` URLs (`allow_http`). The
+    /// default, `true`, is today's behaviour: the tests and the demo reach
+    /// their emulators over http on loopback.
+    pub allow_http: bool,
+    /// The private, loopback and link-local networks a tenant may reach
+    /// (`allow_private_networks`); the default is every address (`0.0.0.0/0`
+    /// and `::/0`), today's behaviour.
+    pub allow_private_networks: Vec<IpNetwork>,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings { limits: Limits::default(), allow_http: true, allow_private_networks: IpNetwork::everything() }
+    }
+}
+
+impl HostSettings {
+    /// True when `ip` lies in one of the networks of `allow_private_networks`
+    /// (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn allows_network_of(&self, ip: IpAddr) -> bool {
+        self.allow_private_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// A tenant's ceiling as the file spells it: its key in `[host]` (and in
+/// `[tenants.NAME.limits]`) and its value in that key's unit.
+pub(crate) struct Ceiling {
+    pub key: &'static str,
+    pub value: u64,
+}
+
+impl HostSettings {
+    /// The ceiling of linear memory, in MiB (`memory_mib`).
+    pub(crate) fn memory_mib(&self) -> Ceiling {
+        Ceiling { key: "memory_mib", value: (self.limits.memory_bytes >> 20) as u64 }
+    }
+
+    /// The ceiling of guest CPU time, in ms (`cpu_ms`).
+    pub(crate) fn cpu_ms(&self) -> Ceiling {
+        Ceiling { key: "cpu_ms", value: self.limits.cpu_time.as_millis() as u64 }
+    }
+
+    /// The ceiling of wall-clock time, in ms (`wall_ms`).
+    pub(crate) fn wall_ms(&self) -> Ceiling {
+        Ceiling { key: "wall_ms", value: self.limits.wall_deadline.as_millis() as u64 }
+    }
+}
+
+/// The `[host]` section as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostFile {
+    wall_ms: Option<u64>,
+    cpu_ms: Option<u64>,
+    memory_mib: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_concurrent_instances: Option<u64>,
+    state_value_bytes: Option<u64>,
+    state_keys: Option<u64>,
+    allow_http: Option<bool>,
+    allow_private_networks: Option<Vec<String>>,
+}
+
+impl HostFile {
+    pub(crate) fn check(self) -> anyhow::Result<HostSettings> {
+        let d = Limits::default();
+        let within = |key: &str, value: Option<u64>, min: u64, max: u64, default: u64| -> anyhow::Result<u64> {
+            match value {
+                Some(v) if !(min..=max).contains(&v) => bail!("[host] {key} must be from {min} to {max}, not {v}"),
+                v => Ok(v.unwrap_or(default)),
+            }
+        };
+        let ms = |d: Duration| d.as_millis() as u64;
+        let limits = Limits {
+            memory_bytes: (within("memory_mib", self.memory_mib, 1, 4096, (d.memory_bytes >> 20) as u64)? as usize)
+                << 20,
+            request_timeout: Duration::from_millis(within(
+                "request_timeout_ms",
+                self.request_timeout_ms,
+                100,
+                600_000,
+                ms(d.request_timeout),
+            )?),
+            cpu_time: Duration::from_millis(within("cpu_ms", self.cpu_ms, 1, 3_600_000, ms(d.cpu_time))?),
+            wall_deadline: Duration::from_millis(within("wall_ms", self.wall_ms, 1, 86_400_000, ms(d.wall_deadline))?),
+            max_concurrent_instances: within(
+                "max_concurrent_instances",
+                self.max_concurrent_instances,
+                1,
+                100_000,
+                d.max_concurrent_instances as u64,
+            )? as usize,
+            state: StateLimits {
+                value_bytes: within(
+                    "state_value_bytes",
+                    self.state_value_bytes,
+                    1,
+                    512 << 20,
+                    d.state.value_bytes as u64,
+                )? as usize,
+                keys: within("state_keys", self.state_keys, 1, 1_000_000, d.state.keys as u64)? as usize,
+            },
+        };
+        let allow_private_networks = match self.allow_private_networks {
+            None => IpNetwork::everything(),
+            Some(list) => list
+                .iter()
+                .map(|text| text.parse().map_err(|e| anyhow::anyhow!("[host] allow_private_networks: {e}")))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        Ok(HostSettings { limits, allow_http: self.allow_http.unwrap_or(true), allow_private_networks })
+    }
+}
+
+/// An IP network in CIDR notation, `10.0.0.0/8` or `fd00::/8`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl IpNetwork {
+    /// Every IPv4 and every IPv6 address.
+    pub fn everything() -> Vec<IpNetwork> {
+        vec![
+            IpNetwork { address: IpAddr::from([0u8; 4]), prefix: 0 },
+            IpNetwork { address: IpAddr::from([0u8; 16]), prefix: 0 },
+        ]
+    }
+
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// True when `ip` is in this network; an IPv4-mapped IPv6 address
+    /// (`::ffff:10.0.0.1`) is taken as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), self.prefix, 32) == masked(u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), self.prefix, 128) == masked(u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The top `prefix` bits of a `width`-bit address.
+fn masked(bits: u128, prefix: u8, width: u32) -> u128 {
+    let prefix = u32::from(prefix);
+    if prefix == 0 {
+        return 0;
+    }
+    bits >> (width - prefix)
+}
+
+impl FromStr for IpNetwork {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<IpNetwork, String> {
+        let (address, prefix) =
+            text.split_once('/').ok_or_else(|| format!("{text:?} is not a network: write it as ADDRESS/PREFIX"))?;
+        let address: IpAddr = address.parse().map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
+        let width = if address.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| u32::from(*p) <= width)
+            .ok_or_else(|| format!("{text:?}: the prefix length must be a number from 0 to {width}"))?;
+        let network = IpNetwork { address, prefix };
+        let bits = match address {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let host_bits = width - u32::from(prefix);
+        let host_part = if host_bits == 0 { 0 } else { bits & (u128::MAX >> (128 - host_bits)) };
+        if host_part != 0 {
+            let net_bits = if host_bits >= 128 { 0 } else { bits >> host_bits << host_bits };
+            let start = match address {
+                IpAddr::V4(_) => IpAddr::from((net_bits as u32).to_be_bytes()),
+                IpAddr::V6(_) => IpAddr::from(net_bits.to_be_bytes()),
+            };
+            return Err(format!("{text:?} has bits set after the prefix: the network is {start}/{prefix}"));
+        }
+        Ok(network)
+    }
+}
+
+impl fmt::Display for IpNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+impl fmt::Debug for IpNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(text: &str) -> anyhow::Result<HostSettings> {
+        toml::from_str::<HostFile>(text).map_err(anyhow::Error::from).and_then(HostFile::check)
+    }
+
+    #[test]
+    fn without_a_section_the_defaults_apply() {
+        let h = host("").unwrap();
+        assert_eq!(h, HostSettings::default());
+        assert_eq!(h.limits, Limits::default());
+        assert!(h.allow_http);
+        for ip in ["127.0.0.1", "10.1.2.3", "::1", "fe80::1", "8.8.8.8"] {
+            assert!(h.allows_network_of(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn every_key_is_read_and_checked() {
+        let h = host(
+            "wall_ms = 60000\ncpu_ms = 2000\nmemory_mib = 32\nrequest_timeout_ms = 10000\n\
+             max_concurrent_instances = 4\nstate_value_bytes = 4096\nstate_keys = 10\nallow_http = false\n\
+             allow_private_networks = [\"10.0.0.0/8\", \"fd00::/8\", \"192.168.1.7/32\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            h.limits,
+            Limits {
+                memory_bytes: 32 << 20,
+                request_timeout: Duration::from_secs(10),
+                cpu_time: Duration::from_secs(2),
+                wall_deadline: Duration::from_secs(60),
+                max_concurrent_instances: 4,
+                state: StateLimits { value_bytes: 4096, keys: 10 },
+            }
+        );
+        assert!(!h.allow_http);
+        let allowed = |ip: &str| h.allows_network_of(ip.parse().unwrap());
+        assert!(allowed("10.200.0.1") && allowed("::ffff:10.0.0.1") && allowed("fd12::1") && allowed("192.168.1.7"));
+        assert!(!allowed("127.0.0.1") && !allowed("192.168.1.8") && !allowed("::1") && !allowed("11.0.0.1"));
+        assert!(host("allow_private_networks = []").unwrap().allow_private_networks.is_empty());
+
+        for (bad, says) in [
+            ("wall_ms = 0", "wall_ms must be from 1"),
+            ("cpu_ms = 0", "cpu_ms"),
+            ("memory_mib = 5000", "memory_mib must be from 1 to 4096, not 5000"),
+            ("request_timeout_ms = 10", "request_timeout_ms"),
+            ("max_concurrent_instances = 0", "max_concurrent_instances"),
+            ("state_value_bytes = 0", "state_value_bytes"),
+            ("state_keys = 0", "state_keys"),
+            ("allow_private_networks = [\"10.0.0.0\"]", "ADDRESS/PREFIX"),
+            ("allow_private_networks = [\"10.0.0.0/33\"]", "0 to 32"),
+            ("allow_private_networks = [\"10.0.0.1/8\"]", "the network is 10.0.0.0/8"),
+            ("allow_private_networks = [\"fd00::1/8\"]", "the network is fd00::/8"),
+            ("allow_private_networks = [\"example.com/8\"]", "not an IP address"),
+        ] {
+            let e = host(bad).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+        }
+        for bad in ["wall_ms = -1", "memory_mb = 16", "allow_http = \"yes\"", "allow_private_networks = \"10.0.0.0/8\""]
+        {
+            assert!(host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn networks_contain_what_their_prefix_covers() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert!(net("0.0.0.0/0").contains("255.1.2.3".parse().unwrap()));
+        assert!(!net("0.0.0.0/0").contains("::1".parse().unwrap()));
+        assert!(net("::/0").contains("::1".parse().unwrap()));
+        assert!(net("172.16.0.0/12").contains("172.31.255.255".parse().unwrap()));
+        assert!(!net("172.16.0.0/12").contains("172.32.0.0".parse().unwrap()));
+        assert!(net("::1/128").contains("::1".parse().unwrap()));
+        assert_eq!(net("fe80::/10").to_string(), "fe80::/10");
+    }
+}
