@@ -1017,8 +1017,15 @@ fn check_harness_args(d: &Deploy) -> Vec<String> {
             match flag(&args, "--compile-cache").or_else(|| env_value(COMPILE_CACHE_ENV)) {
                 None => p.push(format!("{at}: no --compile-cache: the default (next to the .wasm) is read-only")),
                 Some(dir) => {
+                    // A subfolder of the mount: an emptyDir is root-owned and
+                    // world-writable, which the compile cache refuses; the
+                    // harness creates the subfolder 0700 as its own user.
                     let mount = c["volumeMounts"].as_vec().into_iter().flatten().find(|m| {
-                        m["mountPath"].as_str().map(|m| m.trim_end_matches('/')) == Some(dir.trim_end_matches('/'))
+                        m["mountPath"].as_str().map(|m| m.trim_end_matches('/')).is_some_and(|m| {
+                            dir.trim_end_matches('/')
+                                .strip_prefix(m)
+                                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+                        })
                     });
                     let vol = mount.and_then(|m| {
                         w.pod["volumes"]
@@ -1030,7 +1037,7 @@ fn check_harness_args(d: &Deploy) -> Vec<String> {
                     if mount.is_none_or(|m| m["readOnly"].as_bool() == Some(true))
                         || vol.is_none_or(|v| v["emptyDir"].is_badvalue())
                     {
-                        p.push(format!("{at}: --compile-cache {dir} is not a writable emptyDir mount"));
+                        p.push(format!("{at}: --compile-cache {dir} is not a subfolder of a writable emptyDir mount"));
                     }
                 }
             }
@@ -1510,7 +1517,8 @@ fn every_check_catches_what_it_is_for() {
         (HARNESS, "no shard", r("            - --shard\n            - \"0/3\"\n", ""), "without --shard"),
         // harness args
         (HARNESS, "component elsewhere", r("- /opt/collector/onepassword_collector.wasm", "- /opt/collector/collector.wasm"), "--component"),
-        (HARNESS, "cache not mounted", r("- --compile-cache\n            - /var/cache/host-harness", "- --compile-cache\n            - /opt/cache"), "--compile-cache"),
+        (HARNESS, "cache not mounted", r("- --compile-cache\n            - /var/cache/host-harness/component", "- --compile-cache\n            - /opt/cache"), "--compile-cache"),
+        (HARNESS, "cache on the world-writable emptyDir itself", r("            - /var/cache/host-harness/component\n", "            - /var/cache/host-harness\n"), "subfolder"),
         (HARNESS, "config key missing", r("- /etc/host-harness/collector.toml", "- /etc/host-harness/tenants.toml"), "no such key"),
         // tenants
         (HARNESS, "literal token", r("token = \"${ACME_OP_TOKEN}\"", "token = \"op-token\""), "token is a secret"),
