@@ -3,9 +3,10 @@
 
 use crate::kv::Stores;
 use crate::tenant::Tenant;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use onepassword_collector::service::Service;
 use onepassword_collector::state::{ServiceState, BUCKET};
+use onepassword_collector::time::{shown, utc};
 
 pub struct Row {
     pub tenant: String,
@@ -43,19 +44,20 @@ pub async fn read(tenants: &[Tenant], stores: &Stores) -> Vec<Row> {
     rows
 }
 
-/// An event's own RFC 3339 time (any offset) as UTC, `…Z`.
-fn utc(event_time: &str) -> String {
-    onepassword_collector::time::shown(event_time)
-}
-
 fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or("-".into(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    t.map_or("-".into(), utc)
 }
 
-fn lag(newest: Option<&str>, now: DateTime<Utc>) -> String {
-    let Some(t) = newest.and_then(|n| DateTime::parse_from_rfc3339(n).ok()) else { return "-".into() };
-    let secs = (now - t.with_timezone(&Utc)).num_seconds().max(0);
-    match secs {
+/// Seconds from the newest delivered event (its own RFC 3339 text) to `now`.
+fn lag_seconds(newest: Option<&str>, now: DateTime<Utc>) -> Option<i64> {
+    let t = DateTime::parse_from_rfc3339(newest?).ok()?;
+    Some((now - t.with_timezone(&Utc)).num_seconds().max(0))
+}
+
+/// Seconds as a short human duration: 42s, 17m, 5h, 3d (the `status` and
+/// `tick` tables).
+pub fn human_duration(seconds: i64) -> String {
+    match seconds.max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
         s if s < 172_800 => format!("{}h", s / 3600),
@@ -83,23 +85,23 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
                         "{}error {} at {}: {}",
                         if current { "" } else { "earlier " },
                         e.id,
-                        time(Some(e.at)),
+                        utc(e.at),
                         e.message.chars().take(100).collect::<String>()
                     ));
                 }
                 if let Some(b) = s.backoff.as_ref().filter(|b| b.until > now) {
-                    notes.push(format!("backing off until {}", time(Some(b.until))));
+                    notes.push(format!("backing off until {}", utc(b.until)));
                 }
                 if let Some(l) = s.lease.as_ref().filter(|l| l.expires > now) {
-                    notes.push(format!("running (lease until {})", time(Some(l.expires))));
+                    notes.push(format!("running (lease until {})", utc(l.expires)));
                 }
                 format!(
                     "{:<16} {:<17} {:<21} {:<26} {:>6} {:>10} {:>12}  {}",
                     row.tenant,
                     row.service.name(),
                     time(s.stats.last_success_at),
-                    newest.map_or("-".to_string(), utc),
-                    lag(newest, now),
+                    newest.map_or("-".to_string(), shown),
+                    lag_seconds(newest, now).map_or("-".into(), human_duration),
                     cp.map_or(0, |c| c.total_sent),
                     s.stats.bytes_sent,
                     if notes.is_empty() { "ok".to_string() } else { notes.join("; ") }
@@ -123,21 +125,19 @@ pub fn to_json(rows: &[Row], now: DateTime<Utc>) -> Vec<serde_json::Value> {
             Ok(Some(s)) => {
                 let cp = s.checkpoint.as_ref();
                 let newest = cp.and_then(|c| c.newest_event.as_deref());
-                let lag = newest
-                    .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
-                    .map(|t| (now - t.with_timezone(&Utc)).num_seconds().max(0));
+                let lag = lag_seconds(newest, now);
                 serde_json::json!({
                     "collected": true,
-                    "last_success_at": s.stats.last_success_at.map(|t| time(Some(t))),
-                    "newest_event": newest.map(utc),
+                    "last_success_at": s.stats.last_success_at.map(utc),
+                    "newest_event": newest.map(shown),
                     "lag_seconds": lag,
                     "total_sent": cp.map_or(0, |c| c.total_sent),
                     "bytes_sent": s.stats.bytes_sent,
                     "last_error": s.stats.last_error.as_ref().map(|e| serde_json::json!({
-                        "id": e.id, "message": e.message, "at": time(Some(e.at)),
+                        "id": e.id, "message": e.message, "at": utc(e.at),
                     })),
-                    "backoff_until": s.backoff.as_ref().filter(|b| b.until > now).map(|b| time(Some(b.until))),
-                    "lease_until": s.lease.as_ref().filter(|l| l.expires > now).map(|l| time(Some(l.expires))),
+                    "backoff_until": s.backoff.as_ref().filter(|b| b.until > now).map(|b| utc(b.until)),
+                    "lease_until": s.lease.as_ref().filter(|l| l.expires > now).map(|l| utc(l.expires)),
                 })
             }
         };

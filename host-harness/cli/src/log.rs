@@ -121,7 +121,7 @@ fn insert_error(r: &mut Fields, e: &CollectorError) {
     r.push(("fix".into(), remedy(e.id).into()));
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
+pub fn outcome_name(o: Outcome) -> &'static str {
     match o {
         Outcome::Delivered => "delivered",
         Outcome::Idle => "idle",
@@ -155,7 +155,7 @@ pub fn remedy(id: u32) -> &'static str {
 
 /// The first line of a message, without control characters.
 fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).collect()
+    crate::output::first_line(text, usize::MAX)
 }
 
 /// One line: `time`, `level`, then the fields in order.

@@ -3,6 +3,7 @@
 //! and whenever stdout is not a terminal). Times are UTC.
 
 use host_harness::runtime::TenantTick;
+use host_harness::status::human_duration;
 use onepassword_collector::report::Outcome;
 use onepassword_collector::validate::{Check, Status};
 use std::io::IsTerminal;
@@ -57,7 +58,7 @@ pub fn tick_table(ticks: &[TenantTick]) -> String {
                         outcome(s.outcome).into(),
                         s.fetched.to_string(),
                         s.sent.to_string(),
-                        s.lag_seconds.map_or("-".into(), |l| duration(i64::try_from(l).unwrap_or(i64::MAX))),
+                        s.lag_seconds.map_or("-".into(), |l| human_duration(i64::try_from(l).unwrap_or(i64::MAX))),
                         s.checkpoint.clone().unwrap_or_else(|| "-".into()),
                         note,
                     ]);
@@ -99,27 +100,16 @@ pub fn validate_json(tenant: &str, store: &str, checks: &[Check]) -> serde_json:
     serde_json::json!({ "tenant": tenant, "store": store, "ok": ok, "checks": checks })
 }
 
+/// The outcome as a table shows it: a failure stands out.
 fn outcome(o: Outcome) -> &'static str {
     match o {
-        Outcome::Delivered => "delivered",
-        Outcome::Idle => "idle",
         Outcome::Failed => "FAILED",
-        Outcome::Deferred => "deferred",
-    }
-}
-
-/// Seconds as a short human duration: 42s, 17m, 5h, 3d.
-fn duration(seconds: i64) -> String {
-    match seconds.max(0) {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
+        other => crate::log::outcome_name(other),
     }
 }
 
 /// The first line of `text`, at most `max` characters, no control characters.
-fn first_line(text: &str, max: usize) -> String {
+pub fn first_line(text: &str, max: usize) -> String {
     let line: String = text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).collect();
     if line.chars().count() > max {
         format!("{}…", line.chars().take(max - 1).collect::<String>())
