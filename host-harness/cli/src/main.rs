@@ -185,8 +185,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { setup, shard, listen, grace_period, unready_after, log_format } => {
             // The [host] section is read once: a change takes a restart (a
-            // reload says so). The tenants are loaded again by `run`.
-            let (host, _) = load_tenants(&setup.config, None)?;
+            // reload says so).
+            let (host, tenants) = load_tenants(&setup.config, None)?;
             let telemetry = Arc::new(Telemetry::new(unready_after));
             if let Some(addr) = listen {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -208,7 +208,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 logger: Logger::new(log_format),
                 telemetry,
             };
-            run::run(runtime, options).await?;
+            run::run(runtime, options, tenants).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, output } => {

@@ -67,15 +67,22 @@ struct Worker {
 /// The file's `[host]` section and the tenants that this process runs (its
 /// shard's, or all).
 fn load(options: &RunOptions) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
-    let (host, mut tenants) = tenant::load_config(&options.config, |n| std::env::var(n).ok())?;
+    let (host, tenants) = tenant::load_config(&options.config, |n| std::env::var(n).ok())?;
+    Ok((host, ours(options, tenants)))
+}
+
+/// The tenants of this process's shard (all without `--shard`).
+fn ours(options: &RunOptions, mut tenants: Vec<Tenant>) -> Vec<Tenant> {
     if let Some(shard) = options.shard {
         tenants.retain(|t| shard.owns(&t.name));
     }
-    Ok((host, tenants))
+    tenants
 }
 
-pub async fn run(runtime: Runtime, options: RunOptions) -> anyhow::Result<()> {
-    let (_, tenants) = load(&options)?;
+/// Runs `tenants` (the file's, as loaded at start together with the
+/// `[host]` section the runtime was built from) until stopped.
+pub async fn run(runtime: Runtime, options: RunOptions, tenants: Vec<Tenant>) -> anyhow::Result<()> {
+    let tenants = ours(&options, tenants);
     let cx = Context {
         runtime,
         logger: options.logger.clone(),
