@@ -58,7 +58,7 @@ fn checkpoints_survive_a_new_runtime_and_store() {
     f.set("page_size", "150");
     // first "process": one tick, then everything is dropped
     {
-        let rt = host_harness::runtime::Runtime::new(
+        let rt = harness_test_kit::loopback::runtime(
             &host_harness::runtime::default_component_path(),
             host_harness::runtime::Limits::default(),
         )

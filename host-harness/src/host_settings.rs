@@ -13,13 +13,16 @@
 //! max_concurrent_instances = 32   # instances alive at once (the pool)
 //! state_value_bytes = 1048576     # largest value a tenant may store
 //! state_keys = 1000               # most keys in a tenant's store
-//! allow_http = true               # plain http:// outbound
-//! allow_private_networks = ["127.0.0.0/8", "::1/128"]
+//! response_body_bytes = 8388608   # largest response body a tenant may read
+//! allow_http = true               # plain http:// outbound (default: false)
+//! allow_private_networks = ["127.0.0.0/8"]   # default: none
 //! ```
 //! Every key is optional; without the section the defaults apply (those of
-//! [`Limits::default`]). The process reads it at start: a changed `[host]`
+//! [`Limits::default`] and [`OutboundSettings::default`]: https only, to
+//! public addresses only). The process reads it at start: a changed `[host]`
 //! section takes a restart.
 
+use crate::host::outbound::OutboundSettings;
 use crate::runtime::{Limits, StateLimits};
 use anyhow::bail;
 use serde::Deserialize;
@@ -28,33 +31,16 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The `[host]` section, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The `[host]` section, checked; its default is that of an absent section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostSettings {
     /// The ceilings: what the runtime is built with.
     pub limits: Limits,
-    /// Whether a tenant may call plain `http://` URLs (`allow_http`). The
-    /// default, `true`, is today's behaviour: the tests and the demo reach
-    /// their emulators over http on loopback.
-    pub allow_http: bool,
-    /// The private, loopback and link-local networks a tenant may reach
-    /// (`allow_private_networks`); the default is every address (`0.0.0.0/0`
-    /// and `::/0`), today's behaviour.
-    pub allow_private_networks: Vec<IpNetwork>,
-}
-
-impl Default for HostSettings {
-    fn default() -> Self {
-        HostSettings { limits: Limits::default(), allow_http: true, allow_private_networks: IpNetwork::everything() }
-    }
-}
-
-impl HostSettings {
-    /// True when `ip` lies in one of the networks of `allow_private_networks`
-    /// (an IPv4-mapped IPv6 address counts as its IPv4 address).
-    pub fn allows_network_of(&self, ip: IpAddr) -> bool {
-        self.allow_private_networks.iter().any(|n| n.contains(ip))
-    }
+    /// Where tenants' requests may go and how much of a response they may
+    /// read (`allow_http`, `allow_private_networks`, `response_body_bytes`);
+    /// enforced by [`crate::host::outbound`]. The default is https to
+    /// public addresses only.
+    pub outbound: OutboundSettings,
 }
 
 /// A tenant's ceiling as the file spells it: its key in `[host]` (and in
@@ -92,6 +78,7 @@ pub(crate) struct HostFile {
     max_concurrent_instances: Option<u64>,
     state_value_bytes: Option<u64>,
     state_keys: Option<u64>,
+    response_body_bytes: Option<u64>,
     allow_http: Option<bool>,
     allow_private_networks: Option<Vec<String>>,
 }
@@ -136,14 +123,26 @@ impl HostFile {
                 keys: within("state_keys", self.state_keys, 1, 1_000_000, d.state.keys as u64)? as usize,
             },
         };
+        let d = OutboundSettings::default();
         let allow_private_networks = match self.allow_private_networks {
-            None => IpNetwork::everything(),
+            None => d.allow_private_networks,
             Some(list) => list
                 .iter()
                 .map(|text| text.parse().map_err(|e| anyhow::anyhow!("[host] allow_private_networks: {e}")))
                 .collect::<anyhow::Result<_>>()?,
         };
-        Ok(HostSettings { limits, allow_http: self.allow_http.unwrap_or(true), allow_private_networks })
+        let outbound = OutboundSettings {
+            allow_http: self.allow_http.unwrap_or(d.allow_http),
+            allow_private_networks,
+            response_body_bytes: within(
+                "response_body_bytes",
+                self.response_body_bytes,
+                1024,
+                1 << 30,
+                d.response_body_bytes,
+            )?,
+        };
+        Ok(HostSettings { limits, outbound })
     }
 }
 
@@ -155,14 +154,6 @@ pub struct IpNetwork {
 }
 
 impl IpNetwork {
-    /// Every IPv4 and every IPv6 address.
-    pub fn everything() -> Vec<IpNetwork> {
-        vec![
-            IpNetwork { address: IpAddr::from([0u8; 4]), prefix: 0 },
-            IpNetwork { address: IpAddr::from([0u8; 16]), prefix: 0 },
-        ]
-    }
-
     pub fn address(&self) -> IpAddr {
         self.address
     }
@@ -252,9 +243,12 @@ mod tests {
         let h = host("").unwrap();
         assert_eq!(h, HostSettings::default());
         assert_eq!(h.limits, Limits::default());
-        assert!(h.allow_http);
+        // secure: https only, and no refused network allowed
+        assert!(!h.outbound.allow_http);
+        assert!(h.outbound.allow_private_networks.is_empty());
+        assert_eq!(h.outbound.response_body_bytes, 8 << 20);
         for ip in ["127.0.0.1", "10.1.2.3", "::1", "fe80::1", "8.8.8.8"] {
-            assert!(h.allows_network_of(ip.parse().unwrap()), "{ip}");
+            assert!(!h.outbound.allows_network_of(ip.parse().unwrap()), "{ip}");
         }
     }
 
@@ -262,7 +256,8 @@ mod tests {
     fn every_key_is_read_and_checked() {
         let h = host(
             "wall_ms = 60000\ncpu_ms = 2000\nmemory_mib = 32\nrequest_timeout_ms = 10000\n\
-             max_concurrent_instances = 4\nstate_value_bytes = 4096\nstate_keys = 10\nallow_http = false\n\
+             max_concurrent_instances = 4\nstate_value_bytes = 4096\nstate_keys = 10\nallow_http = true\n\
+             response_body_bytes = 65536\n\
              allow_private_networks = [\"10.0.0.0/8\", \"fd00::/8\", \"192.168.1.7/32\"]",
         )
         .unwrap();
@@ -277,11 +272,12 @@ mod tests {
                 state: StateLimits { value_bytes: 4096, keys: 10 },
             }
         );
-        assert!(!h.allow_http);
-        let allowed = |ip: &str| h.allows_network_of(ip.parse().unwrap());
+        assert!(h.outbound.allow_http);
+        assert_eq!(h.outbound.response_body_bytes, 65536);
+        let allowed = |ip: &str| h.outbound.allows_network_of(ip.parse().unwrap());
         assert!(allowed("10.200.0.1") && allowed("::ffff:10.0.0.1") && allowed("fd12::1") && allowed("192.168.1.7"));
         assert!(!allowed("127.0.0.1") && !allowed("192.168.1.8") && !allowed("::1") && !allowed("11.0.0.1"));
-        assert!(host("allow_private_networks = []").unwrap().allow_private_networks.is_empty());
+        assert!(host("allow_private_networks = []").unwrap().outbound.allow_private_networks.is_empty());
 
         for (bad, says) in [
             ("wall_ms = 0", "wall_ms must be from 1"),
@@ -291,6 +287,7 @@ mod tests {
             ("max_concurrent_instances = 0", "max_concurrent_instances"),
             ("state_value_bytes = 0", "state_value_bytes"),
             ("state_keys = 0", "state_keys"),
+            ("response_body_bytes = 10", "response_body_bytes must be from 1024"),
             ("allow_private_networks = [\"10.0.0.0\"]", "ADDRESS/PREFIX"),
             ("allow_private_networks = [\"10.0.0.0/33\"]", "0 to 32"),
             ("allow_private_networks = [\"10.0.0.1/8\"]", "the network is 10.0.0.0/8"),

@@ -42,7 +42,8 @@ fn runtime_in(dir: &Path) -> Runtime {
 }
 
 fn runtime_for(wasm: &Path, dir: &Path) -> Runtime {
-    let options = RuntimeOptions { limits: Limits::default(), cache: CompileCache::Dir(dir.into()) };
+    let options =
+        RuntimeOptions { limits: Limits::default(), cache: CompileCache::Dir(dir.into()), ..RuntimeOptions::default() };
     Runtime::with_options(wasm, options).unwrap()
 }
 

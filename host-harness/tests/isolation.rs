@@ -8,6 +8,7 @@
 use harness_test_kit::emulator::{
     Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions, OpFault,
 };
+use harness_test_kit::loopback;
 use host_harness::kv::SqliteStore;
 use host_harness::runtime::{
     default_component_path, CompileCache, Limits, Runtime, RuntimeOptions, TenantTick, DEFAULT_MEMORY_BYTES,
@@ -39,7 +40,7 @@ fn component() -> PathBuf {
 /// One runtime for the whole test binary, as one harness process has.
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| Runtime::new(&component(), Limits::default()).expect("component loads"))
+    RUNTIME.get_or_init(|| loopback::runtime(&component(), Limits::default()).expect("component loads"))
 }
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -306,7 +307,7 @@ fn two_hundred_tenants_each_deliver_their_own_events() {
 #[test]
 fn the_compiled_component_is_cached_on_disk_and_a_damaged_cache_is_replaced() {
     let cache = tempfile::tempdir().unwrap();
-    let options = || RuntimeOptions { limits: Limits::default(), cache: CompileCache::Dir(cache.path().into()) };
+    let options = || loopback::options(Limits::default(), CompileCache::Dir(cache.path().into()));
 
     let first = Runtime::with_options(&component(), options()).unwrap();
     assert!(!first.loaded_from_cache());

@@ -22,7 +22,8 @@ pub fn runtime() -> &'static Runtime {
             "{} is missing: run `cargo build --release --target wasm32-wasip2 -p onepassword-collector` first (scripts/test.sh does)",
             path.display()
         );
-        Runtime::new(&path, Limits::default()).expect("component loads")
+        // The emulators are plain http on loopback: allowed here only.
+        harness_test_kit::loopback::runtime(&path, Limits::default()).expect("component loads")
     })
 }
 

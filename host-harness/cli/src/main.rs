@@ -50,11 +50,15 @@ struct Setup {
 }
 
 impl Setup {
-    /// The runtime, under the limits of the config's `[host]` section.
+    /// The runtime, under the limits and outbound rules of the config's
+    /// `[host]` section.
     fn runtime(&self, host: &HostSettings) -> anyhow::Result<Runtime> {
         let component = self.component.clone().unwrap_or_else(default_component_path);
         let cache = self.compile_cache.clone().map_or(CompileCache::NextToComponent, CompileCache::Dir);
-        Runtime::with_options(&component, RuntimeOptions { limits: host.limits.clone(), cache })
+        Runtime::with_options(
+            &component,
+            RuntimeOptions { limits: host.limits.clone(), cache, outbound: host.outbound.clone() },
+        )
     }
 }
 

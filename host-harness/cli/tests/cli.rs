@@ -41,8 +41,10 @@ fn setup(seed: u64, events: usize, tenant: &str, variables: &str, devo_token: &s
     let devo = DevoEmulator::start(DevoOptions { domain: "cli".into(), token: DEVO_TOKEN.into() }).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("harness.toml");
+    // The emulators are plain http on loopback, refused unless allowed.
     let text = format!(
-        "[tenants.acme]\n{tenant}\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n{variables}\n",
+        "{}\n[tenants.acme]\n{tenant}\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n{variables}\n",
+        harness_test_kit::loopback::HOST_SECTION,
         op.base_url(),
         devo.base_url()
     );

@@ -56,8 +56,10 @@ impl World {
         self.op.push_events(Service::Audit, more.values(Service::Audit));
     }
 
+    /// Writes the config: `text` under the `[host]` keys that let the
+    /// tenants reach the emulators (plain http on loopback).
     fn write(&self, text: &str) {
-        std::fs::write(&self.config, text).unwrap();
+        std::fs::write(&self.config, format!("{}\n{text}", harness_test_kit::loopback::HOST_SECTION)).unwrap();
     }
 
     fn command(&self, args: &[&str]) -> Command {

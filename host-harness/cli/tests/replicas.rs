@@ -100,7 +100,8 @@ fn three_replicas_on_one_redis_deliver_every_event_once_through_a_kill() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("replicas.toml");
-    let mut text = String::new();
+    // The emulators are plain http on loopback, refused unless allowed.
+    let mut text = String::from(harness_test_kit::loopback::HOST_SECTION);
     for n in 0..TENANTS {
         let t = tenant(n);
         text += &format!(

@@ -4,8 +4,10 @@
 //! * [`keyvalue`]: `wasi:keyvalue/store` and `atomics` over a tenant's
 //!   [`KvBackend`](crate::kv::KvBackend), with fault injection for tests;
 //! * [`config`]: `wasi:config/store`, the tenant's variables;
-//! * [`outbound`]: the policy every outgoing `wasi:http` request passes
-//!   (allow-list, capped timeouts).
+//! * [`outbound`]: every outgoing `wasi:http` request: the allow-list
+//!   (scheme, host, port), the operator's `allow_http` and
+//!   `allow_private_networks` checked on the address connected to, capped
+//!   timeouts and a bounded response body.
 
 pub mod config;
 pub mod keyvalue;

@@ -8,7 +8,7 @@ use super::limits::{EffectiveLimits, Guard, Limits, Meter};
 use crate::bindings;
 use crate::host::config::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
-use crate::host::outbound::OutboundPolicy;
+use crate::host::outbound::{OutboundPolicy, OutboundSettings};
 use crate::kv::Stores;
 use crate::tenant::Tenant;
 use std::sync::Arc;
@@ -70,6 +70,13 @@ impl WasiHttpView for TickState {
     }
 }
 
+impl TickState {
+    /// Why the host refused this instance's requests, if it did.
+    pub(crate) fn outbound_refusals(&self) -> Vec<String> {
+        self.outbound.refusals.list()
+    }
+}
+
 // The cron trigger's types interface has no functions: linking it only
 // satisfies the import.
 impl bindings::fermyon::spin_cron::cron_types::Host for TickState {}
@@ -86,15 +93,21 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
     Ok(linker)
 }
 
+/// What the operator set for every tenant alike: the runtime's limits
+/// (request timeouts and stored state are read here) and outbound rules.
+pub(crate) struct HostRules<'a> {
+    pub limits: &'a Limits,
+    pub outbound: Arc<OutboundSettings>,
+}
+
 /// A store for one instance of the tenant: its config, key-value store,
-/// allow-list, limits (`limits` its own, `host` the runtime's: request
-/// timeouts and stored state) and clock.
+/// allow-list, limits (`limits` its own, `host` the runtime's) and clock.
 pub(crate) fn new_store(
     engine: &Engine,
     tenant: &Tenant,
     options: &TickOptions,
     limits: &EffectiveLimits,
-    host: &Limits,
+    host: HostRules<'_>,
     stores: Arc<Stores>,
     meter: Arc<Meter>,
 ) -> Store<TickState> {
@@ -104,8 +117,8 @@ pub(crate) fn new_store(
         wasi: WasiCtx::builder().inherit_stderr().wall_clock(OffsetClock(options.clock_offset)).build(),
         http: WasiHttpCtx::new(),
         table,
-        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.request_timeout),
-        kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.state, options.kv_faults.clone()),
+        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, host.limits.request_timeout),
+        kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.limits.state, options.kv_faults.clone()),
         config: ConfigVars(tenant.variables.clone()),
         guard: Guard::new(meter, limits),
     };
@@ -152,7 +165,8 @@ mod tests {
         };
         let limits = host.for_tenant(&tenant);
         let meter = Arc::new(Meter::default());
-        let mut store = new_store(&engine, &tenant, &TickOptions::default(), &limits, &host, Arc::default(), meter);
+        let rules = HostRules { limits: &host, outbound: Arc::default() };
+        let mut store = new_store(&engine, &tenant, &TickOptions::default(), &limits, rules, Arc::default(), meter);
         let table = &mut store.data_mut().table;
         for _ in 0..MAX_RESOURCES {
             table.push(()).unwrap();

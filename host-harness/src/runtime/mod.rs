@@ -30,9 +30,10 @@ pub use self::limits::{
 };
 pub use self::outcome::{TenantTick, HOST_FAILURE};
 pub use crate::host::keyvalue::{KvFault, KvFaultHook, KvOp};
+pub use crate::host::outbound::OutboundSettings;
 
 use self::limits::Meter;
-use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure};
+use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure, with_warnings};
 use crate::bindings::CollectorHostPre;
 use crate::kv::Stores;
 use crate::tenant::Tenant;
@@ -51,6 +52,9 @@ use wasmtime::Engine;
 pub struct RuntimeOptions {
     pub limits: Limits,
     pub cache: CompileCache,
+    /// Where tenants' requests may go; the default is https to public
+    /// addresses only (see [`OutboundSettings`]).
+    pub outbound: OutboundSettings,
 }
 
 /// The workspace's release build of the component.
@@ -71,6 +75,7 @@ struct Inner {
     engine: Engine,
     pre: CollectorHostPre<TickState>,
     limits: Limits,
+    outbound: Arc<OutboundSettings>,
     /// One permit per pool slot: a tick holds one while its instance lives.
     slots: tokio::sync::Semaphore,
     cache_file: Option<PathBuf>,
@@ -81,14 +86,16 @@ struct Inner {
 
 impl Runtime {
     /// Compiles (or loads from the cache beside the `.wasm`) the component
-    /// and links every import it may use.
+    /// and links every import it may use. Tenants may call https URLs on
+    /// public addresses only; [`Runtime::with_options`] takes other
+    /// [`OutboundSettings`].
     pub fn new(component_path: &Path, limits: Limits) -> anyhow::Result<Runtime> {
         Runtime::with_options(component_path, RuntimeOptions { limits, ..RuntimeOptions::default() })
     }
 
-    /// [`Runtime::new`] with a choice of compile cache.
+    /// [`Runtime::new`] with a choice of compile cache and outbound rules.
     pub fn with_options(component_path: &Path, options: RuntimeOptions) -> anyhow::Result<Runtime> {
-        let RuntimeOptions { limits, cache } = options;
+        let RuntimeOptions { limits, cache, outbound } = options;
         anyhow::ensure!(limits.max_concurrent_instances > 0, "max_concurrent_instances must be at least 1");
         let engine = engine::new(&limits)?;
         let loaded = compile_cache::load(&engine, component_path, &cache)?;
@@ -100,6 +107,7 @@ impl Runtime {
                 engine,
                 pre,
                 limits,
+                outbound: Arc::new(outbound),
                 slots,
                 cache_file: loaded.cache_file,
                 loaded_from_cache: loaded.from_cache,
@@ -110,6 +118,11 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Where tenants' requests may go.
+    pub fn outbound(&self) -> &OutboundSettings {
+        &self.inner.outbound
     }
 
     /// Instances alive right now (ticks holding a pool slot).
@@ -223,7 +236,10 @@ impl Inner {
         let mut store = self.new_store(tenant, options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let result = instance.onepassword_collector_runner().call_tick(&mut store).await?;
-        Ok(result.map(from_wit_report).map_err(from_wit_error))
+        // Why the host refused requests: the component only learns that it
+        // was refused, the operator needs to know which setting allows it.
+        let refusals = store.data().outbound_refusals();
+        Ok(result.map(|r| with_warnings(from_wit_report(r), refusals)).map_err(from_wit_error))
     }
 
     async fn validate(&self, tenant: &Tenant, limits: &EffectiveLimits) -> anyhow::Result<Vec<Check>> {
@@ -243,6 +259,7 @@ impl Inner {
         meter: Arc<Meter>,
     ) -> wasmtime::Store<TickState> {
         let stores = Arc::clone(&self.stores);
-        instance::new_store(&self.engine, tenant, options, limits, &self.limits, stores, meter)
+        let host = instance::HostRules { limits: &self.limits, outbound: Arc::clone(&self.outbound) };
+        instance::new_store(&self.engine, tenant, options, limits, host, stores, meter)
     }
 }

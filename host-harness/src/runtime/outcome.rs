@@ -56,11 +56,24 @@ impl TenantTick {
                 serde_json::json!({ "tenant": self.tenant, "ok": false, "services": {}, "error": e })
             }
         };
+        // Only when there are any, so a clean tick's line stays as short.
+        if let Ok(report) = &self.result {
+            if !report.warnings.is_empty() {
+                line["warnings"] = serde_json::json!(report.warnings);
+            }
+        }
         line["peak_memory_bytes"] = self.peak_memory_bytes.into();
         line["guest_cpu_ms"] = self.guest_cpu_ms.into();
         line["host_elapsed_ms"] = self.host_elapsed_ms.into();
         line
     }
+}
+
+/// `report` with the host's own `warnings` (why it refused requests) after
+/// the component's.
+pub(crate) fn with_warnings(mut report: TickReport, warnings: Vec<String>) -> TickReport {
+    report.warnings.extend(warnings.into_iter().map(|w| format!("the host refused a request: {w}")));
+    report
 }
 
 /// The error of a tick the host ended.

@@ -3,7 +3,7 @@
 //! caught up, and shows what reached Devo per tag.
 
 use crate::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
-use host_harness::runtime::{Limits, Runtime};
+use host_harness::runtime::Limits;
 use host_harness::tenant::Tenant;
 use onepassword_collector::service::Service;
 use std::collections::BTreeMap;
@@ -57,7 +57,9 @@ pub async fn run(
     };
     writeln!(out, "1Password emulator at {}, Devo receiver at {}", op.base_url(), devo.base_url())?;
     writeln!(out, "{per_service} events per service, page size {page_size}; ticking until caught up…")?;
-    let runtime = Runtime::new(component, Limits::default())?;
+    // The emulators are plain http on loopback, which a runtime refuses
+    // unless allowed.
+    let runtime = crate::loopback::runtime(component, Limits::default())?;
     let mut ticks = 0;
     loop {
         ticks += 1;

@@ -5,6 +5,8 @@
 //!   Devo's HTTP ingestion, with seeded, switchable faults, and the
 //!   generator of their data sets;
 //! * [`demo`]: the offline first run (`host-harness demo`);
+//! * [`loopback`]: the outbound rules that let a runtime reach the
+//!   emulators (plain http on 127.0.0.1), as settings and as `[host]` keys;
 //! * [`redis_server`]: a real `redis-server` on a free loopback port;
 //! * [`spin_check`]: the static Spin compatibility checker behind
 //!   `tests/spin_compat.rs`;
@@ -13,5 +15,6 @@
 
 pub mod demo;
 pub mod emulator;
+pub mod loopback;
 pub mod redis_server;
 pub mod spin_check;

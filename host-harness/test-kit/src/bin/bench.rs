@@ -755,7 +755,8 @@ async fn hosted_parts(plan: &Plan, component: &Path, component_size: u64, bench:
     // the .wasm; the bench leaves that alone).
     let timed = |cache: CompileCache| -> anyhow::Result<(Duration, Runtime)> {
         let started = Instant::now();
-        let runtime = Runtime::with_options(component, RuntimeOptions { limits: Limits::default(), cache })?;
+        let outbound = harness_test_kit::loopback::outbound();
+        let runtime = Runtime::with_options(component, RuntimeOptions { limits: Limits::default(), cache, outbound })?;
         Ok((started.elapsed(), runtime))
     };
     let (compile, uncached) = timed(CompileCache::Off)?;

@@ -1,0 +1,189 @@
+//! Sends one allowed request: resolves its host, connects only to an
+//! address the policy permits (checked on the very address connected to, so
+//! a second lookup cannot answer differently: no DNS rebinding), with
+//! TCP_NODELAY, then TLS for https (rustls with the webpki roots, the stack
+//! wasmtime-wasi-http's own sender uses) and HTTP/1.1 over hyper, under the
+//! request's connect, first-byte and between-bytes timeouts. The response
+//! body is bounded (see [`super::body`]).
+
+use super::body::{CappedBody, TimedBody};
+use super::policy::{Destination, Refusal, Scheme};
+use http_body_util::BodyExt;
+use rustls::pki_types::ServerName;
+use std::future::{poll_fn, Future};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+/// Why a request did not get a response.
+#[derive(Debug)]
+pub enum Failure {
+    /// The policy refused every address the host resolved to.
+    Refused(Refusal),
+    /// Anything else, as wasi-http reports it to the guest.
+    Http(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Http(e)
+    }
+}
+
+/// What drives the connection after the response head arrived; ends when
+/// the body has been read (or the connection failed).
+pub type Io = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+/// A plain or TLS stream, one type for hyper.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Sends `request` to `destination` (already allowed by
+/// [`check_uri`](super::OutboundPolicy::check_uri)), connecting only to
+/// addresses `permit` accepts; the body of the response ends with an error
+/// past `body_limit` bytes. Timeouts are [`RequestOptions`]' (all set: the
+/// policy caps them).
+pub async fn send(
+    mut request: http::Request<WasiBody>,
+    destination: &Destination,
+    options: RequestOptions,
+    permit: impl Fn(IpAddr) -> Result<(), Refusal>,
+    body_limit: u64,
+) -> Result<(http::Response<WasiBody>, Io), Failure> {
+    let long = Duration::from_secs(600);
+    let connect_timeout = options.connect_timeout.unwrap_or(long);
+    let first_byte = options.first_byte_timeout.unwrap_or(long);
+    let between_bytes = options.between_bytes_timeout.unwrap_or(long);
+
+    // One deadline for resolving, connecting and the TLS handshake.
+    let deadline = Instant::now() + connect_timeout;
+    let tcp = connect(destination, deadline, permit).await?;
+    let stream: Box<dyn Stream> = match destination.scheme {
+        Scheme::Http => Box::new(tcp),
+        Scheme::Https => {
+            let name = ServerName::try_from(destination.host.as_str()).map_err(Error::InvalidDnsNameError)?.to_owned();
+            let tls = tokio_rustls::TlsConnector::from(tls_config());
+            match timeout_at(deadline, tls.connect(name, tcp)).await {
+                Ok(stream) => Box::new(stream.map_err(Error::Tls)?),
+                Err(_) => return Err(Error::ConnectionTimeout.into()),
+            }
+        }
+    };
+    let (mut sender, conn) =
+        timeout(connect_timeout, hyper::client::conn::http1::handshake::<_, WasiBody>(TokioIo::new(stream)))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(Error::from)?;
+
+    // The request line carries the path only; hyper does not strip the
+    // scheme and authority wasi-http leaves in the URI (the Host header is
+    // already set).
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+
+    let send = async move {
+        match timeout(first_byte, sender.send_request(request)).await {
+            Ok(response) => response.map_err(Error::from),
+            Err(_) => Err(Error::ConnectionReadTimeout),
+        }
+    };
+    // The response arrives only while the connection is driven: poll both
+    // until the head is in; the connection then goes back to wasi-http,
+    // which drives it while the guest reads the body.
+    let mut send = pin!(send);
+    let mut conn = Some(conn);
+    let response = poll_fn(|cx| {
+        if let Poll::Ready(response) = send.as_mut().poll(cx) {
+            return Poll::Ready(response);
+        }
+        if let Some(c) = conn.as_mut() {
+            if let Poll::Ready(done) = Pin::new(c).poll(cx) {
+                conn = None;
+                return match done {
+                    // The server closed after its response: it is complete.
+                    Ok(()) => send.as_mut().poll(cx),
+                    Err(e) => Poll::Ready(Err(Error::from(e))),
+                };
+            }
+        }
+        Poll::Pending
+    })
+    .await?;
+    let io: Io = Box::pin(async move {
+        match conn {
+            Some(conn) => conn.await.map_err(|e| if e.is_timeout() { Error::HttpResponseTimeout } else { e.into() }),
+            None => Ok(()),
+        }
+    });
+    let response =
+        response.map(|incoming| CappedBody::new(TimedBody::new(incoming, between_bytes), body_limit).boxed_unsync());
+    Ok((response, io))
+}
+
+/// A TCP connection to the first address of `destination`'s host that
+/// `permit` accepts and that answers. Refused only when no address was
+/// permitted; a permitted address that does not answer is a connect error.
+async fn connect(
+    destination: &Destination,
+    deadline: Instant,
+    permit: impl Fn(IpAddr) -> Result<(), Refusal>,
+) -> Result<TcpStream, Failure> {
+    let lookup = tokio::net::lookup_host((destination.host.as_str(), destination.port));
+    let addresses: Vec<SocketAddr> = match timeout_at(deadline, lookup).await {
+        Ok(Ok(addresses)) => addresses.collect(),
+        // As wasi-http's own sender reports a failed lookup.
+        Ok(Err(_)) => return Err(no_address().into()),
+        Err(_) => return Err(Error::DnsTimeout.into()),
+    };
+    let mut refused = None;
+    let mut failed = None;
+    for address in addresses {
+        if let Err(refusal) = permit(address.ip()) {
+            refused.get_or_insert(refusal);
+            continue;
+        }
+        match timeout_at(deadline, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                // Requests are written in a few small pieces (head, then
+                // body): without NODELAY, Nagle's algorithm holds the body
+                // back until the peer's delayed ACK, some 40 ms per request.
+                // Failing to set it costs latency only, so it is not an error.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => return Err(Error::ConnectionTimeout.into()),
+        }
+    }
+    match (failed, refused) {
+        (Some(e), _) => Err(Error::Connect(e).into()),
+        (None, Some(refusal)) => Err(Failure::Refused(refusal)),
+        (None, None) => Err(no_address().into()),
+    }
+}
+
+fn no_address() -> Error {
+    Error::DnsError { rcode: Some("address not available".into()), info_code: None }
+}
+
+/// The TLS client configuration, built once: ring, the webpki roots, no
+/// client certificate (the same choices as wasmtime-wasi-http's sender).
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    Arc::clone(CONFIG.get_or_init(|| {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }))
+}

@@ -1,0 +1,123 @@
+//! Outbound requests only where the operator allows them: the real .wasm
+//! under runtimes with different `[host]` outbound rules, against the
+//! emulators on 127.0.0.1 (plain http on loopback: refused by default).
+
+use end_to_end as common;
+
+use common::*;
+use harness_test_kit::loopback;
+use host_harness::runtime::{default_component_path, Limits, OutboundSettings, Runtime, RuntimeOptions, TenantTick};
+use onepassword_collector::report::Outcome;
+use onepassword_collector::service::ApiVersion;
+
+fn runtime_with(outbound: OutboundSettings) -> Runtime {
+    Runtime::with_options(
+        &default_component_path(),
+        RuntimeOptions { limits: Limits::default(), outbound, ..RuntimeOptions::default() },
+    )
+    .expect("component loads")
+}
+
+/// The rules of `loopback::outbound`, but without the loopback network.
+fn http_without_loopback() -> OutboundSettings {
+    OutboundSettings { allow_private_networks: vec![], ..loopback::outbound() }
+}
+
+/// Asserts the tick reached nobody: every service failed with the host's
+/// refusal, neither emulator saw a request, and the tick's warnings say why
+/// (containing each of `why`).
+fn assert_refused(t: &TenantTick, f: &Fixture, why: &[&str]) {
+    let line = t.to_json().to_string();
+    assert_no_secrets(&line);
+    let report = t.result.as_ref().unwrap_or_else(|e| panic!("the tick ran: {e}"));
+    assert!(!report.services.is_empty());
+    for s in &report.services {
+        assert_eq!(s.outcome, Outcome::Failed, "{line}");
+        let e = s.error.as_ref().unwrap();
+        assert!(e.message.contains("the host refused the request"), "{}: {}", s.service, e.message);
+    }
+    assert_eq!(f.op.request_count(), 0, "1Password was reached");
+    assert_eq!(f.devo.requests().len(), 0, "Devo was reached");
+    let warnings = report.warnings.join("\n");
+    for w in why {
+        assert!(warnings.contains(w), "warnings lack {w:?}: {warnings}");
+    }
+    assert_eq!(t.to_json()["warnings"], serde_json::json!(report.warnings), "the line shows them");
+}
+
+#[test]
+fn loopback_emulators_are_refused_until_the_operator_allows_loopback() {
+    let f = Fixture::new(30, 41);
+    let t = block_on(runtime_with(http_without_loopback()).tick(&f.tenant));
+    let op = f.op.base_url().trim_start_matches("http://").to_string();
+    assert_refused(
+        &t,
+        &f,
+        &[
+            &format!("http://{op} resolves to 127.0.0.1, a loopback address: refused"),
+            "`[host] allow_private_networks = [\"127.0.0.0/8\"]` allows it",
+        ],
+    );
+    // The default runtime refuses plain http before any address (a tick
+    // past the back-off the first refusal started).
+    f.advance(300);
+    let t = block_on(runtime_with(OutboundSettings::default()).tick_with(&f.tenant, &later(f.clock.get())));
+    assert_refused(&t, &f, &["plain http is refused; the operator's `[host] allow_http = true` allows it"]);
+
+    // Allowed: the same tenant delivers everything.
+    f.drain(5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
+
+#[test]
+fn a_name_that_resolves_to_loopback_is_refused_the_same_way() {
+    let mut f = Fixture::new(20, 42);
+    let (op, devo) =
+        (f.op.base_url().replace("127.0.0.1", "localhost"), f.devo.base_url().replace("127.0.0.1", "localhost"));
+    assert!(op.starts_with("http://localhost:") && devo.starts_with("http://localhost:"), "{op} {devo}");
+    f.set("base_url", &op);
+    f.set("devo_url", &devo);
+    let t = block_on(runtime_with(http_without_loopback()).tick(&f.tenant));
+    let op_authority = op.trim_start_matches("http://");
+    assert_refused(
+        &t,
+        &f,
+        &[
+            &format!("http://{op_authority} resolves to 127.0.0.1, a loopback address: refused"),
+            "allow_private_networks",
+        ],
+    );
+    // With loopback allowed the name works like the address.
+    f.drain(5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
+
+#[test]
+fn an_allow_list_entry_binds_the_scheme() {
+    let mut f = Fixture::new(10, 43);
+    // The allow-list names https on the emulators' ports; the URLs are http.
+    let https = |url: String| url.replace("http://", "https://");
+    f.tenant.allowed_outbound_hosts = Some(vec![https(f.op.base_url()), https(f.devo.base_url())]);
+    let t = tick(&f.tenant);
+    assert_refused(&t, &f, &["is not in the tenant's allow-list", "scheme, host and port must match"]);
+    f.tenant.allowed_outbound_hosts = Some(vec![f.op.base_url(), f.devo.base_url()]);
+    f.drain(5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
+
+#[test]
+fn a_response_body_over_the_hosts_ceiling_delivers_nothing() {
+    let mut f = Fixture::new(200, 44);
+    f.set("page_size", "200");
+    // 200 events are some 100 KiB of JSON per page: far over 4 KiB.
+    let small = OutboundSettings { response_body_bytes: 4096, ..loopback::outbound() };
+    let t = block_on(runtime_with(small).tick(&f.tenant));
+    assert_no_secrets(&t.to_json().to_string());
+    let report = t.result.as_ref().unwrap_or_else(|e| panic!("the tick ran: {e}"));
+    assert!(report.services.iter().all(|s| s.outcome == Outcome::Failed && s.sent == 0), "{}", t.to_json());
+    assert!(f.op.request_count() > 0, "1Password was asked");
+    assert_eq!(f.devo.total_events(), 0);
+    // Under the default ceiling (8 MiB) the same pages go through.
+    f.recover(5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+}
