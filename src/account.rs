@@ -85,9 +85,10 @@ pub fn parse_introspection(response: &HttpResponse, now: DateTime<Utc>) -> Resul
         };
         return Err(CollectorError::new(
             ErrorKind::PullError,
-            u32::from(response.status),
+            crate::error::onepassword_status_id(response.status),
             format!("1Password answered the token introspection with HTTP {} ({advice})", response.status),
-        ));
+        )
+        .with_http_status(response.status));
     }
     let body: Introspection = serde_json::from_slice(&response.body).map_err(|e| {
         CollectorError::new(

@@ -35,6 +35,7 @@ pub const KEYS: &[&str] = &[
     "request_timeout_ms",
     "devo_max_batch_events",
     "devo_gzip",
+    "max_response_bytes",
     "obfuscate_fields",
     "obfuscation_mode",
     "obfuscation_key",
@@ -52,6 +53,12 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// The longest `request_timeout_ms` accepted.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_DEVO_MAX_BATCH_EVENTS: u32 = 1000;
+/// The largest answer body read from 1Password or Devo: a 1000-event page
+/// is about 1 MiB, so 4 MiB leaves room and still fits the instance's memory.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 << 20;
+/// The range `max_response_bytes` accepts: below 1 KiB not even an error
+/// answer fits; above 256 MiB no instance's memory would hold it.
+pub const MAX_RESPONSE_BYTES_RANGE: (u64, u64) = (1024, 256 << 20);
 /// 1Password serves no data older than this.
 pub const RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(120);
 pub const DEFAULT_DEVO_HOST: &str = "onepassword-collector";
@@ -84,6 +91,9 @@ pub struct Config {
     pub tick_deadline: chrono::TimeDelta,
     /// Connect, first-byte and between-bytes timeout of every request.
     pub request_timeout_ms: u64,
+    /// The largest answer body read; a larger one fails that request
+    /// ([`HttpFailure::TooLarge`](crate::http::HttpFailure::TooLarge)).
+    pub max_response_bytes: u64,
     pub obfuscator: Option<Obfuscator>,
 }
 
@@ -102,11 +112,13 @@ impl Config {
                         Ok(Some(v.to_string()))
                     }
                 }
+                // The host's complaint is bounded: it may quote the value.
                 Err(detail) => Err(CollectorError::new(
                     ErrorKind::ConfigSourceError,
                     CONFIG_SOURCE,
                     format!(
-                        "the host could not read setting \"{key}\" ({detail}); check the host's variables provider"
+                        "the host could not read setting \"{key}\" ({}); check the host's variables provider",
+                        crate::error::bounded(&detail)
                     ),
                 )),
             }
@@ -174,6 +186,8 @@ impl Config {
             Some("false") => false,
             Some(other) => return Err(CollectorError::invalid("devo_gzip", "true or false", &quote(other))),
         };
+        let (min, max) = MAX_RESPONSE_BYTES_RANGE;
+        let max_response_bytes = number(&mut get, "max_response_bytes", min, max, DEFAULT_MAX_RESPONSE_BYTES)?;
         let obfuscator = obfuscator(&mut get)?;
         Ok(Config {
             base_url,
@@ -194,6 +208,7 @@ impl Config {
             max_pages_per_tick,
             tick_deadline: chrono::TimeDelta::milliseconds(tick_deadline_ms as i64),
             request_timeout_ms,
+            max_response_bytes,
             obfuscator,
         })
     }
@@ -264,8 +279,18 @@ fn quote(v: &str) -> String {
     crate::error::quoted(v)
 }
 
+/// A base URL; a refused one is shown without what may hold a secret
+/// (a password in its userinfo, a token in its query or path).
 fn endpoint(key: &str, value: String) -> Result<Endpoint, CollectorError> {
-    Endpoint::parse(&value).map_err(|expected| CollectorError::invalid(key, &expected, &quote(&value)))
+    Endpoint::parse(&value).map_err(|expected| {
+        let shown = crate::text::redact_url(&value);
+        let given = if shown == value {
+            quote(&value)
+        } else {
+            format!("{} (its user, query or fragment not shown)", quote(&shown))
+        };
+        CollectorError::invalid(key, &expected, &given)
+    })
 }
 
 fn parse_services(value: &str) -> Result<Vec<Service>, CollectorError> {
@@ -348,6 +373,7 @@ pub(crate) mod tests {
         assert_eq!(c.start_time, None);
         assert_eq!(c.devo_host, "onepassword-collector");
         assert_eq!(c.tag(Service::ItemUsage), "auth.agilebits.onepassword.itemusage");
+        assert_eq!(c.max_response_bytes, 4 << 20);
     }
 
     #[test]
@@ -385,6 +411,8 @@ pub(crate) mod tests {
             ("request_timeout_ms", "fast", "100 to 600000"),
             ("devo_max_batch_events", "0", "1 to 1000000"),
             ("devo_gzip", "yes", "true or false"),
+            ("max_response_bytes", "1023", "1024 to 268435456"),
+            ("max_response_bytes", "1GiB", "1024 to 268435456"),
             ("obfuscation_mode", "scramble", "\"hash\" or \"mask\""),
         ];
         for (key, value, expected) in cases {
@@ -417,9 +445,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_refused_url_is_shown_without_userinfo_or_query() {
+        for (key, value) in [
+            ("base_url", "https://user:pw0rd@events.1password.com/p?token=qs3cret#fr4g"),
+            ("devo_url", "https://http-us.devo.io/stream?token=qs3cret"),
+            ("devo_url", "http://admin:pw0rd@10.0.0.1/relay"),
+        ] {
+            let mut m = minimal();
+            m.insert(key, value.into());
+            let e = load(&m).unwrap_err();
+            assert_eq!(e.id, INVALID_SETTING, "{value}");
+            for secret in ["pw0rd", "qs3cret", "fr4g", "user:", "admin"] {
+                assert!(!e.message.contains(secret), "{secret} shown: {}", e.message);
+            }
+            assert!(e.message.contains(key) && e.message.contains("not shown"), "{}", e.message);
+        }
+        let mut m = minimal();
+        m.insert("base_url", "https://user:pw0rd@events.1password.com/p?token=x".into());
+        assert!(load(&m).unwrap_err().message.contains("\"https://events.1password.com/p\""));
+    }
+
+    #[test]
     fn a_failing_config_source_is_its_own_error() {
         let e = Config::load(|_| Err("vault unreachable".into())).unwrap_err();
         assert_eq!(e.id, CONFIG_SOURCE);
         assert!(e.message.contains("base_url") && e.message.contains("vault unreachable"));
+        // A host's complaint is bounded and inert, whatever it holds.
+        let e = Config::load(|_| Err(format!("\x1b]0;pwned\x07{}", "v".repeat(1 << 20)))).unwrap_err();
+        assert!(e.message.chars().count() < 400 && !e.message.chars().any(crate::text::is_unsafe), "{}", e.message);
     }
 }

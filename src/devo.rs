@@ -2,7 +2,7 @@
 //! line, batches kept under Devo's per-request limit.
 
 use crate::config::Config;
-use crate::error::{CollectorError, ErrorKind, DEVO_REJECTED, DEVO_UNREACHABLE};
+use crate::error::{CollectorError, ErrorKind, DEVO_REJECTED, DEVO_TOO_LARGE, DEVO_UNREACHABLE};
 use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
 use crate::json;
 use crate::service::Service;
@@ -101,10 +101,22 @@ pub fn check_response(service: Service, tag: &str, response: &HttpResponse) -> R
              advanced, so the page is sent again next tick",
             response.status
         ),
-    ))
+    )
+    .with_http_status(response.status))
 }
 
 pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorError {
+    if let HttpFailure::TooLarge { limit } = failure {
+        return CollectorError::new(
+            ErrorKind::DeliveryError,
+            DEVO_TOO_LARGE,
+            format!(
+                "Devo's answer for {service} events is larger than max_response_bytes ({limit} bytes) and was \
+                 not read (Devo's answers are small: check devo_url); the checkpoint was not advanced, so the \
+                 page is sent again next tick"
+            ),
+        );
+    }
     CollectorError::new(
         ErrorKind::DeliveryError,
         DEVO_UNREACHABLE,
@@ -167,8 +179,13 @@ mod tests {
         assert!(check_response(Service::Audit, "t.a", &r(200)).is_ok());
         assert!(check_response(Service::Audit, "t.a", &r(204)).is_ok());
         let e = check_response(Service::Audit, "t.a", &r(401)).unwrap_err();
-        assert_eq!((e.id, e.kind), (DEVO_REJECTED, ErrorKind::DeliveryError));
+        assert_eq!((e.id, e.kind, e.http_status), (DEVO_REJECTED, ErrorKind::DeliveryError, Some(401)));
         assert!(e.message.contains("401") && e.message.contains("devo_token"));
+        // Whatever the status, the id stays ours.
+        assert_eq!(check_response(Service::Audit, "t.a", &r(900)).unwrap_err().id, DEVO_REJECTED);
         assert_eq!(transport_error(Service::Audit, &HttpFailure::Denied).id, DEVO_UNREACHABLE);
+        let e = transport_error(Service::Audit, &HttpFailure::TooLarge { limit: 65536 });
+        assert_eq!((e.id, e.kind), (DEVO_TOO_LARGE, ErrorKind::DeliveryError));
+        assert!(e.message.contains("65536 bytes") && e.message.contains("max_response_bytes"), "{}", e.message);
     }
 }

@@ -1,10 +1,14 @@
 //! Errors the collector reports, each with a stable numeric id.
 //!
 //! The ids follow Devo's own 1Password collector where it has one
-//! (InitVariablesError 1-3, PrePullError 200, 1Password HTTP statuses as
-//! themselves) so a Devo user's runbooks keep working; the rest are ours and
-//! are listed in the README. Messages name what is wrong and what to do, and
-//! never carry a secret.
+//! (InitVariablesError 1-3, PrePullError 200, 1Password's 4xx and 5xx
+//! statuses as themselves) so a Devo user's runbooks keep working; the rest
+//! are ours and are listed in the README. An upstream status is also kept in
+//! its own field, [`CollectorError::http_status`]: a server may answer any
+//! three-digit status, and one outside 400-599 (say 900) must not pass for
+//! one of our ids ([`onepassword_status_id`]). Messages name what is wrong
+//! and what to do, never carry a secret, and are one bounded line of inert
+//! text ([`crate::text::clean`]) whatever outside input they repeat.
 
 use serde::Serialize;
 use std::fmt;
@@ -29,10 +33,29 @@ pub const SCOPE_MISSING: u32 = 610;
 pub const ONEPASSWORD_UNREACHABLE: u32 = 600;
 /// 1Password answered 200 with a body that is not a valid events page.
 pub const ONEPASSWORD_BAD_BODY: u32 = 601;
+/// 1Password answered a status outside 400-599 that is not the 200 asked
+/// for (the status itself is in `http_status`).
+pub const ONEPASSWORD_UNEXPECTED_STATUS: u32 = 602;
+/// 1Password's answer is larger than `max_response_bytes`.
+pub const ONEPASSWORD_TOO_LARGE: u32 = 603;
 /// Devo answered with a non-2xx status.
 pub const DEVO_REJECTED: u32 = 700;
 /// Devo could not be reached.
 pub const DEVO_UNREACHABLE: u32 = 701;
+/// Devo's answer is larger than `max_response_bytes`.
+pub const DEVO_TOO_LARGE: u32 = 702;
+
+/// The id of an error for a 1Password answer with this (non-200) status:
+/// the status itself for 400-599, as Devo's collector reports them, and
+/// [`ONEPASSWORD_UNEXPECTED_STATUS`] for anything else, so that no status a
+/// server makes up collides with an id of ours (600, 700, the host's 900).
+pub fn onepassword_status_id(status: u16) -> u32 {
+    if (400..=599).contains(&status) {
+        u32::from(status)
+    } else {
+        ONEPASSWORD_UNEXPECTED_STATUS
+    }
+}
 
 /// The most characters of outside input an error message repeats, at its
 /// start and its end ([`bounded`], [`quoted`]): enough to recognise a value
@@ -79,7 +102,8 @@ pub enum ErrorKind {
     InitVariablesError,
     ConfigSourceError,
     PrePullError,
-    /// 1Password answered with an unexpected status (id = the status).
+    /// 1Password could not be read: an unexpected status (id = a 4xx/5xx
+    /// status, else 602), no answer, or an answer that is not a page.
     PullError,
     DeliveryError,
     /// The token may not read a service.
@@ -104,6 +128,10 @@ pub struct CollectorError {
     pub id: u32,
     pub kind: ErrorKind,
     pub message: String,
+    /// The HTTP status 1Password or Devo answered, when the error is about
+    /// one: kept apart from `id`, which is ours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 impl fmt::Display for CollectorError {
@@ -113,8 +141,17 @@ impl fmt::Display for CollectorError {
 }
 
 impl CollectorError {
+    /// The message is cleaned and bounded here, once for every error: it
+    /// may repeat outside input (an upstream body, a host's complaint).
     pub fn new(kind: ErrorKind, id: u32, message: impl Into<String>) -> Self {
-        CollectorError { id, kind, message: message.into() }
+        let message = crate::text::clean(&message.into(), crate::text::MAX_MESSAGE_CHARS);
+        CollectorError { id, kind, message, http_status: None }
+    }
+
+    /// The error with the upstream status it is about.
+    pub fn with_http_status(mut self, status: u16) -> Self {
+        self.http_status = Some(status);
+        self
     }
 
     pub fn missing(key: &str, hint: &str) -> Self {
@@ -192,5 +229,28 @@ mod tests {
         // Escapes count: 100 backslashes show as at most 60 characters.
         let q = quoted(&"\\".repeat(100));
         assert_eq!(q, format!("\"{}\"… (100 characters)", "\\".repeat(60)));
+    }
+
+    #[test]
+    fn messages_are_one_bounded_line_of_inert_text() {
+        let body = format!("\x1b[2J\x1b]0;pwned\x07\n{}", "y".repeat(1 << 20));
+        let e = CollectorError::new(ErrorKind::PullError, 503, format!("1Password said {body}"));
+        assert!(e.message.chars().count() <= crate::text::MAX_MESSAGE_CHARS + 1, "{}", e.message.len());
+        assert!(!e.message.chars().any(crate::text::is_unsafe) && !e.message.contains('\n'), "{}", e.message);
+        assert!(e.message.starts_with("1Password said \\u{1b}[2J"), "{}", e.message);
+    }
+
+    #[test]
+    fn only_4xx_and_5xx_statuses_serve_as_ids() {
+        assert_eq!(onepassword_status_id(401), 401);
+        assert_eq!(onepassword_status_id(599), 599);
+        for status in [100, 204, 302, 600, 602, 700, 701, 900, 999] {
+            assert_eq!(onepassword_status_id(status), ONEPASSWORD_UNEXPECTED_STATUS, "{status}");
+        }
+        let e = CollectorError::new(ErrorKind::PullError, 602, "x").with_http_status(900);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!((json["id"].as_u64(), json["http_status"].as_u64()), (Some(602), Some(900)));
+        let plain = serde_json::to_value(CollectorError::missing("token", "set it")).unwrap();
+        assert!(plain.get("http_status").is_none(), "{plain}");
     }
 }

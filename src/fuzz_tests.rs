@@ -21,10 +21,10 @@ use crate::config::tests::minimal;
 use crate::config::{Config, KEYS, SECRET_KEYS};
 use crate::devo;
 use crate::error::{
-    ErrorKind, CHECKPOINT_UNREADABLE, DEVO_REJECTED, EMPTY_SETTING, INVALID_SETTING, MISSING_SETTING,
-    ONEPASSWORD_BAD_BODY,
+    onepassword_status_id, ErrorKind, CHECKPOINT_UNREADABLE, DEVO_REJECTED, DEVO_TOO_LARGE, EMPTY_SETTING,
+    INVALID_SETTING, MISSING_SETTING, ONEPASSWORD_BAD_BODY, ONEPASSWORD_TOO_LARGE,
 };
-use crate::http::HttpResponse;
+use crate::http::{HttpFailure, HttpResponse};
 use crate::obfuscate::{Mode, ObfuscateError, Obfuscator};
 use crate::onepassword::{self, EventMeta, MAX_UUID_LEN};
 use crate::report::TickReport;
@@ -167,6 +167,7 @@ const EXCERPT_RUN: usize = 256;
 /// Bounded, and repeating no run of `input` of `run` characters or more.
 fn check_message(what: &str, message: &str, input: &[u8], run: usize) -> Result<(), TestCaseError> {
     let chars = message.chars().count();
+    prop_assert!(!message.chars().any(crate::text::is_unsafe), "{what}: a control character in {message:?}");
     prop_assert!(chars < MAX_MESSAGE, "{what}: a message of {chars} characters: {}", crate::error::bounded(message));
     if let Some(repeated) = repeated_run(message, input, run) {
         prop_assert!(false, "{what}: the message repeats the input {repeated:?}: {}", crate::error::bounded(message));
@@ -663,14 +664,44 @@ fn response(status: u16, body: Vec<u8>) -> HttpResponse {
 // ---------------------------------------------------------------------------
 // What is checked of each parser, shared by the targets and the megabyte one.
 
+/// A `max_response_bytes` small enough that some generated bodies pass it.
+const BODY_CAP: u64 = 128;
+
+/// The body cap, as the tick applies it to every answer: a body over it is
+/// refused whatever it holds, with the error of its side (`too_large`), a
+/// message naming the cap and the setting; one within it is left as it is.
+fn check_cap(
+    http: &HttpResponse,
+    error: impl Fn(&HttpFailure) -> crate::error::CollectorError,
+    too_large: u32,
+) -> Result<(), TestCaseError> {
+    match http.clone().within(BODY_CAP) {
+        Ok(same) => prop_assert!(http.body.len() as u64 <= BODY_CAP && same == *http),
+        Err(failure) => {
+            prop_assert!(http.body.len() as u64 > BODY_CAP);
+            let e = error(&failure);
+            prop_assert_eq!((e.id, e.http_status), (too_large, None));
+            let names_cap =
+                e.message.contains(&format!("{BODY_CAP} bytes")) && e.message.contains("max_response_bytes");
+            prop_assert!(names_cap, "{}", e.message);
+            check_message("body over the cap", &e.message, &http.body, RUN)?;
+        }
+    }
+    Ok(())
+}
+
 fn check_page(service: Service, status: u16, body: &[u8]) -> Result<(), TestCaseError> {
     let http = response(status, body.to_vec());
+    check_cap(&http, |f| onepassword::transport_error(service, f), ONEPASSWORD_TOO_LARGE)?;
     let (result, peak) = peak_during(|| onepassword::parse_page(service, &http));
     check_memory("page", peak, body.len())?;
     match result {
         Err(e) => {
             prop_assert_eq!(e.kind, ErrorKind::PullError);
-            prop_assert_eq!(e.id, if status == 200 { ONEPASSWORD_BAD_BODY } else { u32::from(status) });
+            prop_assert_eq!(e.id, if status == 200 { ONEPASSWORD_BAD_BODY } else { onepassword_status_id(status) });
+            // Never one of our ids for a status a server made up.
+            prop_assert!(e.id == u32::from(status) || !(400..=599).contains(&status));
+            prop_assert_eq!(e.http_status, (status != 200).then_some(status));
             prop_assert!(e.message.contains(service.name()), "{}", e.message);
             let run = if status == 200 { RUN } else { EXCERPT_RUN };
             check_message("page error", &e.message, body, run)?;
@@ -703,7 +734,8 @@ fn check_introspection(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
     check_memory("introspection", peak, body.len())?;
     match result {
         Err(e) => {
-            prop_assert_eq!(e.id, if status == 200 { ONEPASSWORD_BAD_BODY } else { u32::from(status) });
+            prop_assert_eq!(e.id, if status == 200 { ONEPASSWORD_BAD_BODY } else { onepassword_status_id(status) });
+            prop_assert_eq!(e.http_status, (status != 200).then_some(status));
             prop_assert!(e.message.contains("introspection"), "{}", e.message);
             check_message("introspection error", &e.message, body, RUN)?;
         }
@@ -768,13 +800,14 @@ fn check_state(service: Service, bytes: &[u8]) -> Result<(), TestCaseError> {
 fn check_devo(service: Service, status: u16, headers: Vec<(String, String)>, body: &[u8]) -> Result<(), TestCaseError> {
     let tag = service.default_tag();
     let http = HttpResponse { status, headers, body: body.to_vec() };
+    check_cap(&http, |f| devo::transport_error(service, f), DEVO_TOO_LARGE)?;
     let (result, peak) = peak_during(|| devo::check_response(service, tag, &http));
     check_memory("devo", peak, body.len())?;
     match result {
         Ok(()) => prop_assert!((200..300).contains(&status)),
         Err(e) => {
             prop_assert!(!(200..300).contains(&status));
-            prop_assert_eq!((e.id, e.kind), (DEVO_REJECTED, ErrorKind::DeliveryError));
+            prop_assert_eq!((e.id, e.kind, e.http_status), (DEVO_REJECTED, ErrorKind::DeliveryError, Some(status)));
             prop_assert!(e.message.contains(&format!("HTTP {status}")) && e.message.contains(tag), "{}", e.message);
             check_message("devo error", &e.message, body, RUN)?;
         }
@@ -829,7 +862,13 @@ fn check_config(changes: &[(&'static str, String)]) -> Result<(), TestCaseError>
             for (k, v) in changes {
                 check_message(k, &e.message, v.as_bytes(), RUN)?;
                 let v = v.trim();
-                prop_assert!(!SECRET_KEYS.contains(k) || v.len() < 6 || !e.message.contains(v), "{k} echoed: {e}");
+                // A value that is part of a setting's name is found in any
+                // message naming that setting, echoed or not.
+                let in_a_name = KEYS.iter().any(|key| key.contains(v));
+                prop_assert!(
+                    !SECRET_KEYS.contains(k) || v.len() < 6 || in_a_name || !e.message.contains(v),
+                    "{k} echoed: {e}"
+                );
             }
         }
         Ok(c) => {

@@ -65,16 +65,27 @@ impl HttpResponse {
     }
 
     /// The start of the body as text, for error messages: error bodies are
-    /// small, but an unexpected one must not flood a log.
+    /// small, but an unexpected one must not flood a log, nor steer the
+    /// terminal that shows it.
     pub fn body_excerpt(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        let mut excerpt: String = text.chars().take(200).collect();
-        if excerpt.len() < text.len() {
-            excerpt.push('…');
+        // Only the bytes that can make 200 characters are decoded.
+        let head = &self.body[..self.body.len().min(4 * BODY_EXCERPT_CHARS + 4)];
+        crate::text::clean(&String::from_utf8_lossy(head), BODY_EXCERPT_CHARS)
+    }
+
+    /// The response, or [`HttpFailure::TooLarge`] when its body is over
+    /// `limit` bytes. The component stops reading at the limit; this holds
+    /// the core to it whoever performed the request.
+    pub fn within(self, limit: u64) -> Result<HttpResponse, HttpFailure> {
+        if self.body.len() as u64 > limit {
+            return Err(HttpFailure::TooLarge { limit });
         }
-        excerpt.replace(['\n', '\r'], " ")
+        Ok(self)
     }
 }
+
+/// How much of an unexpected body an error message shows.
+const BODY_EXCERPT_CHARS: usize = 200;
 
 /// The request never produced a response.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +96,9 @@ pub enum HttpFailure {
     Timeout,
     /// Any other transport failure, described by the host.
     Transport(String),
+    /// The answer's body is over `max_response_bytes` (`limit`), by its
+    /// `Content-Length` or as it was read: the rest was not read.
+    TooLarge { limit: u64 },
 }
 
 impl fmt::Display for HttpFailure {
@@ -93,6 +107,9 @@ impl fmt::Display for HttpFailure {
             HttpFailure::Denied => f.write_str("the host refused the request (destination not allowed)"),
             HttpFailure::Timeout => f.write_str("the request timed out"),
             HttpFailure::Transport(detail) => write!(f, "transport error: {detail}"),
+            HttpFailure::TooLarge { limit } => {
+                write!(f, "the answer is larger than max_response_bytes ({limit} bytes) and was not read")
+            }
         }
     }
 }
@@ -114,5 +131,17 @@ mod tests {
         let shown = format!("{req:?}");
         assert!(!shown.contains("S3CR3T") && !shown.contains("OPTOKEN"), "{shown}");
         assert_eq!(req.redacted_url(), "https://http-us.devo.io/stream/acme/token!<redacted>/host/my.tag");
+    }
+
+    #[test]
+    fn an_excerpt_is_short_and_inert_and_a_body_over_the_limit_is_refused() {
+        let mut body = b"\x1b[2J\x1b]0;pwned\x07 ".to_vec();
+        body.extend(std::iter::repeat_n(b'z', 1 << 20));
+        let r = HttpResponse { status: 500, headers: vec![], body };
+        let excerpt = r.body_excerpt();
+        assert!(excerpt.starts_with("\\u{1b}[2J\\u{1b}]0;pwned\\u{7} zz") && excerpt.ends_with('…'), "{excerpt}");
+        assert!(excerpt.chars().count() <= BODY_EXCERPT_CHARS + 1);
+        assert_eq!(r.clone().within(1 << 20).unwrap_err(), HttpFailure::TooLarge { limit: 1 << 20 });
+        assert!(r.within(2 << 20).is_ok());
     }
 }

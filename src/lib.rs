@@ -25,6 +25,7 @@ pub mod service;
 #[cfg(test)]
 mod sim;
 pub mod state;
+pub mod text;
 pub mod tick;
 pub mod time;
 pub mod validate;

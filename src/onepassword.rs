@@ -5,7 +5,10 @@
 //! included.
 
 use crate::config::Config;
-use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, ONEPASSWORD_UNREACHABLE};
+use crate::error::{
+    onepassword_status_id, CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, ONEPASSWORD_TOO_LARGE,
+    ONEPASSWORD_UNREACHABLE,
+};
 use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
 use crate::service::Service;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -137,16 +140,27 @@ fn status_error(service: Service, response: &HttpResponse) -> CollectorError {
         404 => "the endpoint does not exist; check base_url and api_version".to_string(),
         429 => "the account's rate limit (600/min, 30,000/h across all tokens) was exceeded; the page is retried on a later tick".to_string(),
         500..=599 => "1Password had a server error; the page is retried on the next tick".to_string(),
-        _ => "unexpected answer; the page is retried on the next tick".to_string(),
+        _ => "a status 1Password does not send: check that base_url is the Events API and not a proxy; the page is retried on the next tick".to_string(),
     };
     CollectorError::new(
         ErrorKind::PullError,
-        u32::from(status),
+        onepassword_status_id(status),
         format!("1Password answered {service} with HTTP {status} ({advice}); body: {}", response.body_excerpt()),
     )
+    .with_http_status(status)
 }
 
 pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorError {
+    if let HttpFailure::TooLarge { limit } = failure {
+        return CollectorError::new(
+            ErrorKind::PullError,
+            ONEPASSWORD_TOO_LARGE,
+            format!(
+                "1Password's answer for {service} is larger than max_response_bytes ({limit} bytes) and was not \
+                 read; lower page_size or raise max_response_bytes. Nothing was lost: the page is retried next tick"
+            ),
+        );
+    }
     CollectorError::new(
         ErrorKind::PullError,
         ONEPASSWORD_UNREACHABLE,
@@ -211,7 +225,7 @@ mod tests {
     #[test]
     fn statuses_and_bodies_map_to_ids_with_advice() {
         let e = parse_page(Service::ItemUsage, &response(401, r#"{"Error":{"Message":"Unauthorized"}}"#)).unwrap_err();
-        assert_eq!(e.id, 401);
+        assert_eq!((e.id, e.http_status), (401, Some(401)));
         assert!(e.message.contains("itemusages") && e.message.contains("Unauthorized"));
         assert_eq!(parse_page(Service::Audit, &response(429, "")).unwrap_err().id, 429);
         assert_eq!(parse_page(Service::Audit, &response(503, "")).unwrap_err().id, 503);
@@ -227,6 +241,30 @@ mod tests {
         let e = parse_page(Service::Audit, &response(200, &huge)).unwrap_err();
         assert_eq!(e.id, ONEPASSWORD_BAD_BODY);
         assert!(e.message.len() < 1000 && e.message.contains("expected a boolean"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_status_outside_4xx_5xx_keeps_its_own_field_and_never_poses_as_our_id() {
+        for status in [100, 204, 302, 600, 700, 900, 999] {
+            let e = parse_page(Service::Audit, &response(status, "")).unwrap_err();
+            assert_eq!((e.id, e.http_status), (crate::error::ONEPASSWORD_UNEXPECTED_STATUS, Some(status)));
+            assert!(e.message.contains(&format!("HTTP {status}")), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_hostile_error_body_reaches_the_message_short_and_inert() {
+        let body = format!("\x1b[2J\x1b]0;pwned\x07{}", "A".repeat(1 << 20));
+        let e = parse_page(Service::Audit, &response(503, &body)).unwrap_err();
+        assert!(!e.message.chars().any(crate::text::is_unsafe), "{}", e.message);
+        assert!(e.message.contains("\\u{1b}[2J") && e.message.chars().count() < 600, "{}", e.message);
+    }
+
+    #[test]
+    fn an_answer_over_the_cap_has_its_own_id_naming_the_setting() {
+        let e = transport_error(Service::ItemUsage, &HttpFailure::TooLarge { limit: 4096 });
+        assert_eq!((e.id, e.kind, e.http_status), (ONEPASSWORD_TOO_LARGE, ErrorKind::PullError, None));
+        assert!(e.message.contains("4096 bytes") && e.message.contains("max_response_bytes"), "{}", e.message);
     }
 
     #[test]

@@ -90,6 +90,9 @@ impl ServiceReport {
         }
         if let Some(e) = &s.error {
             line.push_str(&format!(" error=\"{e}\""));
+            if let Some(status) = e.http_status {
+                line.push_str(&format!(" http_status={status}"));
+            }
         }
         line
     }

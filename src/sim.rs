@@ -22,8 +22,12 @@ pub enum Fault {
     OpTruncated,
     /// Items without uuid/timestamp and a cursor that goes nowhere.
     OpMissingFields,
+    /// 1Password's answer is over `max_response_bytes`.
+    OpTooLarge,
     DevoStatus(u16),
     DevoTransport,
+    /// Devo's answer is over `max_response_bytes` (it took the batch).
+    DevoTooLarge,
     /// Devo takes the batch, then the instance is stopped before anything else.
     DevoAcceptThenStop,
     KvRead,
@@ -34,11 +38,16 @@ impl Fault {
     fn on_op(&self) -> bool {
         matches!(
             self,
-            Fault::OpStatus(..) | Fault::OpTransport | Fault::OpNotJson | Fault::OpTruncated | Fault::OpMissingFields
+            Fault::OpStatus(..)
+                | Fault::OpTransport
+                | Fault::OpNotJson
+                | Fault::OpTruncated
+                | Fault::OpMissingFields
+                | Fault::OpTooLarge
         )
     }
     fn on_devo(&self) -> bool {
-        matches!(self, Fault::DevoStatus(_) | Fault::DevoTransport | Fault::DevoAcceptThenStop)
+        matches!(self, Fault::DevoStatus(_) | Fault::DevoTransport | Fault::DevoTooLarge | Fault::DevoAcceptThenStop)
     }
     fn on_kv_read(&self) -> bool {
         matches!(self, Fault::KvRead)
@@ -298,6 +307,11 @@ impl Sim {
                 status_and(self, 200);
                 return answer(200, r#"{"items":[{"action":"x"}],"cursor":"bogus","has_more":false}"#, None);
             }
+            Some(Fault::OpTooLarge) => {
+                // As the component reports a body it stopped reading at the cap.
+                status_and(self, 200);
+                return Served::Answer(Err(HttpFailure::TooLarge { limit: 4 << 20 }));
+            }
             Some(Fault::OpTruncated) => {
                 status_and(self, 200);
                 let full = self.page(request);
@@ -358,6 +372,7 @@ impl Sim {
         match fault {
             Some(Fault::DevoStatus(s)) => return answer(s, "", None),
             Some(Fault::DevoTransport) => return Served::Answer(Err(HttpFailure::Timeout)),
+            Some(Fault::DevoTooLarge) => return Served::Answer(Err(HttpFailure::TooLarge { limit: 4 << 20 })),
             _ => {}
         }
         let tag = request.path.rsplit('/').next().unwrap().to_string();

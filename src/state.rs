@@ -97,6 +97,10 @@ pub struct StoredError {
     pub id: u32,
     pub message: String,
     pub at: DateTime<Utc>,
+    /// The upstream HTTP status the error was about, if any (absent in
+    /// records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 impl ServiceState {
@@ -184,7 +188,12 @@ mod tests {
     fn stored_times_are_utc() {
         let mut s = ServiceState::new(t("2026-01-01T05:30:00+05:30"));
         s.stats.last_success_at = Some(t("2025-12-31T17:00:00-07:00"));
-        s.stats.last_error = Some(StoredError { id: 503, message: "x".into(), at: t("2026-01-01T05:31:00.5+05:30") });
+        s.stats.last_error = Some(StoredError {
+            id: 503,
+            message: "x".into(),
+            at: t("2026-01-01T05:31:00.5+05:30"),
+            http_status: Some(503),
+        });
         let text = String::from_utf8(s.encode()).unwrap();
         for stored in [r#""created_at":"2026-01-01T00:00:00Z""#, r#""last_success_at":"2026-01-01T00:00:00Z""#] {
             assert!(text.contains(stored), "{stored} not in {text}");

@@ -3,7 +3,8 @@
 use super::*;
 use crate::config::tests::{load, minimal};
 use crate::error::{
-    CHECKPOINT_UNREADABLE, DEVO_REJECTED, DEVO_UNREACHABLE, ONEPASSWORD_BAD_BODY, ONEPASSWORD_UNREACHABLE, PERSISTENCE,
+    CHECKPOINT_UNREADABLE, DEVO_REJECTED, DEVO_TOO_LARGE, DEVO_UNREACHABLE, ONEPASSWORD_BAD_BODY,
+    ONEPASSWORD_TOO_LARGE, ONEPASSWORD_UNEXPECTED_STATUS, ONEPASSWORD_UNREACHABLE, PERSISTENCE,
 };
 use crate::sim::{Fault, Sim, Step as SimStep};
 use std::collections::HashMap;
@@ -134,6 +135,55 @@ fn services_are_independent_and_use_their_own_tags() {
     }
 }
 
+/// An answer over `max_response_bytes` fails its service alone: the lease is
+/// released, the checkpoint stays, the other services deliver, and a later
+/// tick recovers. Both ways: the component stopped reading (an HTTP failure),
+/// or a host handed the core a body over the cap anyway.
+#[test]
+fn an_answer_over_the_cap_fails_its_service_alone_and_releases_its_lease() {
+    let mut sim = Sim::new(t(NOW));
+    for s in Service::ALL {
+        sim.generate(s, 3, t(NOW) - TimeDelta::hours(2), 1);
+    }
+    sim.scripted.push_back(Fault::OpTooLarge); // hits whichever service goes first
+    let report = sim.tick(config(&[])).unwrap();
+    let failed: Vec<_> = report.services.iter().filter(|s| s.outcome == Outcome::Failed).collect();
+    assert_eq!(failed.len(), 1, "{report:?}");
+    assert_eq!(failed[0].error.as_ref().map(|e| e.id), Some(ONEPASSWORD_TOO_LARGE));
+    for s in Service::ALL {
+        if s.name() == failed[0].service {
+            let stored = state(&sim, s);
+            assert!(stored.lease.is_none() && stored.checkpoint.is_none(), "{stored:?}");
+            assert_eq!(stored.stats.last_error.map(|e| e.id), Some(ONEPASSWORD_TOO_LARGE));
+            assert!(sim.received(s).is_empty());
+        } else {
+            assert_eq!(svc(&report, s.name()).outcome, Outcome::Delivered);
+            assert_exactly_once(&sim, s);
+        }
+    }
+    drain(&mut sim, &config(&[]), 10, TimeDelta::minutes(1));
+    Service::ALL.into_iter().for_each(|s| assert_exactly_once(&sim, s));
+
+    // One item_usage event makes its page larger than a 1 KiB cap.
+    let mut sim = Sim::new(t(NOW));
+    for s in Service::ALL {
+        sim.generate(s, 3, t(NOW) - TimeDelta::hours(2), 1);
+    }
+    let first = &mut sim.events.get_mut(&Service::ItemUsage).unwrap()[0];
+    *first = first.replacen("\"note\"", &format!("\"pad\":\"{}\",\"note\"", "p".repeat(1500)), 1);
+    let report = sim.tick(config(&[("max_response_bytes", "1024")])).unwrap();
+    let item_usage = svc(&report, "item_usage");
+    let e = item_usage.error.as_ref().unwrap();
+    assert_eq!((item_usage.outcome, e.id), (Outcome::Failed, ONEPASSWORD_TOO_LARGE));
+    assert!(e.message.contains("1024 bytes") && e.message.contains("max_response_bytes"), "{}", e.message);
+    assert!(state(&sim, Service::ItemUsage).lease.is_none());
+    assert!(sim.received(Service::ItemUsage).is_empty());
+    for s in [Service::Audit, Service::SignInAttempts] {
+        assert_eq!(svc(&report, s.name()).outcome, Outcome::Delivered);
+        assert_exactly_once(&sim, s);
+    }
+}
+
 #[test]
 fn every_1password_fault_keeps_the_checkpoint_and_the_next_tick_recovers() {
     let cases = [
@@ -144,6 +194,9 @@ fn every_1password_fault_keeps_the_checkpoint_and_the_next_tick_recovers() {
         (Fault::OpTransport, ONEPASSWORD_UNREACHABLE),
         (Fault::OpNotJson, ONEPASSWORD_BAD_BODY),
         (Fault::OpTruncated, ONEPASSWORD_BAD_BODY),
+        (Fault::OpTooLarge, ONEPASSWORD_TOO_LARGE),
+        (Fault::OpStatus(900, None), ONEPASSWORD_UNEXPECTED_STATUS),
+        (Fault::OpStatus(302, None), ONEPASSWORD_UNEXPECTED_STATUS),
     ];
     for (fault, id) in cases {
         let mut sim = sim_with(Service::Audit, 6);
@@ -155,7 +208,14 @@ fn every_1password_fault_keeps_the_checkpoint_and_the_next_tick_recovers() {
         let s = svc(&report, "audit");
         assert_eq!((s.outcome, s.error.as_ref().map(|e| e.id)), (Outcome::Failed, Some(id)), "{fault:?}");
         assert_eq!(state(&sim, Service::Audit).checkpoint, before, "{fault:?}");
-        assert_eq!(state(&sim, Service::Audit).stats.last_error.unwrap().id, id);
+        let stored = state(&sim, Service::Audit).stats.last_error.unwrap();
+        assert_eq!(stored.id, id);
+        // The status 1Password answered is kept beside the id, never as it.
+        let status = match fault {
+            Fault::OpStatus(status, _) => Some(status),
+            _ => None,
+        };
+        assert_eq!((s.error.as_ref().unwrap().http_status, stored.http_status), (status, status), "{fault:?}");
         sim.now += TimeDelta::minutes(5);
         drain(&mut sim, &audit_only(&[("page_size", "2")]), 10, TimeDelta::minutes(1));
         assert_exactly_once(&sim, Service::Audit);
@@ -286,12 +346,18 @@ fn devo_failures_keep_the_checkpoint_and_the_page_is_sent_again() {
         (Fault::DevoStatus(413), DEVO_REJECTED),
         (Fault::DevoStatus(500), DEVO_REJECTED),
         (Fault::DevoStatus(503), DEVO_REJECTED),
+        (Fault::DevoStatus(900), DEVO_REJECTED),
         (Fault::DevoTransport, DEVO_UNREACHABLE),
+        (Fault::DevoTooLarge, DEVO_TOO_LARGE),
     ] {
         let mut sim = sim_with(Service::Audit, 4);
         sim.scripted.push_back(fault.clone());
         let report = sim.tick(audit_only(&[])).unwrap();
-        assert_eq!(svc(&report, "audit").error.as_ref().unwrap().id, id, "{fault:?}");
+        let e = svc(&report, "audit").error.clone().unwrap();
+        assert_eq!(e.id, id, "{fault:?}");
+        if let Fault::DevoStatus(status) = fault {
+            assert_eq!(e.http_status, Some(status));
+        }
         assert!(state(&sim, Service::Audit).checkpoint.is_none());
         sim.now += TimeDelta::minutes(2);
         drain(&mut sim, &audit_only(&[]), 3, TimeDelta::minutes(1));

@@ -97,7 +97,9 @@ impl Tick {
         let entropy = self.entropy ^ nanos(now);
         state.lease = None;
         if let Some(e) = &ending.error {
-            state.stats.last_error = Some(StoredError { id: e.id, message: e.message.clone(), at: now });
+            // Bounded again: a message may have grown after it was made.
+            let message = crate::text::clean(&e.message, crate::text::MAX_MESSAGE_CHARS);
+            state.stats.last_error = Some(StoredError { id: e.id, message, at: now, http_status: e.http_status });
         }
         if backoff {
             state.backoff = Some(Backoff::after_failure(state.backoff.as_ref(), now, None, entropy));

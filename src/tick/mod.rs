@@ -208,6 +208,12 @@ impl Tick {
     /// Feeds the result of the last action, with the time it arrived.
     pub fn handle(&mut self, input: Input, now: DateTime<Utc>) {
         self.now = now;
+        // An answer over the cap fails like one the component stopped
+        // reading: whoever performed the request, the core reads no more.
+        let input = match input {
+            Input::Response(result) => Input::Response(result.and_then(|r| r.within(self.config.max_response_bytes))),
+            other => other,
+        };
         let step = std::mem::replace(&mut self.step, Step::NextService);
         self.step = match (step, input) {
             (Step::AwaitAccount, Input::Loaded(result)) => self.on_cached_account(result),
