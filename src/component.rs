@@ -71,7 +71,12 @@ fn run_tick() -> Result<TickReport, CollectorError> {
     let config = load_config()?;
     let bucket = wasi::keyvalue::store::open(crate::state::BUCKET)
         .map_err(|e| CollectorError::persistence("open", &kv_error_text(e)))?;
-    let mut io = Io { bucket, watched: None, timeout_ns: config.request_timeout_ms * 1_000_000 };
+    let mut io = Io {
+        bucket,
+        watched: None,
+        timeout_ns: config.request_timeout_ms * 1_000_000,
+        max_response_bytes: config.max_response_bytes,
+    };
     let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64());
     loop {
         match tick.poll() {
@@ -87,6 +92,8 @@ fn run_tick() -> Result<TickReport, CollectorError> {
 fn run_validate() -> Vec<Check> {
     let config = load_config();
     let timeout_ns = config.as_ref().map_or(0, |c| c.request_timeout_ms * 1_000_000);
+    let max_response_bytes =
+        config.as_ref().map_or(crate::config::DEFAULT_MAX_RESPONSE_BYTES, |c| c.max_response_bytes);
     let validation = Validation::new(config, now());
     let bucket = match wasi::keyvalue::store::open(crate::state::BUCKET) {
         Ok(bucket) => bucket,
@@ -100,7 +107,7 @@ fn run_validate() -> Vec<Check> {
             return checks;
         }
     };
-    let mut io = Io { bucket, watched: None, timeout_ns };
+    let mut io = Io { bucket, watched: None, timeout_ns, max_response_bytes };
     crate::validate::run(validation, |action| io.perform(action))
 }
 
@@ -114,6 +121,8 @@ struct Io {
     /// The compare-and-swap handle between a `Watch` and its `Swap`.
     watched: Option<wasi::keyvalue::atomics::Cas>,
     timeout_ns: u64,
+    /// The largest answer body read (`max_response_bytes`).
+    max_response_bytes: u64,
 }
 
 impl Io {
@@ -137,7 +146,7 @@ impl Io {
                     Err(wasi::keyvalue::atomics::CasError::StoreError(e)) => Err(kv_error_text(e)),
                 })
             }
-            Action::Send { request } => Input::Response(send(&request, self.timeout_ns)),
+            Action::Send { request } => Input::Response(send(&request, self.timeout_ns, self.max_response_bytes)),
             Action::Done(_) => unreachable!("Done is handled by the caller"),
         }
     }
@@ -163,7 +172,11 @@ fn kv_error_text(e: wasi::keyvalue::store::Error) -> String {
     }
 }
 
-fn send(req: &HttpRequest, timeout_ns: u64) -> Result<HttpResponse, HttpFailure> {
+/// Performs one request. The answer's body is read up to `max_body` bytes:
+/// a larger one — by its `Content-Length`, before any of it is read, or as it
+/// arrives — fails the request with [`HttpFailure::TooLarge`] instead of
+/// growing the instance's memory until the host stops the whole tick.
+fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpResponse, HttpFailure> {
     let headers = http::Fields::new();
     for (name, value) in &req.headers {
         headers.append(name, value.as_bytes()).map_err(|e| HttpFailure::Transport(format!("header {name}: {e:?}")))?;
@@ -208,17 +221,27 @@ fn send(req: &HttpRequest, timeout_ns: u64) -> Result<HttpResponse, HttpFailure>
     };
     written?;
     let status = response.status();
-    let headers =
+    let headers: Vec<(String, String)> =
         response.headers().entries().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
+    let too_large = HttpFailure::TooLarge { limit: max_body };
+    let declared = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if declared.and_then(|(_, v)| v.trim().parse::<u64>().ok()).is_some_and(|len| len > max_body) {
+        return Err(too_large);
+    }
     let incoming = response.consume().map_err(|()| invalid("response body"))?;
     let mut bytes = Vec::new();
     {
         let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
         loop {
-            match stream.blocking_read(64 * 1024) {
+            // At most one byte past the cap is asked for: enough to know.
+            let room = (max_body + 1).saturating_sub(bytes.len() as u64).min(64 * 1024);
+            match stream.blocking_read(room) {
                 Ok(chunk) => bytes.extend_from_slice(&chunk),
                 Err(wasi::io::streams::StreamError::Closed) => break,
                 Err(e) => return Err(HttpFailure::Transport(stream_error_text(e))),
+            }
+            if bytes.len() as u64 > max_body {
+                return Err(too_large);
             }
         }
     }
@@ -254,7 +277,7 @@ fn failure(code: http::ErrorCode) -> HttpFailure {
 }
 
 fn to_wit_error(e: CollectorError) -> wit::CollectorError {
-    wit::CollectorError { id: e.id, kind: e.kind.as_str().to_string(), message: e.message }
+    wit::CollectorError { id: e.id, kind: e.kind.as_str().to_string(), message: e.message, http_status: e.http_status }
 }
 
 fn to_wit_report(r: TickReport) -> wit::TickReport {

@@ -13,9 +13,12 @@
 //!   the operator's ceilings; [`schedule`]: cron schedules;
 //!   [`shard`]: which tenants a process ticks when replicas split them;
 //!   [`status`]: what the stored state says, without running the component;
-//! * [`telemetry`]: Prometheus metrics, health and readiness over HTTP.
+//! * [`telemetry`]: Prometheus metrics, health and readiness over HTTP;
+//! * [`guest_text`]: what a component says, bounded and made inert before
+//!   the host keeps or shows it.
 
 mod bindings;
+pub mod guest_text;
 pub mod host;
 pub mod host_settings;
 pub mod kv;

@@ -36,12 +36,20 @@ pub async fn read(tenants: &[Tenant], stores: &Stores) -> Vec<Row> {
                 Some(Ok(kv)) => kv
                     .get(&ServiceState::key(service))
                     .await
-                    .and_then(|b| b.map(|b| ServiceState::decode(service, &b).map_err(|e| e.to_string())).transpose()),
+                    .and_then(|b| b.map(|b| ServiceState::decode(service, &b).map_err(|e| e.to_string())).transpose())
+                    .map(|state| state.map(inert)),
             };
             rows.push(Row { tenant: tenant.name.clone(), service, state });
         }
     }
     rows
+}
+
+/// The record as `status` may show it: the component wrote it, and a
+/// hostile one can store any text as its last error.
+fn inert(mut state: ServiceState) -> ServiceState {
+    state.stats.last_error = state.stats.last_error.map(crate::guest_text::stored_error);
+    state
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
@@ -82,11 +90,12 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
                 if let Some(e) = &s.stats.last_error {
                     let current = s.stats.last_success_at.is_none_or(|ok| ok < e.at);
                     notes.push(format!(
-                        "{}error {} at {}: {}",
+                        "{}error {}{} at {}: {}",
                         if current { "" } else { "earlier " },
                         e.id,
+                        e.http_status.map_or(String::new(), |status| format!(" (HTTP {status})")),
                         utc(e.at),
-                        e.message.chars().take(100).collect::<String>()
+                        crate::guest_text::field(&e.message.chars().take(100).collect::<String>())
                     ));
                 }
                 if let Some(b) = s.backoff.as_ref().filter(|b| b.until > now) {
@@ -134,7 +143,7 @@ pub fn to_json(rows: &[Row], now: DateTime<Utc>) -> Vec<serde_json::Value> {
                     "total_sent": cp.map_or(0, |c| c.total_sent),
                     "bytes_sent": s.stats.bytes_sent,
                     "last_error": s.stats.last_error.as_ref().map(|e| serde_json::json!({
-                        "id": e.id, "message": e.message, "at": utc(e.at),
+                        "id": e.id, "http_status": e.http_status, "message": e.message, "at": utc(e.at),
                     })),
                     "backoff_until": s.backoff.as_ref().filter(|b| b.until > now).map(|b| utc(b.until)),
                     "lease_until": s.lease.as_ref().filter(|l| l.expires > now).map(|l| utc(l.expires)),
@@ -188,9 +197,10 @@ mod tests {
         state.stats.last_success_at = Some(now - chrono::TimeDelta::minutes(5));
         state.stats.bytes_sent = 1234;
         state.stats.last_error = Some(StoredError {
-            id: 503,
-            message: "1Password answered audit with HTTP 503".into(),
+            id: 602,
+            message: "1Password answered audit with HTTP 900\x1b]0;pwned\x07\u{202e}".into(),
             at: now - chrono::TimeDelta::minutes(1),
+            http_status: Some(900),
         });
         SqliteStore::open(tenant.kv.sqlite_path().unwrap())
             .unwrap()
@@ -198,16 +208,24 @@ mod tests {
             .unwrap();
         let text = table(&read(&[tenant], &Stores::default()).await, now);
         let audit = text.lines().find(|l| l.contains("audit")).unwrap();
-        for part in ["acme", "2026-05-01T11:55:00Z", "2026-05-01T11:00:00Z", "60m", "42", "1234", "error 503"] {
+        for part in
+            ["acme", "2026-05-01T11:55:00Z", "2026-05-01T11:00:00Z", "60m", "42", "1234", "error 602 (HTTP 900)"]
+        {
             assert!(audit.contains(part), "{part} missing in {audit}");
         }
+        // What the component stored reaches the terminal inert.
+        assert!(text.lines().all(|l| !l.chars().any(onepassword_collector::text::is_unsafe)), "{text:?}");
+        assert!(audit.contains(r"HTTP 900\u{1b}]0;pwned\u{7}\u{202e}"), "{audit}");
         assert!(text.lines().any(|l| l.contains("sign_in_attempts") && l.contains("never collected")));
         assert!(!text.contains("item_usage"));
         let json = to_json(&read(&[tenant_of(&dir)], &Stores::default()).await, now);
         assert_eq!(json.len(), 1, "one object per tenant");
         assert_eq!(json[0]["services"]["audit"]["total_sent"], 42);
         assert_eq!(json[0]["services"]["audit"]["lag_seconds"], 3600);
-        assert_eq!(json[0]["services"]["audit"]["last_error"]["id"], 503);
+        assert_eq!(json[0]["services"]["audit"]["last_error"]["id"], 602);
+        assert_eq!(json[0]["services"]["audit"]["last_error"]["http_status"], 900);
+        let message = json[0]["services"]["audit"]["last_error"]["message"].as_str().unwrap();
+        assert!(!message.chars().any(onepassword_collector::text::is_unsafe), "{message:?}");
         assert_eq!(json[0]["services"]["sign_in_attempts"]["collected"], false);
     }
 

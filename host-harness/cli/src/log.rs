@@ -117,6 +117,9 @@ pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
 
 fn insert_error(r: &mut Fields, e: &CollectorError) {
     r.push(("error_id".into(), e.id.into()));
+    if let Some(status) = e.http_status {
+        r.push(("http_status".into(), status.into()));
+    }
     r.push(("error".into(), first_line(&e.message).into()));
     r.push(("fix".into(), remedy(e.id).into()));
 }
@@ -145,9 +148,12 @@ pub fn remedy(id: u32) -> &'static str {
         400..=599 => "retried next tick; check 1Password's status if it persists",
         600 => "check base_url and the allowed outbound hosts",
         601 => "check that base_url is the 1Password Events API, not a proxy",
+        602 => "check that base_url is the 1Password Events API, not a proxy; retried next tick",
+        603 => "lower page_size or raise max_response_bytes; retried next tick",
         610 => "issue a token with the named feature, or remove the service from services",
         700 => "check devo_domain and devo_token; the page is sent again next tick",
         701 => "check devo_url and the allowed outbound hosts",
+        702 => "check devo_url (Devo's answers are small) or raise max_response_bytes",
         900 => "raise the limit named in the message, or see the message",
         _ => "see the message",
     }
@@ -257,19 +263,27 @@ mod tests {
 
     #[test]
     fn an_error_names_its_id_and_the_fix_and_cannot_break_the_line() {
-        let e = CollectorError::new(ErrorKind::DeliveryError, 700, "Devo said \"no\"\n\x1b[31mdetails");
+        // Built field by field: `new` would have cleaned it already.
+        let e = CollectorError {
+            id: 700,
+            kind: ErrorKind::DeliveryError,
+            message: "Devo said \"no\"\n\x1b[31mdetails".into(),
+            http_status: Some(401),
+        };
         let (level, fields) = tick_record(&tick(Some(e)));
         assert_eq!(level, Level::Error);
         let logfmt = render(LogFormat::Logfmt, at(), level, fields.clone());
         assert!(logfmt.contains(" level=error "), "{logfmt}");
         assert!(
-            logfmt.contains(r#"error_id=700 error="Devo said \"no\"" fix="check devo_domain and devo_token"#),
+            logfmt.contains(
+                r#"error_id=700 http_status=401 error="Devo said \"no\"" fix="check devo_domain and devo_token"#
+            ),
             "{logfmt}"
         );
         assert!(!logfmt.contains('\n') && !logfmt.contains('\x1b'));
         let json: Value = serde_json::from_str(&render(LogFormat::Json, at(), level, fields)).unwrap();
         assert_eq!(json["level"], "error");
-        assert_eq!(json["error_id"], 700);
+        assert_eq!((json["error_id"].as_u64(), json["http_status"].as_u64()), (Some(700), Some(401)));
         assert_eq!(json["time"], "2026-11-27T00:29:42.000Z");
     }
 }

@@ -4,7 +4,9 @@
 
 use host_harness::runtime::TenantTick;
 use host_harness::status::human_duration;
+use onepassword_collector::error::CollectorError;
 use onepassword_collector::report::Outcome;
+use onepassword_collector::text;
 use onepassword_collector::validate::{Check, Status};
 use std::io::IsTerminal;
 
@@ -42,12 +44,12 @@ pub fn tick_table(ticks: &[TenantTick]) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
-                format!("{} {}", e.id, first_line(&e.message, 80)),
+                error_note(e),
             ]),
             Ok(report) => {
                 for s in &report.services {
                     let note = match (&s.error, &s.deferred_reason) {
-                        (Some(e), _) => format!("{} {}", e.id, first_line(&e.message, 80)),
+                        (Some(e), _) => error_note(e),
                         (None, Some(reason)) => first_line(reason, 80),
                         (None, None) if s.has_more => "more waiting".into(),
                         _ => String::new(),
@@ -108,9 +110,20 @@ fn outcome(o: Outcome) -> &'static str {
     }
 }
 
-/// The first line of `text`, at most `max` characters, no control characters.
+/// An error as a table cell: its id, the upstream status when it has one
+/// and it differs from the id (a 1Password 503 is id 503 already), and the
+/// first line of its message.
+fn error_note(e: &CollectorError) -> String {
+    match e.http_status {
+        Some(status) if u32::from(status) != e.id => format!("{} (HTTP {status}) {}", e.id, first_line(&e.message, 80)),
+        _ => format!("{} {}", e.id, first_line(&e.message, 80)),
+    }
+}
+
+/// The first line of `text`, at most `max` characters, without control
+/// characters or bidi overrides (whatever built the report).
 pub fn first_line(text: &str, max: usize) -> String {
-    let line: String = text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).collect();
+    let line: String = text.lines().next().unwrap_or_default().chars().filter(|c| !text::is_unsafe(*c)).collect();
     if line.chars().count() > max {
         format!("{}…", line.chars().take(max - 1).collect::<String>())
     } else {
@@ -140,7 +153,7 @@ fn columns<const N: usize>(rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onepassword_collector::error::{CollectorError, ErrorKind};
+    use onepassword_collector::error::ErrorKind;
     use onepassword_collector::report::{ServiceReport, TickReport};
 
     fn service(name: &str, outcome: Outcome) -> ServiceReport {
@@ -166,13 +179,23 @@ mod tests {
     #[test]
     fn the_tick_table_has_a_row_per_tenant_and_service_with_the_first_line_of_errors() {
         let mut failed = service("item_usage", Outcome::Failed);
-        failed.error = Some(CollectorError::new(ErrorKind::DeliveryError, 700, "Devo answered 401\nbody: \x1b[31mno"));
+        // Built field by field: `new` would have cleaned it already.
+        failed.error = Some(CollectorError {
+            id: 700,
+            kind: ErrorKind::DeliveryError,
+            message: "Devo answered 401\nbody: \x1b[31mno".into(),
+            http_status: Some(401),
+        });
+        let mut odd = service("sign_in_attempts", Outcome::Failed);
+        odd.error = Some(
+            CollectorError::new(ErrorKind::PullError, 602, "1Password answered \u{202e}HTTP 900").with_http_status(900),
+        );
         let ok = TenantTick {
             tenant: "acme".into(),
             result: Ok(TickReport {
                 started_at: "2026-11-27T11:00:00Z".into(),
                 elapsed_ms: 9,
-                services: vec![service("audit", Outcome::Delivered), failed],
+                services: vec![service("audit", Outcome::Delivered), failed, odd],
                 warnings: vec![],
             }),
             peak_memory_bytes: 0,
@@ -186,12 +209,14 @@ mod tests {
         };
         let text = tick_table(&[ok, broken]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("tenant") && lines[0].contains("checkpoint"));
         assert!(lines[1].contains("audit") && lines[1].contains("delivered") && lines[1].contains("61m"), "{text}");
-        assert!(lines[2].contains("FAILED") && lines[2].ends_with("700 Devo answered 401"), "{text}");
-        assert!(lines[3].contains("beta") && lines[3].contains("1 base_url is missing"), "{text}");
-        assert!(!text.contains('\x1b'));
+        assert!(lines[2].contains("FAILED") && lines[2].ends_with("700 (HTTP 401) Devo answered 401"), "{text}");
+        // The status a server made up shows beside our id, never as it.
+        assert!(lines[3].ends_with("602 (HTTP 900) 1Password answered \\u{202e}HTTP 900"), "{text}");
+        assert!(lines[4].contains("beta") && lines[4].contains("1 base_url is missing"), "{text}");
+        assert!(text.lines().all(|l| !l.chars().any(text::is_unsafe)), "{text:?}");
         // columns line up
         let at = lines[0].find("outcome").unwrap();
         assert!(lines[1..].iter().all(|l| l[at..].starts_with(|c: char| c.is_alphabetic())), "{text}");

@@ -4,6 +4,7 @@
 //! line the CLI prints for it.
 
 use crate::bindings::exports::onepassword::collector::runner as wit;
+use crate::guest_text;
 use onepassword_collector::error::{CollectorError, ErrorKind};
 use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
 use onepassword_collector::validate::{Check, Status};
@@ -81,13 +82,16 @@ pub(crate) fn host_failure(message: String) -> CollectorError {
     CollectorError::new(ErrorKind::PrePullError, HOST_FAILURE, format!("the host stopped the tick: {message}"))
 }
 
+// The guest is untrusted: everything it says is bounded and made inert as
+// it enters the host (guest_text.rs), for every consumer at once.
+
 pub(crate) fn from_wit_error(e: wit::CollectorError) -> CollectorError {
     let kind = CollectorError::kind_from_str(&e.kind).unwrap_or(ErrorKind::DeliveryError);
-    CollectorError { id: e.id, kind, message: e.message }
+    guest_text::error(CollectorError { id: e.id, kind, message: e.message, http_status: e.http_status })
 }
 
 pub(crate) fn from_wit_report(r: wit::TickReport) -> TickReport {
-    TickReport {
+    guest_text::report(TickReport {
         started_at: r.started_at,
         elapsed_ms: r.elapsed_ms,
         services: r
@@ -117,11 +121,11 @@ pub(crate) fn from_wit_report(r: wit::TickReport) -> TickReport {
             })
             .collect(),
         warnings: r.warnings,
-    }
+    })
 }
 
 pub(crate) fn from_wit_check(c: wit::Check) -> Check {
-    Check {
+    guest_text::check(Check {
         name: c.name,
         status: match c.status {
             wit::CheckStatus::Pass => Status::Pass,
@@ -129,5 +133,5 @@ pub(crate) fn from_wit_check(c: wit::Check) -> Check {
             wit::CheckStatus::Fail => Status::Fail,
         },
         detail: c.detail,
-    }
+    })
 }

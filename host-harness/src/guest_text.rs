@@ -1,0 +1,179 @@
+//! What a component says, made safe before the host keeps or shows it.
+//!
+//! The guest is untrusted: a hostile or broken component can put anything in
+//! its report (a terminal escape sequence, a bidi override, a megabyte line,
+//! a million warnings) and in the state records it stores. Every string that
+//! comes from it passes here where it enters the host — its tick report,
+//! tick error and validate checks (`runtime/outcome.rs`), the `last_error`
+//! of a stored record (`status.rs`) — so that logs, tables, JSON lines and
+//! metrics all get bounded, inert text. The cleaning itself is the core's
+//! ([`onepassword_collector::text::clean`]): one definition of "clean".
+
+use onepassword_collector::error::CollectorError;
+use onepassword_collector::report::{ServiceReport, TickReport};
+use onepassword_collector::state::StoredError;
+use onepassword_collector::text::clean;
+use onepassword_collector::validate::Check;
+
+/// The longest error message or check detail kept from a guest. The
+/// collector's own stay under 800 characters; more room is left for what a
+/// guest says about several attempts, never room for a flood.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// The longest short field kept (times, deferral reasons, check names).
+pub const MAX_FIELD_CHARS: usize = 200;
+/// The longest service name: the collector's are short words, and a name
+/// becomes a log key and a metric label.
+pub const MAX_NAME_CHARS: usize = 64;
+/// The most warnings kept from one report; more are counted in one last.
+pub const MAX_WARNINGS: usize = 32;
+/// The most services kept from one report (the collector has three): each
+/// becomes metric series, which a guest must not multiply at will.
+pub const MAX_SERVICES: usize = 16;
+
+/// A message or a detail: one bounded line of inert text.
+pub fn message(text: &str) -> String {
+    clean(text, MAX_MESSAGE_CHARS)
+}
+
+/// A short field, bounded tighter.
+pub fn field(text: &str) -> String {
+    clean(text, MAX_FIELD_CHARS)
+}
+
+/// A service name as a log key and a metric label can hold it: letters,
+/// digits, `_` and `-`, anything else replaced by `_`.
+pub fn name(text: &str) -> String {
+    let name: String = text
+        .chars()
+        .take(MAX_NAME_CHARS)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    if name.is_empty() {
+        "_".into()
+    } else {
+        name
+    }
+}
+
+pub fn error(e: CollectorError) -> CollectorError {
+    CollectorError { message: message(&e.message), ..e }
+}
+
+pub fn report(r: TickReport) -> TickReport {
+    let mut warnings: Vec<String> = r.warnings.iter().take(MAX_WARNINGS).map(|w| message(w)).collect();
+    if r.warnings.len() > MAX_WARNINGS {
+        warnings.push(format!("{} more warnings not shown", r.warnings.len() - MAX_WARNINGS));
+    }
+    TickReport {
+        started_at: field(&r.started_at),
+        elapsed_ms: r.elapsed_ms,
+        services: r.services.into_iter().take(MAX_SERVICES).map(service).collect(),
+        warnings,
+    }
+}
+
+fn service(s: ServiceReport) -> ServiceReport {
+    ServiceReport {
+        service: name(&s.service),
+        checkpoint: s.checkpoint.as_deref().map(field),
+        deferred_until: s.deferred_until.as_deref().map(field),
+        deferred_reason: s.deferred_reason.as_deref().map(field),
+        error: s.error.map(error),
+        ..s
+    }
+}
+
+pub fn check(c: Check) -> Check {
+    Check { name: field(&c.name), detail: message(&c.detail), ..c }
+}
+
+/// A stored error as `status` shows it: the record was written by the guest.
+pub fn stored_error(e: StoredError) -> StoredError {
+    StoredError { message: message(&e.message), ..e }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onepassword_collector::error::ErrorKind;
+    use onepassword_collector::report::Outcome;
+    use onepassword_collector::text::is_unsafe;
+
+    const HOSTILE: &str = "\x1b[2J\x1b]0;pwned\x07\u{202e}gnp.exe\n";
+
+    fn hostile_service(name: &str) -> ServiceReport {
+        ServiceReport {
+            service: name.into(),
+            outcome: Outcome::Failed,
+            fetched: 0,
+            sent: 0,
+            unconfirmed: 0,
+            pages: 0,
+            bytes_sent: 0,
+            has_more: false,
+            checkpoint: Some(HOSTILE.repeat(1000)),
+            total_sent: 0,
+            lag_seconds: None,
+            elapsed_ms: 0,
+            deferred_until: Some(HOSTILE.into()),
+            deferred_reason: Some(HOSTILE.into()),
+            // Built field by field, as a guest's report arrives: not cleaned by `new`.
+            error: Some(CollectorError {
+                id: 700,
+                kind: ErrorKind::DeliveryError,
+                message: format!("{HOSTILE}{}", "m".repeat(1 << 20)),
+                http_status: Some(900),
+            }),
+        }
+    }
+
+    fn assert_inert(text: &str, max: usize) {
+        assert!(!text.chars().any(is_unsafe), "{text:?}");
+        assert!(text.chars().count() <= max + 1, "{} characters", text.chars().count());
+    }
+
+    #[test]
+    fn a_hostile_report_is_bounded_and_inert() {
+        let report = report(TickReport {
+            started_at: HOSTILE.into(),
+            elapsed_ms: 1,
+            services: (0..1000).map(|i| hostile_service(&format!("audit{i} x=1\x1b"))).collect(),
+            warnings: vec![HOSTILE.repeat(10_000); 1000],
+        });
+        assert_eq!(report.services.len(), MAX_SERVICES);
+        assert_eq!(report.warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(report.warnings[MAX_WARNINGS], "968 more warnings not shown");
+        report.warnings.iter().for_each(|w| assert_inert(w, MAX_MESSAGE_CHARS));
+        assert_inert(&report.started_at, MAX_FIELD_CHARS);
+        for s in &report.services {
+            assert!(s.service.starts_with("audit") && s.service.ends_with("_x_1_"), "{}", s.service);
+            for text in [&s.checkpoint, &s.deferred_until, &s.deferred_reason] {
+                assert_inert(text.as_ref().unwrap(), MAX_FIELD_CHARS);
+            }
+            let e = s.error.as_ref().unwrap();
+            assert_inert(&e.message, MAX_MESSAGE_CHARS);
+            assert!(e.message.starts_with("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\u{202e}gnp.exe "), "{}", &e.message[..60]);
+            assert_eq!((e.id, e.http_status), (700, Some(900)), "ids and statuses pass unchanged");
+        }
+        assert_eq!(name(""), "_");
+        assert_eq!(name(&"s".repeat(1000)).len(), MAX_NAME_CHARS);
+    }
+
+    #[test]
+    fn checks_and_stored_errors_are_cleaned_too() {
+        let c = check(Check {
+            name: HOSTILE.repeat(100),
+            status: onepassword_collector::validate::Status::Fail,
+            detail: HOSTILE.repeat(100_000),
+        });
+        assert_inert(&c.name, MAX_FIELD_CHARS);
+        assert_inert(&c.detail, MAX_MESSAGE_CHARS);
+        let e = stored_error(StoredError {
+            id: 503,
+            message: HOSTILE.repeat(100_000),
+            at: chrono::DateTime::UNIX_EPOCH,
+            http_status: Some(503),
+        });
+        assert_inert(&e.message, MAX_MESSAGE_CHARS);
+    }
+}
