@@ -138,6 +138,57 @@ fn onepassword_bodies_that_are_not_pages() {
 }
 
 #[test]
+fn onepassword_status_outside_4xx_5xx_keeps_its_own_field() {
+    // hyper takes any three-digit status: 900 is the host's id, 700 Devo's.
+    for (i, status) in [900u16, 700].into_iter().enumerate() {
+        let f = audit_fixture(34 + i as u64);
+        assert!(f.tick().ok());
+        f.op.push_faults([OpFault::Status(status)]);
+        f.advance(1);
+        let t = f.tick();
+        let line = t.to_json();
+        let e = t.result.as_ref().unwrap().services[0].error.clone().unwrap();
+        assert_eq!((e.id, e.http_status), (error::ONEPASSWORD_UNEXPECTED_STATUS, Some(status)), "{line}");
+        assert_eq!(line["services"]["audit"]["error"]["http_status"], status, "{line}");
+        assert_eq!(line["error"]["id"], error::ONEPASSWORD_UNEXPECTED_STATUS, "{line}");
+        f.recover(6);
+        assert_audit_once(&f);
+    }
+}
+
+/// A 1Password page over `max_response_bytes` — announced by its
+/// `Content-Length`, or found out while reading a chunked body — fails that
+/// service alone with its own id (not a trap of the whole instance, 900):
+/// its lease is released, the other services deliver, and it recovers.
+#[test]
+fn onepassword_answer_over_the_cap_fails_that_service_alone() {
+    for (i, declared) in [true, false].into_iter().enumerate() {
+        let mut f = Fixture::new(20, 36 + i as u64);
+        f.set("max_response_bytes", "65536");
+        // Twice the instance's memory: read whole, it would end the tick (900).
+        f.op.push_faults([OpFault::Oversized { bytes: 32 << 20, declared }]);
+        let t = f.tick();
+        let line = t.to_json();
+        let report = t.result.as_ref().expect("the tick itself runs");
+        let failed: Vec<_> = report.services.iter().filter(|s| s.outcome == Outcome::Failed).collect();
+        assert_eq!(failed.len(), 1, "{line}");
+        let e = failed[0].error.as_ref().unwrap();
+        assert_eq!(e.id, error::ONEPASSWORD_TOO_LARGE, "{line}");
+        assert!(e.message.contains("65536 bytes") && e.message.contains("max_response_bytes"), "{}", e.message);
+        let service: Service = failed[0].service.parse().unwrap();
+        let state = f.state(service).unwrap();
+        assert!(state.lease.is_none(), "the lease is released: {state:?}");
+        assert!(f.devo.event_values(service.default_tag()).is_empty());
+        for other in Service::ALL.into_iter().filter(|s| *s != service) {
+            let s = report.services.iter().find(|s| s.service == other.name()).unwrap();
+            assert_eq!((s.outcome, s.sent), (Outcome::Delivered, 20), "{line}");
+        }
+        f.recover(6);
+        f.assert_all_delivered_once(ApiVersion::V2);
+    }
+}
+
+#[test]
 fn onepassword_items_without_fields_are_forwarded_as_received() {
     let f = audit_fixture(33);
     assert!(f.tick().ok());

@@ -236,15 +236,24 @@ pub(crate) struct Reply {
     pub body: String,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
+    /// Sent without `Content-Length` (chunked), so a client learns the
+    /// body's size only by reading it.
+    pub chunked: bool,
 }
 
 impl Reply {
     pub(crate) fn json(status: u16, body: String) -> Self {
-        Reply { status, body, content_type: "application/json", headers: Vec::new() }
+        Reply { status, body, content_type: "application/json", headers: Vec::new(), chunked: false }
     }
 
     pub(crate) fn text(status: u16, body: &str) -> Self {
-        Reply { status, body: body.to_owned(), content_type: "text/plain; charset=utf-8", headers: Vec::new() }
+        Reply {
+            status,
+            body: body.to_owned(),
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            chunked: false,
+        }
     }
 
     pub(crate) fn with_header(mut self, name: &'static str, value: String) -> Self {
@@ -253,7 +262,9 @@ impl Reply {
     }
 
     pub(crate) fn send(self, request: Request) {
-        let mut response = Response::from_string(self.body).with_status_code(self.status);
+        let length = (!self.chunked).then_some(self.body.len());
+        let data = std::io::Cursor::new(self.body.into_bytes());
+        let mut response = Response::new(self.status.into(), Vec::new(), data, length, None);
         let content_type = ("Content-Type", self.content_type);
         let extra = self.headers.iter().map(|(k, v)| (*k, v.as_str()));
         for (name, value) in std::iter::once(content_type).chain(extra) {

@@ -78,6 +78,11 @@ pub enum OpFault {
     NotJson,
     /// 200 with the first half of the correct page body.
     Truncated,
+    /// 200 with a well-formed, empty page padded to `bytes` bytes (the
+    /// cursor is long): too large for a client's cap. With `declared` it
+    /// says its size in `Content-Length`; without, it is sent chunked and
+    /// the client finds out by reading.
+    Oversized { bytes: usize, declared: bool },
     /// 200 with a well-formed page whose items have no `uuid` or
     /// `timestamp` (at least one item, even where the real page is empty).
     /// Its cursor resumes where the request started: the cursor that was
@@ -510,6 +515,12 @@ impl State {
                 Answer::Now(reply)
             }
             OpFault::MissingFields => Answer::Now(self.route(route, auth, body, Shape::MissingFields)),
+            OpFault::Oversized { bytes, declared } => {
+                let frame = r#"{"items":[],"cursor":"","has_more":false}"#;
+                let cursor = "C".repeat(bytes.saturating_sub(frame.len()));
+                let page = format!(r#"{{"items":[],"cursor":"{cursor}","has_more":false}}"#);
+                Answer::Now(Reply { chunked: !declared, ..Reply::json(200, page) })
+            }
         }
     }
 
@@ -677,6 +688,24 @@ mod tests {
         assert_eq!(statuses, [401, 401, 200, 401, 404]);
         assert_eq!(op.requests()[4].path, "/api/v1/nothing");
         assert!(!format!("{:?}", OnePasswordOptions::new(TOKEN, Dataset::default())).contains(TOKEN));
+    }
+
+    #[test]
+    fn an_oversized_page_is_a_valid_page_of_that_size_with_or_without_its_length() {
+        let op = emulator(3);
+        let path = Service::Audit.path(ApiVersion::V2);
+        op.push_faults([
+            OpFault::Oversized { bytes: 100_000, declared: true },
+            OpFault::Oversized { bytes: 100_000, declared: false },
+        ]);
+        let declared = post_json(&op.base_url(), &path, TOKEN, "{}");
+        assert_eq!((declared.status, declared.body.len()), (200, 100_000));
+        assert_eq!(declared.header("Content-Length"), Some("100000"));
+        assert_eq!(declared.json()["items"], json!([]));
+        let undeclared = post_json(&op.base_url(), &path, TOKEN, "{}");
+        assert_eq!((undeclared.status, undeclared.body.len()), (200, 100_000));
+        assert_eq!(undeclared.header("Content-Length"), None);
+        assert_eq!(undeclared.json()["has_more"], false);
     }
 
     #[test]
