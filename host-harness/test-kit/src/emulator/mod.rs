@@ -264,7 +264,9 @@ impl Reply {
     pub(crate) fn send(self, request: Request) {
         let length = (!self.chunked).then_some(self.body.len());
         let data = std::io::Cursor::new(self.body.into_bytes());
-        let mut response = Response::new(self.status.into(), Vec::new(), data, length, None);
+        // tiny_http turns bodies over 32 KiB chunked unless told otherwise.
+        let mut response =
+            Response::new(self.status.into(), Vec::new(), data, length, None).with_chunked_threshold(usize::MAX);
         let content_type = ("Content-Type", self.content_type);
         let extra = self.headers.iter().map(|(k, v)| (*k, v.as_str()));
         for (name, value) in std::iter::once(content_type).chain(extra) {
