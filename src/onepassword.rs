@@ -218,13 +218,13 @@ mod tests {
         );
         assert_eq!(page.cursor, "C2");
         assert!(page.has_more);
-        let (t, raw) = EventMeta::of(&page.items[0]).time().unwrap();
+        let (t, raw) = EventMeta::of(page.items[0]).time().unwrap();
         assert_eq!(raw, "2020-06-11T16:32:50-03:00");
         assert_eq!(t.to_rfc3339(), "2020-06-11T19:32:50+00:00");
         let r = response(200, r#"{"cursor":"C3","has_more":false}"#);
         let empty = parse_page(Service::Audit, &r).unwrap();
         assert!(empty.items.is_empty() && !empty.has_more);
-        assert_eq!(EventMeta::of(&page.items[0]).uuid.as_deref(), Some("A"));
+        assert_eq!(EventMeta::of(page.items[0]).uuid.as_deref(), Some("A"));
         assert_eq!(PageStart::Cursor("C".into()).id(), "cursor:C");
     }
 
@@ -257,9 +257,9 @@ mod tests {
         );
         let r = response(200, &body);
         let page = parse_page(Service::Audit, &r).unwrap();
-        let meta = EventMeta::of(&page.items[0]);
+        let meta = EventMeta::of(page.items[0]);
         assert_eq!(meta.uuid, None);
         assert!(meta.time().is_some(), "the rest of the event is read");
-        assert_eq!(EventMeta::of(&page.items[1]).uuid, Some(longest));
+        assert_eq!(EventMeta::of(page.items[1]).uuid, Some(longest));
     }
 }
