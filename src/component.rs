@@ -77,15 +77,50 @@ fn run_tick() -> Result<TickReport, CollectorError> {
         timeout_ns: config.request_timeout_ms * 1_000_000,
         max_response_bytes: config.max_response_bytes,
     };
-    let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64());
+    // Every enabled service at once: the tick takes as long as its slowest
+    // service, not their sum.
+    let lanes = config.services.len();
+    let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64()).with_lanes(lanes);
+    let mut in_flight: Vec<(usize, InFlight)> = Vec::new();
     loop {
-        match tick.poll() {
-            Action::Done(report) => return Ok(report),
-            action => {
-                let input = io.perform(action);
-                tick.handle(input, now());
+        // Each lane's store actions are answered in turn until it sends a
+        // request or has nothing left (a Watch and its Swap stay together).
+        // The count of lanes grows once the account phase is over.
+        let mut progressed = false;
+        let mut lane = 0;
+        while lane < tick.lanes() {
+            while let Some(action) = tick.poll_lane(lane) {
+                progressed = true;
+                if let Action::Send { request } = action {
+                    match start(&request, io.timeout_ns, io.max_response_bytes) {
+                        Ok(pending) => {
+                            in_flight.push((lane, pending));
+                            break;
+                        }
+                        Err(failure) => tick.handle_lane(lane, Input::Response(Err(failure)), now()),
+                    }
+                } else {
+                    let input = io.perform(action);
+                    tick.handle_lane(lane, input, now());
+                }
             }
+            lane += 1;
         }
+        if progressed {
+            continue;
+        }
+        if let Some(report) = tick.done() {
+            return Ok(report);
+        }
+        // Every lane waits for an answer: take the first that arrives.
+        let ready = {
+            let pollables: Vec<_> = in_flight.iter().map(|(_, p)| p.future.subscribe()).collect();
+            let refs: Vec<&wasi::io::poll::Pollable> = pollables.iter().collect();
+            wasi::io::poll::poll(&refs)[0] as usize
+        };
+        let (lane, pending) = in_flight.swap_remove(ready);
+        let result = pending.finish();
+        tick.handle_lane(lane, Input::Response(result), now());
     }
 }
 
@@ -172,11 +207,25 @@ fn kv_error_text(e: wasi::keyvalue::store::Error) -> String {
     }
 }
 
-/// Performs one request. The answer's body is read up to `max_body` bytes:
-/// a larger one — by its `Content-Length`, before any of it is read, or as it
-/// arrives — fails the request with [`HttpFailure::TooLarge`] instead of
-/// growing the instance's memory until the host stops the whole tick.
+/// One request and its answer, one after the other (validate mode).
 fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpResponse, HttpFailure> {
+    start(req, timeout_ns, max_body)?.finish()
+}
+
+/// A request handed to the host, its body written, its answer to come.
+struct InFlight {
+    future: http::FutureIncomingResponse,
+    /// How writing the body went: reported after the answer, which says
+    /// more when the host refused or failed the request.
+    written: Result<(), HttpFailure>,
+    /// The answer's body is read up to this many bytes: a larger one — by
+    /// its `Content-Length`, before any of it is read, or as it arrives —
+    /// fails the request with [`HttpFailure::TooLarge`] instead of growing
+    /// the instance's memory until the host stops the whole tick.
+    max_body: u64,
+}
+
+fn start(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, HttpFailure> {
     let headers = http::Fields::new();
     for (name, value) in &req.headers {
         headers.append(name, value.as_bytes()).map_err(|e| HttpFailure::Transport(format!("header {name}: {e:?}")))?;
@@ -194,7 +243,6 @@ fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpRespons
         crate::endpoint::Scheme::Http => http::Scheme::Http,
         crate::endpoint::Scheme::Https => http::Scheme::Https,
     };
-    let invalid = |what: &str| HttpFailure::Transport(format!("the host rejected the request {what}"));
     outgoing.set_method(&method).map_err(|()| invalid("method"))?;
     outgoing.set_scheme(Some(&scheme)).map_err(|()| invalid("scheme"))?;
     outgoing.set_authority(Some(&req.authority)).map_err(|()| invalid("authority"))?;
@@ -209,51 +257,99 @@ fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpRespons
 
     // Hand the request over before writing the body: the host streams it and
     // would otherwise stop accepting writes once its buffer is full.
-    let pending = wasi::http::outgoing_handler::handle(outgoing, Some(options)).map_err(failure)?;
+    let future = wasi::http::outgoing_handler::handle(outgoing, Some(options)).map_err(failure)?;
     let written = write_body(body, &req.body);
-    pending.subscribe().block();
-    let response = match pending.get() {
-        Some(Ok(Ok(response))) => response,
-        // A refused or failed request also breaks the body stream; the
-        // response's error says why, so it goes first.
-        Some(Ok(Err(code))) => return Err(failure(code)),
-        Some(Err(())) | None => return Err(HttpFailure::Transport("response future in a bad state".into())),
-    };
-    written?;
-    let status = response.status();
-    let headers: Vec<(String, String)> =
-        response.headers().entries().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
-    let too_large = HttpFailure::TooLarge { limit: max_body };
-    let declared = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length"));
-    if declared.and_then(|(_, v)| v.trim().parse::<u64>().ok()).is_some_and(|len| len > max_body) {
-        return Err(too_large);
-    }
-    let incoming = response.consume().map_err(|()| invalid("response body"))?;
-    let mut bytes = Vec::new();
-    {
-        let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
-        loop {
-            // At most one byte past the cap is asked for: enough to know.
-            let room = (max_body + 1).saturating_sub(bytes.len() as u64).min(64 * 1024);
-            match stream.blocking_read(room) {
-                Ok(chunk) => bytes.extend_from_slice(&chunk),
-                Err(wasi::io::streams::StreamError::Closed) => break,
-                Err(e) => return Err(HttpFailure::Transport(stream_error_text(e))),
-            }
-            if bytes.len() as u64 > max_body {
-                return Err(too_large);
-            }
-        }
-    }
-    drop(incoming);
-    Ok(HttpResponse { status, headers, body: bytes })
+    Ok(InFlight { future, written, max_body })
 }
 
+impl InFlight {
+    /// Waits for the answer and reads its body.
+    fn finish(self) -> Result<HttpResponse, HttpFailure> {
+        self.future.subscribe().block();
+        let response = match self.future.get() {
+            Some(Ok(Ok(response))) => response,
+            // A refused or failed request also breaks the body stream; the
+            // response's error says why, so it goes first.
+            Some(Ok(Err(code))) => return Err(failure(code)),
+            Some(Err(())) | None => return Err(HttpFailure::Transport("response future in a bad state".into())),
+        };
+        self.written?;
+        let status = response.status();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let too_large = HttpFailure::TooLarge { limit: self.max_body };
+        let declared = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Err(too_large);
+        }
+        let incoming = response.consume().map_err(|()| invalid("response body"))?;
+        // Sized once from Content-Length when there is one: growing by
+        // doubling would copy the page and leave the memory at twice its size.
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        {
+            let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
+            loop {
+                // At most one byte past the cap is asked for: enough to know.
+                let room = (self.max_body + 1).saturating_sub(bytes.len() as u64).min(READ_CHUNK);
+                match stream.blocking_read(room) {
+                    Ok(chunk) => bytes.extend_from_slice(&chunk),
+                    Err(wasi::io::streams::StreamError::Closed) => break,
+                    Err(e) => return Err(HttpFailure::Transport(stream_error_text(e))),
+                }
+                if bytes.len() as u64 > self.max_body {
+                    return Err(too_large);
+                }
+            }
+        }
+        drop(incoming);
+        Ok(HttpResponse { status, headers, body: bytes })
+    }
+}
+
+/// The most one read of a response body asks the host for.
+const READ_CHUNK: u64 = 1 << 20;
+
+fn invalid(what: &str) -> HttpFailure {
+    HttpFailure::Transport(format!("the host rejected the request {what}"))
+}
+
+/// Writes the body in pieces as large as the host accepts (`check-write`),
+/// not in the 4 KiB of `blocking-write-and-flush`: each piece is a call
+/// across the boundary and a write on the connection.
 fn write_body(body: http::OutgoingBody, bytes: &[u8]) -> Result<(), HttpFailure> {
     {
         let stream = body.write().map_err(|()| HttpFailure::Transport("the host gave no body stream".into()))?;
-        for chunk in bytes.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| HttpFailure::Transport(stream_error_text(e)))?;
+        let stream_failure = |e| HttpFailure::Transport(stream_error_text(e));
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let permitted = stream.check_write().map_err(stream_failure)?;
+            if permitted == 0 {
+                stream.subscribe().block();
+                continue;
+            }
+            let n = rest.len().min(permitted as usize);
+            stream.write(&rest[..n]).map_err(stream_failure)?;
+            rest = &rest[n..];
+        }
+        // A host may close the stream as soon as it has the whole body (its
+        // Content-Length): with every byte written, that is no failure.
+        let flushed = match stream.flush() {
+            Ok(()) => {
+                stream.subscribe().block();
+                stream.check_write().map(drop)
+            }
+            failed => failed,
+        };
+        match flushed {
+            Ok(()) | Err(wasi::io::streams::StreamError::Closed) => {}
+            Err(e) => return Err(stream_failure(e)),
         }
     }
     http::OutgoingBody::finish(body, None).map_err(failure)

@@ -711,6 +711,9 @@ fn check_page(service: Service, status: u16, body: &[u8]) -> Result<(), TestCase
             let lines: Vec<String> = page.items.iter().map(|i| devo::event_line(i.get()).into_owned()).collect();
             for (item, line) in page.items.iter().zip(&lines) {
                 let meta = EventMeta::of(item);
+                // The one-pass read the tick uses agrees with the parser.
+                let multiline = item.get().contains(['\n', '\r']);
+                prop_assert_eq!(EventMeta::read(item), (meta.clone(), multiline), "{}", item.get());
                 prop_assert!(meta.uuid.as_ref().is_none_or(|u| u.len() <= MAX_UUID_LEN));
                 if let Some((t, raw)) = meta.time() {
                     prop_assert_eq!(DateTime::parse_from_rfc3339(&raw).map(|r| r.with_timezone(&Utc)), Ok(t));
@@ -723,6 +726,19 @@ fn check_page(service: Service, status: u16, body: &[u8]) -> Result<(), TestCase
             }
             let batches = devo::batches(lines.iter().map(String::as_str), 4096, 3);
             prop_assert_eq!(batches.iter().map(|b| b.events as usize).sum::<usize>(), page.items.len());
+            // Compressed as they are built: the same bodies once inflated.
+            let mut writer = devo::BatchWriter::new(4096, 3, true);
+            for line in &lines {
+                writer.push(line);
+            }
+            let gzipped = writer.finish();
+            prop_assert_eq!(gzipped.len(), batches.len());
+            for (z, plain) in gzipped.iter().zip(&batches) {
+                let mut inflated = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&z.body[..]), &mut inflated).unwrap();
+                prop_assert!(z.gzipped && !plain.gzipped);
+                prop_assert_eq!((&inflated, z.events), (&plain.body, plain.events));
+            }
         }
     }
     Ok(())

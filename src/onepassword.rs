@@ -47,25 +47,26 @@ pub fn page_request(config: &Config, service: Service, start: &PageStart) -> Htt
     }
 }
 
-/// One page of events, each kept as the exact JSON text 1Password sent.
+/// One page of events, each kept as the exact JSON text 1Password sent,
+/// borrowed from the response body: a page is never copied event by event.
 #[derive(Debug)]
-pub struct Page {
-    pub items: Vec<Box<RawValue>>,
+pub struct Page<'a> {
+    pub items: Vec<&'a RawValue>,
     pub cursor: String,
     pub has_more: bool,
 }
 
 #[derive(Deserialize)]
-struct PageBody {
-    #[serde(default)]
-    items: Option<Vec<Box<RawValue>>>,
+struct PageBody<'a> {
+    #[serde(default, borrow)]
+    items: Option<Vec<&'a RawValue>>,
     cursor: String,
     #[serde(default)]
     has_more: bool,
 }
 
 /// The fields the collector itself reads from an event; all else is passed on untouched.
-#[derive(Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct EventMeta {
     #[serde(default)]
     pub uuid: Option<String>,
@@ -85,6 +86,23 @@ impl EventMeta {
         let mut meta: EventMeta = serde_json::from_str(item.get()).unwrap_or_default();
         meta.uuid = meta.uuid.filter(|u| u.len() <= MAX_UUID_LEN);
         meta
+    }
+
+    /// [`EventMeta::of`] in one pass over the event's bytes, and whether
+    /// the event needs [`crate::devo::event_line`]'s compaction (a line
+    /// break between tokens). The rare event the scan cannot read as a
+    /// parser would (escapes in its uuid, a repeated key) is parsed.
+    pub fn read(item: &RawValue) -> (EventMeta, bool) {
+        let found = crate::json::top_level_strings(item.get(), ["uuid", "timestamp"]);
+        if found.irregular {
+            return (EventMeta::of(item), found.multiline);
+        }
+        let [uuid, timestamp] = found.values;
+        let meta = EventMeta {
+            uuid: uuid.filter(|u| u.len() <= MAX_UUID_LEN).map(str::to_owned),
+            timestamp: timestamp.map(str::to_owned),
+        };
+        (meta, found.multiline)
     }
 
     /// The `timestamp` if it is a valid RFC 3339 time, with its raw text.
@@ -107,7 +125,7 @@ impl PageStart {
 
 /// Turns an answer of the events endpoint into a page or an error that says
 /// what to do. Any non-200 leaves the checkpoint alone: the page is retried.
-pub fn parse_page(service: Service, response: &HttpResponse) -> Result<Page, CollectorError> {
+pub fn parse_page(service: Service, response: &HttpResponse) -> Result<Page<'_>, CollectorError> {
     if response.status != 200 {
         return Err(status_error(service, response));
     }
@@ -206,19 +224,21 @@ mod tests {
     #[test]
     fn a_page_keeps_items_byte_for_byte() {
         let body = r#"{"items":[{"uuid":"A","timestamp":"2020-06-11T16:32:50-03:00","n":1.50,"s":"a\"b\nc"}],"cursor":"C2","has_more":true}"#;
-        let page = parse_page(Service::SignInAttempts, &response(200, body)).unwrap();
+        let r = response(200, body);
+        let page = parse_page(Service::SignInAttempts, &r).unwrap();
         assert_eq!(
             page.items[0].get(),
             r#"{"uuid":"A","timestamp":"2020-06-11T16:32:50-03:00","n":1.50,"s":"a\"b\nc"}"#
         );
         assert_eq!(page.cursor, "C2");
         assert!(page.has_more);
-        let (t, raw) = EventMeta::of(&page.items[0]).time().unwrap();
+        let (t, raw) = EventMeta::of(page.items[0]).time().unwrap();
         assert_eq!(raw, "2020-06-11T16:32:50-03:00");
         assert_eq!(t.to_rfc3339(), "2020-06-11T19:32:50+00:00");
-        let empty = parse_page(Service::Audit, &response(200, r#"{"cursor":"C3","has_more":false}"#)).unwrap();
+        let r = response(200, r#"{"cursor":"C3","has_more":false}"#);
+        let empty = parse_page(Service::Audit, &r).unwrap();
         assert!(empty.items.is_empty() && !empty.has_more);
-        assert_eq!(EventMeta::of(&page.items[0]).uuid.as_deref(), Some("A"));
+        assert_eq!(EventMeta::of(page.items[0]).uuid.as_deref(), Some("A"));
         assert_eq!(PageStart::Cursor("C".into()).id(), "cursor:C");
     }
 
@@ -273,10 +293,11 @@ mod tests {
         let body = format!(
             r#"{{"items":[{{"uuid":"{long}","timestamp":"2026-01-01T00:00:00Z"}},{{"uuid":"{longest}"}}],"cursor":"C"}}"#
         );
-        let page = parse_page(Service::Audit, &response(200, &body)).unwrap();
-        let meta = EventMeta::of(&page.items[0]);
+        let r = response(200, &body);
+        let page = parse_page(Service::Audit, &r).unwrap();
+        let meta = EventMeta::of(page.items[0]);
         assert_eq!(meta.uuid, None);
         assert!(meta.time().is_some(), "the rest of the event is read");
-        assert_eq!(EventMeta::of(&page.items[1]).uuid, Some(longest));
+        assert_eq!(EventMeta::of(page.items[1]).uuid, Some(longest));
     }
 }

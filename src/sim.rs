@@ -95,6 +95,11 @@ pub struct Sim {
     /// expired) while the store held another's, or none: two instances
     /// collecting the same service at once.
     pub unleased_fetches: usize,
+    /// Services each tick works on at once (`Tick::with_lanes`); with more
+    /// than one, a tick's requests are in flight together and their answers
+    /// arrive in an order drawn from `arrivals`.
+    pub lanes: usize,
+    pub arrivals: fastrand::Rng,
     entropy: u64,
 }
 
@@ -105,6 +110,11 @@ pub struct Running {
     /// Per service record, the lease this tick last wrote with a swap that
     /// answered ok: what it believes it holds.
     leases: BTreeMap<String, Option<Lease>>,
+    /// Lanes: the answers of requests sent and not yet handed back (the
+    /// server has already acted on them), and the lane whose store actions
+    /// are under way (answered before any other lane is polled).
+    in_flight: Vec<(usize, Input)>,
+    chain: Option<usize>,
 }
 
 impl Sim {
@@ -131,6 +141,8 @@ impl Sim {
             lying_swaps: false,
             lies: 0,
             unleased_fetches: 0,
+            lanes: 1,
+            arrivals: fastrand::Rng::with_seed(0),
             entropy: 1,
         }
     }
@@ -153,7 +165,13 @@ impl Sim {
 
     pub fn start(&mut self, config: Config) -> Running {
         self.entropy = self.entropy.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        Running { tick: Tick::new(config, self.now, self.entropy), watched: None, leases: BTreeMap::new() }
+        Running {
+            tick: Tick::new(config, self.now, self.entropy).with_lanes(self.lanes),
+            watched: None,
+            leases: BTreeMap::new(),
+            in_flight: Vec::new(),
+            chain: None,
+        }
     }
 
     /// Runs a tick to its end; `None` when an injected stop ended it early.
@@ -170,8 +188,59 @@ impl Sim {
 
     /// One action of a running tick.
     pub fn step(&mut self, running: &mut Running) -> Step {
-        let input = match running.tick.poll() {
-            Action::Done(report) => return Step::Done(report),
+        if self.lanes > 1 {
+            return self.step_lanes(running);
+        }
+        let action = running.tick.poll();
+        let input = match self.perform(running, action) {
+            Ok(input) => input,
+            Err(step) => return step,
+        };
+        self.now += self.step;
+        running.tick.handle(input, self.now);
+        Step::Continue
+    }
+
+    /// One action of a tick with lanes: the lane whose store actions are
+    /// under way, else any lane with something to do; when every lane
+    /// waits, one answer in flight (drawn at random) arrives.
+    fn step_lanes(&mut self, running: &mut Running) -> Step {
+        // The number of lanes grows when the account phase ends, which a
+        // poll of lane 0 may do: counted again each time.
+        let mut order = running.chain.into_iter().chain(0..);
+        while let Some(lane) = order.next().filter(|&l| l < running.tick.lanes()) {
+            let Some(action) = running.tick.poll_lane(lane) else {
+                running.chain = running.chain.filter(|&c| c != lane);
+                continue;
+            };
+            let sends = matches!(action, Action::Send { .. });
+            let input = match self.perform(running, action) {
+                Ok(input) => input,
+                Err(step) => return step,
+            };
+            if sends {
+                running.chain = None;
+                running.in_flight.push((lane, input));
+            } else {
+                running.chain = Some(lane);
+                self.now += self.step;
+                running.tick.handle_lane(lane, input, self.now);
+            }
+            return Step::Continue;
+        }
+        if running.in_flight.is_empty() {
+            return Step::Done(running.tick.done().expect("no lane waits and nothing is in flight"));
+        }
+        let (lane, input) = running.in_flight.swap_remove(self.arrivals.usize(..running.in_flight.len()));
+        self.now += self.step;
+        running.tick.handle_lane(lane, input, self.now);
+        Step::Continue
+    }
+
+    /// Carries out an action; `Err` ends the tick (its report, or a stop).
+    fn perform(&mut self, running: &mut Running, action: Action) -> Result<Input, Step> {
+        Ok(match action {
+            Action::Done(report) => return Err(Step::Done(report)),
             Action::Load { key } => Input::Loaded(self.read(&key)),
             Action::Store { key, value } => Input::Stored(self.write(&key, value)),
             Action::Watch { key } => {
@@ -206,14 +275,20 @@ impl Sim {
                     Served::Answer(r) => Input::Response(r),
                     Served::Stop => {
                         self.stops += 1;
-                        return Step::Stopped;
+                        return Err(Step::Stopped);
                     }
                 }
             }
-        };
-        self.now += self.step;
-        running.tick.handle(input, self.now);
-        Step::Continue
+        })
+    }
+
+    /// The server's answer to a request, for a test driving a tick by hand
+    /// (a scripted stop is not expected there).
+    pub fn respond(&mut self, request: &HttpRequest) -> Result<HttpResponse, HttpFailure> {
+        match self.serve(request) {
+            Served::Answer(r) => r,
+            Served::Stop => panic!("a stop was scripted"),
+        }
     }
 
     /// Counts a 1Password page request by a tick that believes it holds a

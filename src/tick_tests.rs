@@ -664,7 +664,19 @@ fn a_refused_token_fails_every_service_without_fetching() {
 
 #[test]
 fn soak_every_event_arrives_once_under_random_faults_within_the_limits() {
+    soak_random_faults(1);
+}
+
+#[test]
+fn soak_with_lanes_every_event_arrives_once_under_random_faults_within_the_limits() {
+    // The three services' requests in flight together, answered in a
+    // random order.
+    soak_random_faults(3);
+}
+
+fn soak_random_faults(lanes: usize) {
     let mut sim = Sim::new(t(NOW));
+    sim.lanes = lanes;
     for s in Service::ALL {
         sim.generate(s, 1500, t(NOW) - TimeDelta::hours(1), 3);
     }
@@ -889,7 +901,17 @@ fn on_a_lying_store_progress_that_did_not_land_is_counted_unconfirmed() {
 
 #[test]
 fn soak_two_instances_on_a_lying_store_collect_every_event_once_except_unconfirmed() {
+    soak_lying_store(1);
+}
+
+#[test]
+fn soak_with_lanes_two_instances_on_a_lying_store_collect_every_event_once_except_unconfirmed() {
+    soak_lying_store(3);
+}
+
+fn soak_lying_store(lanes: usize) {
     let mut sim = Sim::new(t(NOW));
+    sim.lanes = lanes;
     for s in Service::ALL {
         sim.generate(s, 60, t(NOW) - TimeDelta::hours(1), 3);
     }
@@ -1144,4 +1166,101 @@ fn an_account_back_off_until_the_year_2300_does_not_stop_the_account() {
     for s in Service::ALL {
         assert_exactly_once(&sim, s);
     }
+}
+
+// Lanes: several services at once.
+
+/// Drives every lane of a tick by hand until each waits: store actions are
+/// answered at once from `sim.store`, requests are held and returned.
+fn run_lanes_until_all_wait(sim: &mut Sim, tick: &mut Tick) -> Vec<(usize, HttpRequest)> {
+    let mut held = Vec::new();
+    let mut watched = None;
+    loop {
+        let mut progressed = false;
+        for lane in 0..tick.lanes() {
+            while let Some(action) = tick.poll_lane(lane) {
+                progressed = true;
+                let input = match action {
+                    Action::Load { key } => Input::Loaded(Ok(sim.store.get(&key).cloned())),
+                    Action::Store { key, value } => {
+                        sim.store.insert(key, value);
+                        Input::Stored(Ok(()))
+                    }
+                    Action::Watch { key } => {
+                        let current = sim.store.get(&key).cloned();
+                        watched = Some(key);
+                        Input::Loaded(Ok(current))
+                    }
+                    Action::Swap { value } => {
+                        sim.store.insert(watched.take().expect("a swap follows its watch"), value);
+                        Input::Swapped(Ok(true))
+                    }
+                    Action::Send { request } => {
+                        held.push((lane, request));
+                        break;
+                    }
+                    Action::Done(_) => unreachable!("poll_lane never says Done"),
+                };
+                tick.handle_lane(lane, input, sim.now);
+            }
+        }
+        if !progressed {
+            return held;
+        }
+    }
+}
+
+#[test]
+fn with_lanes_the_services_requests_are_in_flight_together_and_each_spends_the_budget() {
+    let mut sim = Sim::new(t(NOW));
+    for s in Service::ALL {
+        sim.generate(s, 4, t(NOW) - TimeDelta::hours(1), 1);
+    }
+    let mut tick = Tick::new(config(&[("max_requests_per_minute", "3")]), sim.now, 5).with_lanes(3);
+    // The account phase goes first, alone: the token's introspection.
+    let mut held = run_lanes_until_all_wait(&mut sim, &mut tick);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(tick.lanes(), 1, "the other lanes open after the account phase");
+    let (lane, introspection) = held.pop().unwrap();
+    let answer = sim.respond(&introspection);
+    tick.handle_lane(lane, Input::Response(answer), sim.now);
+    // Then one page request per lane, all in flight before any answer.
+    let pages = run_lanes_until_all_wait(&mut sim, &mut tick);
+    let mut lanes: Vec<usize> = pages.iter().map(|(l, _)| *l).collect();
+    lanes.sort();
+    assert_eq!(lanes, [0, 1, 2], "{pages:?}");
+    let mut services: Vec<Service> = pages
+        .iter()
+        .map(|(_, r)| Service::ALL.into_iter().find(|s| r.path.ends_with(s.endpoint())).expect("a page request"))
+        .collect();
+    services.sort();
+    services.dedup();
+    assert_eq!(services.len(), 3, "each lane took another service");
+    let budget = BudgetRecord::decode(sim.store.get("budget/ACCOUNT1").map(Vec::as_slice));
+    assert_eq!(budget.minute_count, 3, "each request spent its own share of the budget");
+    assert!(tick.done().is_none(), "the tick waits for its answers");
+}
+
+#[test]
+fn with_lanes_a_tick_delivers_what_one_lane_delivers() {
+    let run = |lanes: usize| {
+        let mut sim = Sim::new(t(NOW));
+        sim.lanes = lanes;
+        for s in Service::ALL {
+            sim.generate(s, 30, t(NOW) - TimeDelta::hours(1), 2);
+        }
+        let c = config(&[("page_size", "10"), ("max_pages_per_tick", "2"), ("devo_max_batch_events", "4")]);
+        let report = sim.tick(c.clone()).unwrap();
+        let mut summary: Vec<_> =
+            report.services.iter().map(|s| (s.service.clone(), s.outcome, s.sent, s.pages, s.has_more)).collect();
+        summary.sort_by(|a, b| a.0.cmp(&b.0));
+        drain(&mut sim, &c, 10, TimeDelta::seconds(30));
+        for s in Service::ALL {
+            assert_exactly_once(&sim, s);
+        }
+        summary
+    };
+    let one = run(1);
+    assert!(one.iter().all(|s| s.2 == 20 && s.3 == 2 && s.4), "{one:?}");
+    assert_eq!(run(3), one);
 }

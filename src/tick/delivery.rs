@@ -1,7 +1,7 @@
 //! Delivery: the third phase of a tick, sending one page's events to Devo.
 //!
-//! The page's lines are cut into batches within Devo's limits, each with the
-//! uuids of its events. The batches go one at a time. After each accepted
+//! The page's lines are cut into batches within Devo's limits as they are
+//! made (`PageBatches`), each with the uuids of its events. The batches go one at a time. After each accepted
 //! batch but the last, the service's record notes which events Devo took
 //! (and the lease is renewed), so that a page read again after a cut (a
 //! stop, a failure) does not send them twice. After the last, the page is
@@ -19,18 +19,31 @@ use crate::service::Service;
 use crate::state::{Partial, ServiceState};
 use std::collections::VecDeque;
 
-/// Devo batches, each with the uuids of the events it holds.
-pub(super) fn batch_with_uuids(lines: &[(String, Option<String>)], config: &Config) -> VecDeque<(Batch, Vec<String>)> {
-    let batches =
-        devo::batches(lines.iter().map(|(l, _)| l.as_str()), config.devo_max_batch_bytes, config.devo_max_batch_events);
-    let mut uuids = lines.iter().map(|(_, u)| u.clone());
-    batches
-        .into_iter()
-        .map(|b| {
-            let ids = uuids.by_ref().take(b.events as usize).flatten().collect();
-            (b, ids)
-        })
-        .collect()
+/// A page's Devo batches as they are built, each with the uuids of its
+/// events.
+pub(super) struct PageBatches {
+    writer: devo::BatchWriter,
+    uuids: Vec<Vec<String>>,
+}
+
+impl PageBatches {
+    pub(super) fn new(config: &Config) -> PageBatches {
+        PageBatches {
+            writer: devo::BatchWriter::new(config.devo_max_batch_bytes, config.devo_max_batch_events, config.devo_gzip),
+            uuids: Vec::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, line: &str, uuid: Option<String>) {
+        if self.writer.push(line) {
+            self.uuids.push(Vec::new());
+        }
+        self.uuids.last_mut().expect("a batch was begun").extend(uuid);
+    }
+
+    pub(super) fn finish(self) -> VecDeque<(Batch, Vec<String>)> {
+        self.writer.finish().into_iter().zip(self.uuids).collect()
+    }
 }
 
 impl Tick {
@@ -44,8 +57,7 @@ impl Tick {
         // A batch is sent at most once per tick (a failure ends the service's
         // part), so its body moves into the request; its count and uuids
         // stay until Devo's answer is recorded.
-        let body = std::mem::take(&mut batch.body);
-        let request = devo::stream_request(&self.config, run.service, body);
+        let request = devo::batch_request(&self.config, run.service, batch);
         run.bytes_sent += request.body.len() as u64;
         self.step = Step::AwaitDevo;
         Some(Action::Send { request })

@@ -38,6 +38,16 @@
 //!    reported, and the next service begins. After the last, the tick is
 //!    `Done` with its report.
 //!
+//! **Lanes.** Driven with [`Tick::poll`] and [`Tick::handle`], a tick works
+//! on one service at a time. With [`Tick::with_lanes`] and
+//! [`Tick::poll_lane`]/[`Tick::handle_lane`], up to that many services go
+//! through steps 2–4 at once, each lane taking the next service when its
+//! own is done, so their requests are in flight together (the component
+//! waits on all of them through wasi:http's pollables). Each lane spends its
+//! own request of the budget and writes its own records; the store actions
+//! of one lane are answered before another lane is polled, so a `Watch` is
+//! always followed by its own `Swap`.
+//!
 //! Every write of a stored record (the lease, the budget, progress, the
 //! checkpoint, the release) is a compare-and-swap (`swap.rs`): read the
 //! record, decide what to write from its current value (the phase files'
@@ -130,11 +140,34 @@ pub struct Tick {
     now: DateTime<Utc>,
     account: Option<AccountInfo>,
     budget_key: String,
+    /// The active lane's step and service (see `lanes`).
     step: Step,
     queue: VecDeque<Service>,
     run: Option<ServiceRun>,
+    /// Lanes: each works on one service at a time, taking the next from
+    /// `queue` when it is done, so that with several lanes the services'
+    /// requests are in flight together. The active lane's step and run live
+    /// in `step` and `run` (the phase files know only those); the others are
+    /// parked here, the active lane's slot holding a placeholder.
+    lanes: Vec<Lane>,
+    active: usize,
+    /// True once the account phase is over and the services began: only
+    /// then do lanes other than the first take part.
+    services_begun: bool,
     reports: Vec<ServiceReport>,
     warnings: Vec<String>,
+}
+
+/// A parked lane (see `Tick::lanes`).
+struct Lane {
+    step: Step,
+    run: Option<ServiceRun>,
+}
+
+impl Lane {
+    fn placeholder() -> Lane {
+        Lane { step: Step::LaneDone, run: None }
+    }
 }
 
 impl Tick {
@@ -167,46 +200,102 @@ impl Tick {
             account: None,
             step: Step::LoadAccount,
             run: None,
+            lanes: vec![Lane::placeholder()],
+            active: 0,
+            services_begun: false,
             reports: Vec::new(),
             warnings,
         }
     }
 
-    /// The next thing to do. Every action but `Done` must be answered with
-    /// [`Tick::handle`] before `poll` is called again.
+    /// Works on up to `lanes` services at once (at least one): with
+    /// [`Tick::poll_lane`] and [`Tick::handle_lane`] the driver has their
+    /// requests in flight together. The account phase comes first, on lane
+    /// 0 alone. Each service still spends its own request of the budget.
+    pub fn with_lanes(mut self, lanes: usize) -> Tick {
+        self.lanes.resize_with(lanes.max(1), || Lane { step: Step::NextService, run: None });
+        self
+    }
+
+    /// The next thing to do, one service at a time. Every action but `Done`
+    /// must be answered with [`Tick::handle`] before `poll` is called again.
     pub fn poll(&mut self) -> Action {
-        loop {
-            match std::mem::replace(&mut self.step, Step::NextService) {
-                // 1. Account and budget (account_budget.rs).
-                Step::LoadAccount => return self.load_account(),
-                Step::Introspect { cached } => return self.introspect(cached),
-                Step::StoreAccount(info) => return self.store_account(info),
-                Step::LoadGate => return self.load_gate(),
-                // 2. One service's page (page.rs).
-                Step::NextService => match self.queue.pop_front() {
-                    None => return Action::Done(self.report()),
-                    Some(service) => self.begin(service),
-                },
-                Step::Fetch => return self.fetch(),
-                // 3. Delivery (delivery.rs).
-                Step::Deliver => {
-                    if let Some(action) = self.deliver() {
-                        return action;
-                    }
-                }
-                // 4. The service's part is over (commit.rs).
-                Step::Finish(ending) => self.finish(ending),
-                // Any write of a stored record (swap.rs).
-                Step::Watch(update, attempt) => return self.watch(update, attempt),
-                Step::Swap(update, attempt, value) => return self.swap(update, attempt, value),
-                Step::Confirm(update, attempt) => return self.confirm(update, attempt),
-                awaiting => panic!("Tick::poll called while {} awaits input", awaiting.name()),
-            }
+        debug_assert_eq!(self.lanes.len(), 1, "a tick with lanes is driven with poll_lane");
+        if let Some(action) = self.poll_lane(0) {
+            return action;
+        }
+        match self.done() {
+            Some(report) => Action::Done(report),
+            None => panic!("Tick::poll called while {} awaits input", self.step.name()),
         }
     }
 
     /// Feeds the result of the last action, with the time it arrived.
     pub fn handle(&mut self, input: Input, now: DateTime<Utc>) {
+        self.handle_lane(0, input, now);
+    }
+
+    /// The lanes the driver polls now: one during the account phase, all
+    /// of them after it.
+    pub fn lanes(&self) -> usize {
+        if self.services_begun {
+            self.lanes.len()
+        } else {
+            1
+        }
+    }
+
+    /// The next thing `lane` has to do; `None` while it awaits the input of
+    /// its last action, or has no service left. Never `Done`: see
+    /// [`Tick::done`]. A lane's store actions must be answered before
+    /// another lane is polled (a `Watch` and its `Swap` follow each other);
+    /// its `Send` may be answered at any later time.
+    pub fn poll_lane(&mut self, lane: usize) -> Option<Action> {
+        self.activate(lane);
+        loop {
+            match std::mem::replace(&mut self.step, Step::NextService) {
+                // 1. Account and budget (account_budget.rs).
+                Step::LoadAccount => return Some(self.load_account()),
+                Step::Introspect { cached } => return Some(self.introspect(cached)),
+                Step::StoreAccount(info) => return Some(self.store_account(info)),
+                Step::LoadGate => return Some(self.load_gate()),
+                // 2. One service's page (page.rs).
+                Step::NextService => {
+                    self.services_begun = true;
+                    match self.queue.pop_front() {
+                        None => {
+                            self.step = Step::LaneDone;
+                            return None;
+                        }
+                        Some(service) => self.begin(service),
+                    }
+                }
+                Step::Fetch => return Some(self.fetch()),
+                // 3. Delivery (delivery.rs).
+                Step::Deliver => {
+                    if let Some(action) = self.deliver() {
+                        return Some(action);
+                    }
+                }
+                // 4. The service's part is over (commit.rs).
+                Step::Finish(ending) => self.finish(ending),
+                // Any write of a stored record (swap.rs).
+                Step::Watch(update, attempt) => return Some(self.watch(update, attempt)),
+                Step::Swap(update, attempt, value) => return Some(self.swap(update, attempt, value)),
+                Step::Confirm(update, attempt) => return Some(self.confirm(update, attempt)),
+                // Awaiting input, or no service left.
+                waiting => {
+                    self.step = waiting;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Feeds `lane` the result of its last action, with the time it
+    /// arrived.
+    pub fn handle_lane(&mut self, lane: usize, input: Input, now: DateTime<Utc>) {
+        self.activate(lane);
         self.now = now;
         // An answer over the cap fails like one the component stopped
         // reading: whoever performed the request, the core reads no more.
@@ -229,6 +318,29 @@ impl Tick {
         };
     }
 
+    /// The report, once every lane has run out of services.
+    pub fn done(&mut self) -> Option<TickReport> {
+        let finished = |step: &Step| matches!(step, Step::LaneDone);
+        let all = self.services_begun
+            && finished(&self.step)
+            && self.lanes.iter().enumerate().all(|(i, l)| i == self.active || finished(&l.step));
+        all.then(|| self.report())
+    }
+
+    /// Makes `lane` the one `step` and `run` belong to.
+    fn activate(&mut self, lane: usize) {
+        if lane == self.active {
+            return;
+        }
+        let parked = &mut self.lanes[self.active];
+        std::mem::swap(&mut self.step, &mut parked.step);
+        std::mem::swap(&mut self.run, &mut parked.run);
+        let next = &mut self.lanes[lane];
+        std::mem::swap(&mut self.step, &mut next.step);
+        std::mem::swap(&mut self.run, &mut next.run);
+        self.active = lane;
+    }
+
     /// The service whose part of the tick is under way.
     fn running(&mut self) -> &mut ServiceRun {
         self.run.as_mut().expect("a service is running")
@@ -248,8 +360,12 @@ enum Step {
     // 1. Account and budget (account_budget.rs).
     LoadAccount,
     AwaitAccount,
-    Introspect { cached: Option<AccountInfo> },
-    AwaitIntrospect { cached: Option<AccountInfo> },
+    Introspect {
+        cached: Option<AccountInfo>,
+    },
+    AwaitIntrospect {
+        cached: Option<AccountInfo>,
+    },
     StoreAccount(AccountInfo),
     AwaitStoreAccount,
     LoadGate,
@@ -263,6 +379,8 @@ enum Step {
     AwaitDevo,
     // 4. The service's part is over (commit.rs).
     Finish(Ending),
+    /// The lane has no service left.
+    LaneDone,
     // A compare-and-swap (swap.rs): the update, and how many tries so far;
     // for a lease taken and a commit, the read that confirms the swap's ok.
     Watch(Update, u32),

@@ -12,21 +12,22 @@
 //! events Devo already took, and the checkpoint to commit once they are
 //! delivered (`delivery.rs`, `commit.rs`).
 
-use super::delivery::batch_with_uuids;
+use super::delivery::PageBatches;
 use super::swap::{self, Decision};
 use super::{rfc3339, Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::account;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, DEFAULT_LOOKBACK, RETENTION};
-use crate::devo;
 use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, SCOPE_MISSING};
 use crate::http::{HttpFailure, HttpResponse};
+use crate::json;
 use crate::onepassword::{self, EventMeta, Page, PageStart};
 use crate::report::Outcome;
 use crate::service::Service;
 use crate::state::{Lease, ServiceState};
 use crate::time::{self, MAX_CLOCK_SKEW};
 use chrono::{DateTime, TimeDelta, Utc};
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 impl Tick {
@@ -194,7 +195,7 @@ impl Tick {
 
     /// Turns a page into what delivery needs: the events to send, cut into
     /// batches, and the checkpoint to commit once Devo took them all.
-    fn prepare(&mut self, page: Page) -> Step {
+    fn prepare(&mut self, page: Page<'_>) -> Step {
         let now = self.now;
         let config = &self.config;
         let run = self.run.as_mut().expect("a service is running");
@@ -224,11 +225,14 @@ impl Tick {
         if rereading {
             skip.extend(previous.into_iter().flat_map(|cp| cp.recent_uuids.iter().map(String::as_str)));
         }
-        let mut lines: Vec<(String, Option<String>)> = Vec::with_capacity(page.items.len());
+        // Each event goes straight into its batch: the page is not held as
+        // lines besides the response body and the batches.
+        let mut batches = PageBatches::new(config);
+        let mut lines = 0u64;
         let mut page_uuids = Vec::with_capacity(page.items.len());
         let mut newest: Option<(DateTime<Utc>, String)> = None;
         for item in &page.items {
-            let meta = EventMeta::of(item);
+            let (meta, multiline) = EventMeta::read(item);
             if let Some((t, raw)) = meta.time() {
                 if t > now + MAX_CLOCK_SKEW {
                     // Delivered as it is, but not the checkpoint's newest
@@ -245,11 +249,11 @@ impl Tick {
                     continue;
                 }
             }
-            let line = devo::event_line(item.get());
+            let line = if multiline { Cow::Owned(json::compact(item.get())) } else { Cow::Borrowed(item.get()) };
             let line = match &config.obfuscator {
-                None => line.into_owned(),
+                None => line,
                 Some(o) => match o.apply(&line) {
-                    Ok(obfuscated) => obfuscated.into_owned(),
+                    Ok(obfuscated) => Cow::Owned(obfuscated.into_owned()),
                     Err(e) => {
                         // Sending the clear value would break the user's rule: hold the page.
                         let e = CollectorError::new(
@@ -261,11 +265,12 @@ impl Tick {
                     }
                 },
             };
-            lines.push((line, meta.uuid));
+            batches.push(&line, meta.uuid);
+            lines += 1;
         }
-        let new_events = lines.len() as u64 + delivered_before;
+        let new_events = lines + delivered_before;
         run.next = Some(next_checkpoint(config, previous, newest, &page.cursor, page_uuids, new_events, now));
-        run.batches = batch_with_uuids(&lines, config);
+        run.batches = batches.finish();
         Step::Deliver
     }
 }
