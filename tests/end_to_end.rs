@@ -3,6 +3,7 @@
 use end_to_end as common;
 
 use common::*;
+use harness_test_kit::emulator::OpFault;
 use onepassword_collector::error;
 use onepassword_collector::report::Outcome;
 use onepassword_collector::service::{ApiVersion, Service};
@@ -197,4 +198,27 @@ fn tags_can_be_overridden_per_service() {
     assert!(f.devo.events(Service::Audit.default_tag()).is_empty());
     assert_eq!(f.devo.event_values(Service::ItemUsage.default_tag()), f.dataset.values(Service::ItemUsage));
     assert!(f.devo.events(Service::SignInAttempts.default_tag()).is_empty());
+}
+
+/// The three services' page requests are in flight together: each answer
+/// is held back two seconds, and every page request arrives before the
+/// first of them is answered. One service after the other, each would
+/// arrive after the one before it was answered.
+#[test]
+fn the_services_pages_are_requested_together() {
+    let f = Fixture::new(20, 16);
+    let hold = std::time::Duration::from_secs(2);
+    f.op.push_faults([OpFault::Slow(hold), OpFault::Slow(hold), OpFault::Slow(hold)]);
+    let report = f.tick().result.unwrap();
+    assert!(report.services.iter().all(|s| s.outcome == Outcome::Delivered && s.sent == 20), "{report:?}");
+    let pages: Vec<_> = f.op.requests().into_iter().filter(|r| !r.path.contains("introspect")).collect();
+    assert_eq!(pages.len(), 3);
+    assert!(pages.iter().all(|r| r.fault == Some(OpFault::Slow(hold))));
+    let first_answered = pages[0].at + hold;
+    assert!(
+        pages.iter().all(|r| r.at < first_answered),
+        "a page request waited for another's answer: arrivals {:?} after the first",
+        pages.iter().map(|r| r.at - pages[0].at).collect::<Vec<_>>()
+    );
+    f.assert_all_delivered_once(ApiVersion::V2);
 }
