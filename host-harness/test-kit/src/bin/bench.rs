@@ -6,11 +6,14 @@
 //! cargo run --release -p harness-test-kit --bin bench -- --quick # short run
 //! ```
 //!
-//! Four parts: the sans-IO core called natively (parse, obfuscate, batch,
+//! Five parts: the sans-IO core called natively (parse, obfuscate, batch,
 //! gzip), the same core inside the component under wasmtime (whole ticks
 //! against the loopback emulators), the host's own costs (compile,
-//! instantiate, tick overhead, component size) and scale (RSS and CPU time
-//! of the harness process with 1, 100 and 1000 tenants).
+//! instantiate, tick overhead, component size), scale (RSS and CPU time
+//! of the harness process with 1, 100 and 1000 tenants) and, side by side,
+//! the release `host-harness run` process against a plain Python poller
+//! moving the same 60,000 events (`side_by_side.rs`; `--side-by-side` runs
+//! only that part).
 //!
 //! The emulators run in a child process (this binary, `serve-emulators`), so
 //! the RSS and CPU time read from `/proc/self` are the harness's alone; the
@@ -28,13 +31,18 @@ use onepassword_collector::devo;
 use onepassword_collector::http::HttpResponse;
 use onepassword_collector::obfuscate::{Mode, Obfuscator};
 use onepassword_collector::onepassword::{self, EventMeta};
-use onepassword_collector::service::Service;
+use onepassword_collector::service::{ApiVersion, Service};
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// Under bench/ rather than beside this file: every .rs directly in src/bin
+// would be a binary of its own.
+#[path = "bench/side_by_side.rs"]
+mod side_by_side;
 
 const SEED: u64 = 20_261_125;
 /// The service every measurement uses: its events carry the fields the
@@ -73,6 +81,17 @@ struct BenchOptions {
     /// measured as well when it is a tmpfs and this is not.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Only part 5: the harness's `run` process and the Python poller side
+    /// by side on the same 60,000 events.
+    #[arg(long)]
+    side_by_side: bool,
+    /// The `host-harness` binary part 5 runs (default: beside this bench,
+    /// i.e. target/release/host-harness).
+    #[arg(long)]
+    harness: Option<PathBuf>,
+    /// The Python interpreter part 5 runs the poller with (needs `requests`).
+    #[arg(long, default_value = "python3")]
+    python: String,
 }
 
 #[derive(Subcommand)]
@@ -138,10 +157,28 @@ fn main() -> anyhow::Result<()> {
     }
     let plan = Plan::new(&cli.options);
     let component = cli.options.component.clone().unwrap_or_else(default_component_path);
+    let side_by_side = side_by_side::Options {
+        harness: match &cli.options.harness {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?.with_file_name("host-harness"),
+        },
+        python: cli.options.python.clone(),
+        component: component.clone(),
+        parent: cli.options.state_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    if cli.options.side_by_side {
+        print_machine(&component, " (--side-by-side)");
+        let result = side_by_side::run(&side_by_side);
+        println!("load average at the end: {} (1, 5, 15 min)", load_average());
+        return result;
+    }
     print_setup(&plan, &component, cli.options.quick);
     native(&plan)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(hosted(&plan, &component, cli.options.state_dir.as_deref()));
+    // Its own processes, after the in-process parts: nothing of theirs
+    // runs meanwhile.
+    let result = result.and_then(|()| side_by_side::run(&side_by_side));
     println!("load average at the end: {} (1, 5, 15 min)", load_average());
     result
 }
@@ -236,6 +273,16 @@ fn load_average() -> String {
 }
 
 fn print_setup(plan: &Plan, component: &Path, quick: bool) {
+    print_machine(component, if quick { " (--quick)" } else { "" });
+    println!(
+        "events:     {SERVICE} from Dataset::generate(seed {SEED}); pages of {PAGE}; native {} iterations (+{} warm-up), \
+         ticks {} (+{} warm-up); medians unless stated",
+        plan.native_iters, plan.native_warmup, plan.tick_iters, plan.tick_warmup
+    );
+}
+
+/// The header every run prints: what ran where.
+fn print_machine(component: &Path, mode: &str) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -245,17 +292,12 @@ fn print_setup(plan: &Plan, component: &Path, quick: bool) {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    println!("onepassword-collector bench{}", if quick { " (--quick)" } else { "" });
+    println!("onepassword-collector bench{mode}");
     println!("machine:    {cpus} CPUs, {model}; load average {} (1, 5, 15 min)", load_average());
     println!(
         "build:      host {} profile; component {}",
         if cfg!(debug_assertions) { "DEV (unoptimised own code: figures are not representative)" } else { "release" },
         component.display()
-    );
-    println!(
-        "events:     {SERVICE} from Dataset::generate(seed {SEED}); pages of {PAGE}; native {} iterations (+{} warm-up), \
-         ticks {} (+{} warm-up); medians unless stated",
-        plan.native_iters, plan.native_warmup, plan.tick_iters, plan.tick_warmup
     );
 }
 
@@ -495,19 +537,64 @@ fn serve_emulators(per_service: usize, start: &str, span_secs: i64) -> anyhow::R
     writeln!(out, "op {}", op.base_url())?;
     writeln!(out, "devo {}", devo.base_url())?;
     out.flush()?;
-    drop(out);
-    // Serve until the bench closes our stdin (or exits).
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    // Serve until the bench closes our stdin (or exits), answering its
+    // questions one line each: the bench watches Devo from outside this
+    // process, so the peer it measures shares nothing with it.
+    for question in std::io::stdin().lock().lines() {
+        let answer = match question?.trim() {
+            "count" => devo.total_events().to_string(),
+            "check" => delivery_check(&op, &devo).to_string(),
+            other => format!("unknown question {other:?}"),
+        };
+        writeln!(out, "{answer}")?;
+        out.flush()?;
+    }
     Ok(())
+}
+
+/// Per Devo tag: events received, distinct uuids among them, how many equal
+/// (as JSON values, so a peer may re-serialise) the event served under their
+/// uuid, and how many were served.
+fn delivery_check(op: &OnePasswordEmulator, devo: &DevoEmulator) -> serde_json::Value {
+    let dataset = op.dataset();
+    let mut tags = serde_json::Map::new();
+    for service in Service::ALL {
+        let served: std::collections::HashMap<String, serde_json::Value> = dataset
+            .values_for(service, ApiVersion::V2)
+            .into_iter()
+            .filter_map(|v| Some((v["uuid"].as_str()?.to_owned(), v)))
+            .collect();
+        let received = devo.event_values(service.default_tag());
+        let mut distinct = std::collections::HashSet::new();
+        let mut as_served = 0;
+        for event in &received {
+            let Some(uuid) = event["uuid"].as_str() else { continue };
+            distinct.insert(uuid.to_owned());
+            as_served += usize::from(served.get(uuid) == Some(event));
+        }
+        tags.insert(
+            service.default_tag().to_owned(),
+            serde_json::json!({
+                "received": received.len(),
+                "distinct": distinct.len(),
+                "as_served": as_served,
+                "served": served.len(),
+            }),
+        );
+    }
+    serde_json::Value::Object(tags)
 }
 
 struct Emulators {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// The emulator process's answers (see [`Emulators::ask`]).
+    answers: Lines<BufReader<ChildStdout>>,
     op_url: String,
     devo_url: String,
     pid: String,
+    /// The data set's first event time.
+    data_start: DateTime<Utc>,
 }
 
 impl Emulators {
@@ -521,9 +608,9 @@ impl Emulators {
             .stderr(Stdio::inherit())
             .spawn()?;
         let stdin = child.stdin.take();
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut answers = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut url = |name: &str| -> anyhow::Result<String> {
-            let line = lines.next().transpose()?.unwrap_or_default();
+            let line = answers.next().transpose()?.unwrap_or_default();
             line.strip_prefix(&format!("{name} "))
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow::anyhow!("emulator process said {line:?} instead of its {name} URL"))
@@ -531,7 +618,22 @@ impl Emulators {
         let op_url = url("op")?;
         let devo_url = url("devo")?;
         let pid = child.id().to_string();
-        Ok(Emulators { child, stdin, op_url, devo_url, pid })
+        Ok(Emulators { child, stdin, answers, op_url, devo_url, pid, data_start: start })
+    }
+
+    /// One question to the emulator process (`count`, `check`), one line back.
+    fn ask(&mut self, question: &str) -> anyhow::Result<String> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow::anyhow!("the emulators are stopping"))?;
+        writeln!(stdin, "{question}")?;
+        stdin.flush()?;
+        let answer = self.answers.next().transpose()?;
+        answer.ok_or_else(|| anyhow::anyhow!("the emulator process ended"))
+    }
+
+    /// Events the Devo emulator has stored, all tags.
+    fn delivered(&mut self) -> anyhow::Result<usize> {
+        let answer = self.ask("count")?;
+        answer.parse().map_err(|_| anyhow::anyhow!("the emulator process said {answer:?} instead of a count"))
     }
 
     fn cpu(&self) -> f64 {
