@@ -73,7 +73,10 @@ impl TenantTick {
 /// `report` with the host's own `warnings` (why it refused requests) after
 /// the component's.
 pub(crate) fn with_warnings(mut report: TickReport, warnings: Vec<String>) -> TickReport {
-    report.warnings.extend(warnings.into_iter().map(|w| format!("the host refused a request: {w}")));
+    // The refusal names a host the tenant chose: made inert like the guest's text.
+    report
+        .warnings
+        .extend(warnings.into_iter().map(|w| guest_text::message(&format!("the host refused a request: {w}"))));
     report
 }
 
