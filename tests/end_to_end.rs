@@ -222,3 +222,44 @@ fn the_services_pages_are_requested_together() {
     );
     f.assert_all_delivered_once(ApiVersion::V2);
 }
+
+/// An event nested deep: `[[[…]]]` as deep as 1Password's JSON could go.
+fn nested_event(uuid: &str, depth: usize) -> serde_json::Value {
+    let later = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let mut event =
+        serde_json::json!({"uuid": uuid, "timestamp": later.to_rfc3339(), "user": {"email": "a@example.com"}});
+    event["deep"] = serde_json::from_str(&deep).unwrap_or(serde_json::Value::Null);
+    event
+}
+
+/// The component runs on a small stack (.cargo/config.toml): events nested
+/// as deep as serde_json parses (its limit is 128 levels) are delivered,
+/// obfuscation included, and deeper ones are an error of the page, never a
+/// stack overflow that would stop the whole tick.
+#[test]
+fn deeply_nested_events_fit_the_components_stack() {
+    let mut f = Fixture::new(5, 20);
+    f.set("obfuscate_fields", "user.email");
+    f.set("obfuscation_key", "a-long-random-obfuscation-key");
+    f.drain(3);
+    let event = nested_event("NESTED00000000000000000000", 120);
+    assert!(!event["deep"].is_null());
+    f.op.push_events(Service::ItemUsage, vec![event]);
+    let t = f.tick();
+    assert!(t.ok(), "{}", t.to_json());
+    let got = f.devo.event_values(Service::ItemUsage.default_tag());
+    assert_eq!(got.len(), 6);
+    assert_eq!(got[5]["deep"].to_string().matches('[').count(), 120);
+
+    // Deeper than any parser here goes: raw text, since serde_json would not
+    // build it either.
+    let later = chrono::Utc::now() - chrono::Duration::seconds(30);
+    let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+    let text = format!(r#"{{"uuid":"DEEP","timestamp":"{}","deep":{deep}}}"#, later.to_rfc3339());
+    f.op.push_raw_event(Service::Audit, later, &text);
+    let t = f.tick();
+    let report = t.result.as_ref().expect("the tick itself ran");
+    let audit = report.services.iter().find(|s| s.service == "audit").unwrap();
+    assert_ne!(audit.error.as_ref().map(|e| e.id), Some(host_harness::runtime::HOST_FAILURE), "{}", t.to_json());
+}

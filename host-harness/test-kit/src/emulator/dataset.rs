@@ -114,6 +114,19 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// Serves `text` as an event exactly as written (for events no JSON
+    /// library here would build, such as nesting deeper than serde_json
+    /// parses), dated `at`.
+    pub fn push_raw(&mut self, service: Service, at: DateTime<Utc>, text: &str) {
+        let stream = self.streams.entry(service).or_default();
+        assert!(stream.at.last().is_none_or(|last| at >= *last), "pushed {service} event is older than the newest");
+        stream.v2.push(text.to_owned());
+        stream.v1.push(text.to_owned());
+        stream.at.push(at);
+    }
+}
+
 fn event_instant(event: &Value) -> DateTime<Utc> {
     event
         .get("timestamp")

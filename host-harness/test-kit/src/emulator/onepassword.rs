@@ -139,6 +139,11 @@ impl OnePasswordEmulator {
         lock(&self.state.data).push(service, events);
     }
 
+    /// Serves `text` as an event exactly as written (see [`Dataset::push_raw`]).
+    pub fn push_raw_event(&self, service: Service, at: DateTime<Utc>, text: &str) {
+        lock(&self.state.data).push_raw(service, at, text);
+    }
+
     /// A copy of everything the emulator can serve right now.
     pub fn dataset(&self) -> Dataset {
         lock(&self.state.data).clone()
