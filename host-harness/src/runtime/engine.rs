@@ -39,6 +39,12 @@ fn config(limits: &Limits) -> Config {
         .total_stacks(slots.saturating_mul(2));
     let mut config = Config::new();
     config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // For profiling only: with HOST_HARNESS_PERF_MAP=1 the engine writes
+    // /tmp/perf-PID.map, so that `perf report` names the guest's functions
+    // instead of showing anonymous JIT code (BENCHMARKS.md shows how).
+    if std::env::var_os("HOST_HARNESS_PERF_MAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 
