@@ -44,7 +44,8 @@ pub(crate) struct Fields<'a, const N: usize> {
 /// string values of `keys` at the top level of an object.
 pub(crate) fn top_level_strings<'a, const N: usize>(text: &'a str, keys: [&str; N]) -> Fields<'a, N> {
     let b = text.as_bytes();
-    let mut found = Fields { values: [None; N], irregular: false, multiline: false };
+    // Inside strings JSON allows no raw line break, so any is between tokens.
+    let mut found = Fields { values: [None; N], irregular: false, multiline: has_line_break(b) };
     // Nesting depth; at depth 1 of an object, strings alternate key, value.
     let mut depth = 0usize;
     let mut expect_key = false;
@@ -57,12 +58,20 @@ pub(crate) fn top_level_strings<'a, const N: usize>(text: &'a str, keys: [&str; 
                 let start = i + 1;
                 let mut escaped = false;
                 i = start;
-                while b[i] != b'"' {
-                    if b[i] == b'\\' {
-                        escaped = true;
-                        i += 1;
+                loop {
+                    i = quote_or_backslash(b, i);
+                    match b.get(i) {
+                        Some(b'\\') => {
+                            escaped = true;
+                            i += 2;
+                        }
+                        Some(_) => break,
+                        // Not valid JSON: no closing quote.
+                        None => {
+                            found.irregular = true;
+                            return found;
+                        }
                     }
-                    i += 1;
                 }
                 let content = &text[start..i];
                 if depth == 0 {
@@ -98,8 +107,7 @@ pub(crate) fn top_level_strings<'a, const N: usize>(text: &'a str, keys: [&str; 
             }
             b'}' | b']' => depth -= 1,
             b',' => expect_key = depth == 1,
-            b'\n' | b'\r' => found.multiline = true,
-            b' ' | b'\t' | b':' => {}
+            b' ' | b'\t' | b'\n' | b'\r' | b':' => {}
             // A number, true, false or null: a wanted key's value that is
             // not a string, or a top-level scalar.
             _ => found.irregular |= pending.take().is_some() || depth == 0,
@@ -107,6 +115,44 @@ pub(crate) fn top_level_strings<'a, const N: usize>(text: &'a str, keys: [&str; 
         i += 1;
     }
     found
+}
+
+// Most of an event's bytes are inside strings, so the scans look at eight
+// bytes at a time (SWAR: a byte equal to the one sought is a zero byte after
+// an XOR, found with the carry trick; the lowest flag is exact).
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Flags (high bit) on the bytes of `word` equal to `byte`, exact up to the
+/// first one.
+fn equal_bytes(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+fn words(b: &[u8]) -> impl Iterator<Item = (usize, u64)> + '_ {
+    b.chunks_exact(8).enumerate().map(|(n, c)| (n * 8, u64::from_le_bytes(c.try_into().expect("eight bytes"))))
+}
+
+/// The index of the first `"` or `\` at or after `from`, else `b.len()`.
+fn quote_or_backslash(b: &[u8], from: usize) -> usize {
+    let rest = &b[from.min(b.len())..];
+    let whole = rest.len() / 8 * 8;
+    for (at, word) in words(rest) {
+        let hits = equal_bytes(word, b'"') | equal_bytes(word, b'\\');
+        if hits != 0 {
+            return from + at + (hits.trailing_zeros() / 8) as usize;
+        }
+    }
+    from + whole + rest[whole..].iter().position(|&c| c == b'"' || c == b'\\').unwrap_or(rest.len() - whole)
+}
+
+/// Whether `b` holds a `\n` or `\r`.
+pub(crate) fn has_line_break(b: &[u8]) -> bool {
+    let whole = b.len() / 8 * 8;
+    words(b).any(|(_, w)| equal_bytes(w, b'\n') | equal_bytes(w, b'\r') != 0)
+        || b[whole..].iter().any(|&c| c == b'\n' || c == b'\r')
 }
 
 #[cfg(test)]
@@ -145,6 +191,33 @@ mod tests {
         // Escapes elsewhere change nothing; an escaped key is decoded.
         assert!(!top_level_strings(r#"{"a\n":"\"","uuid":"b"}"#, ["uuid"]).irregular);
         assert_eq!(top_level_strings(r#"{"u\u0075id":"a"}"#, ["uuid"]).values, [Some("a")]);
+    }
+
+    #[test]
+    fn the_word_scans_find_the_first_byte_wherever_it_is() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut text = vec![b'a'; len];
+                if at < len {
+                    text[at] = b'"';
+                }
+                for from in 0..=len {
+                    let want = if at < len && at >= from { at } else { len };
+                    assert_eq!(quote_or_backslash(&text, from), want, "len {len} at {at} from {from}");
+                }
+                // A byte just below the sought one (the carry trick's trap).
+                let mut text = vec![b'!'; len];
+                if at < len {
+                    text[at] = b'\\';
+                }
+                assert_eq!(quote_or_backslash(&text, 0), if at < len { at } else { len });
+                let mut text = vec![0x0bu8; len];
+                if at < len {
+                    text[at] = b'\r';
+                }
+                assert_eq!(has_line_break(&text), at < len, "len {len} at {at}");
+            }
+        }
     }
 
     #[test]
