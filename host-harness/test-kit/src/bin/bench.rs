@@ -405,16 +405,7 @@ fn fs_type(path: &Path) -> String {
 
 /// (VmRSS, VmHWM) of this process, in bytes.
 fn memory() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (side_by_side::status_field("self", "VmRSS:"), side_by_side::status_field("self", "VmHWM:"))
 }
 
 // ---------------------------------------------------------------------------
@@ -884,6 +875,7 @@ async fn hosted_parts(plan: &Plan, component: &Path, component_size: u64, bench:
     let empty: &[(&str, &str)] = &[("start_time_value", &after_data)];
     let hashed: &[(&str, &str)] =
         &[("devo_gzip", "true"), ("obfuscate_fields", OBFUSCATE_FIELDS), ("obfuscation_key", OBFUSCATION_KEY)];
+    let three: &[(&str, &str)] = &[("devo_gzip", "true"), ("services", "audit,item_usage,sign_in_attempts")];
     let compute = bench.compute_dir();
     let mut series: Vec<Series> = Vec::new();
     for (d, dir) in bench.dirs.iter().enumerate() {
@@ -898,6 +890,9 @@ async fn hosted_parts(plan: &Plan, component: &Path, component_size: u64, bench:
         add("1000 events, gzip on", "gzip", &[("devo_gzip", "true")], Some(base));
         if std::ptr::eq(dir, compute) {
             add("1000 events, gzip on, hash 2 fields", "hashed", hashed, Some(base));
+            // All three services' pages in one tick, in flight together: its
+            // wall time against the one-service tick's, its peak memory.
+            add("3 services x 1000 events, gzip on", "three", three, None);
         }
     }
     // Interleaved, so drift (caches, clock frequency) touches every kind alike.
@@ -908,8 +903,8 @@ async fn hosted_parts(plan: &Plan, component: &Path, component_size: u64, bench:
     }
     let mut table = Table::new(
         &format!(
-            "2. Core inside the component: whole ticks against the loopback emulators ({SERVICE}, page_size {PAGE}, \
-             one service, {} ticks each)",
+            "2. Core inside the component: whole ticks against the loopback emulators ({SERVICE} unless stated, \
+             page_size {PAGE}, {} ticks each)",
             plan.tick_iters
         ),
         &[

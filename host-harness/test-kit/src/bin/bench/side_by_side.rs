@@ -422,8 +422,8 @@ fn watch(child: &Child, started: Instant, emulators: &mut Emulators) -> anyhow::
     }
 }
 
-/// A field of /proc/PID/status in bytes (0 when unreadable).
-fn status_field(pid: &str, name: &str) -> u64 {
+/// A field of /proc/PID/status in bytes (0 when unreadable); PID may be `self`.
+pub(crate) fn status_field(pid: &str, name: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
