@@ -19,4 +19,9 @@ if ! command -v redis-server >/dev/null; then
 fi
 # The end-to-end tests load this release build of the component.
 cargo build --release --target wasm32-wasip2 -p onepassword-collector
+# The hostile-tenant suite (host-harness/test-kit/tests/hostile.rs) runs this
+# malicious component next to the real one. Not a workspace member (it only
+# builds for wasm32-wasip2); built into the same target folder.
+cargo build --release --target wasm32-wasip2 \
+    --manifest-path host-harness/test-kit/hostile-guest/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}"
 cargo test --workspace

@@ -20,9 +20,21 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Entries the resource table of one instance may hold at once: key-value
 /// buckets and swap handles, HTTP requests, responses, bodies, streams and
-/// pollables. A tick of the collector holds a few dozen; a guest that
-/// leaks handles is refused more rather than growing the host's memory.
-pub const MAX_RESOURCES: usize = 4096;
+/// pollables. A tick of the collector holds a dozen or so at a time; a
+/// guest that leaks handles is stopped (a trap, reported as the resource
+/// limit) rather than growing the host's memory. Each entry may hold host
+/// memory of its own — a request up to [`MAX_FIELDS_BYTES`] of headers and
+/// two 64 KiB URI parts, a body up to two chunks of
+/// [`OUTGOING_BODY_CHUNK_BYTES`](crate::host::outbound::OUTGOING_BODY_CHUNK_BYTES)
+/// — so this bounds what one instance can make the host hold to tens of
+/// MiB (the hostile-tenant suite, test-kit/tests/hostile.rs, measures it).
+pub const MAX_RESOURCES: usize = 256;
+
+/// The most bytes of headers a guest may put in one `wasi:http` `fields`
+/// (wasi-http's default is 128 KiB, which times [`MAX_RESOURCES`] would let
+/// a guest park 32 MiB in the host). The collector sends a handful of short
+/// headers, the longest a bearer token of a few KiB.
+pub const MAX_FIELDS_BYTES: usize = 16 << 10;
 
 /// How a tick runs beyond its tenant's config: the knobs of the
 /// fault-injection tests.
@@ -115,7 +127,11 @@ pub(crate) fn new_store(
     table.set_max_capacity(MAX_RESOURCES);
     let state = TickState {
         wasi: WasiCtx::builder().inherit_stderr().wall_clock(OffsetClock(options.clock_offset)).build(),
-        http: WasiHttpCtx::new(),
+        http: {
+            let mut http = WasiHttpCtx::new();
+            http.set_field_size_limit(MAX_FIELDS_BYTES);
+            http
+        },
         table,
         outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, host.limits.request_timeout),
         kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.limits.state, options.kv_faults.clone()),

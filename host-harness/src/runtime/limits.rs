@@ -174,8 +174,28 @@ impl Meter {
                 trap.root_cause()
             );
         }
+        if resource_table_full(trap) {
+            return format!(
+                "resource limit exceeded: the instance held more than {} host resources at once (HTTP requests, \
+                 bodies, streams, headers, buckets…) and asked for another; {}",
+                super::instance::MAX_RESOURCES,
+                trap.root_cause()
+            );
+        }
         format!("{trap:#}")
     }
+}
+
+/// True when a host call failed because the instance's resource table was
+/// full ([`MAX_RESOURCES`](super::instance::MAX_RESOURCES)): wasi-http and
+/// wasi-io turn that into a trap, with wasmtime's own error somewhere in the
+/// chain (by type, or as its text once converted between error types).
+fn resource_table_full(trap: &anyhow::Error) -> bool {
+    use wasmtime::component::ResourceTableError;
+    let full = ResourceTableError::Full.to_string();
+    trap.chain().any(|e| {
+        matches!(e.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)) || e.to_string() == full
+    })
 }
 
 fn mib(bytes: u64) -> String {
@@ -363,6 +383,17 @@ mod tests {
         assert!(g.memory_growing(2 << 20, 3 << 20, None).unwrap(), "the failed growth was given back");
         assert!(!g.memory_growing(1 << 20, 2 << 20, Some(1 << 20)).unwrap(), "the memory's own maximum");
         assert_eq!(meter.peak_memory.load(Ordering::Relaxed), 4 << 20);
+    }
+
+    #[test]
+    fn a_full_resource_table_is_named_as_the_resource_limit() {
+        let limits = limits(1 << 20);
+        let full = anyhow::Error::from(wasmtime::component::ResourceTableError::Full).context("[new_fields] pushing");
+        let said = Meter::default().explain(&full, &limits);
+        assert!(said.starts_with("resource limit exceeded"), "{said}");
+        assert!(said.contains(&super::super::instance::MAX_RESOURCES.to_string()), "{said}");
+        let other = anyhow::Error::from(wasmtime::component::ResourceTableError::NotPresent);
+        assert!(!Meter::default().explain(&other, &limits).contains("resource limit"));
     }
 
     #[test]

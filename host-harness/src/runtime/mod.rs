@@ -22,7 +22,7 @@ pub mod limits;
 pub mod outcome;
 
 pub use self::compile_cache::CompileCache;
-pub use self::instance::{TickOptions, TickState};
+pub use self::instance::{TickOptions, TickState, MAX_FIELDS_BYTES, MAX_RESOURCES};
 pub use self::limits::{
     EffectiveLimits, Limits, StateLimits, DEFAULT_CPU_TIME, DEFAULT_MAX_CONCURRENT_INSTANCES,
     DEFAULT_MAX_WALL_DEADLINE, DEFAULT_MEMORY_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_KEYS,

@@ -25,7 +25,18 @@ type SendFuture = Box<
         > + Send,
 >;
 
+/// The most bytes one write to an outgoing body may carry. wasi-http buffers
+/// up to two such writes per body on the host until the request is sent (or
+/// forever, if it never is); its default of 1 MiB would let a guest park
+/// gigabytes in the host through bodies it never sends. The collector
+/// writes 4 KiB at a time.
+pub const OUTGOING_BODY_CHUNK_BYTES: usize = 16 << 10;
+
 impl WasiHttpHooks for OutboundPolicy {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
