@@ -3,8 +3,12 @@
 //! tenant's limit above a ceiling stops the command before any tick, and a
 //! changed section at a SIGHUP reload is logged as needing a restart.
 //!
-//! Needs the release build of the component:
-//! `cargo build --release --target wasm32-wasip2 -p onepassword-collector`.
+//! The ticks here run the hostile test component in its `memory` mode (it
+//! grows its linear memory until stopped): the collector itself now fits in
+//! the smallest ceiling `[host]` can set (1 MiB), so it could not show the
+//! ceiling at work. Needs the release builds that scripts/test.sh makes:
+//! `cargo build --release --target wasm32-wasip2 -p onepassword-collector` and
+//! the hostile guest (`host-harness/test-kit/hostile-guest/`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,8 +24,16 @@ fn tenant(name: &str, schedule: &str, extra: &str) -> String {
     format!(
         "[tenants.{name}]\nschedule = \"{schedule}\"\n{extra}\n[tenants.{name}.variables]\n\
          base_url = \"http://127.0.0.1:9\"\ntoken = \"${{HOST_SECTION_TOKEN}}\"\n\
-         devo_url = \"http://127.0.0.1:9\"\ndevo_domain = \"d\"\ndevo_token = \"x\"\nservices = \"audit\"\n"
+         devo_url = \"http://127.0.0.1:9\"\ndevo_domain = \"d\"\ndevo_token = \"x\"\nservices = \"audit\"\n\
+         hostile_mode = \"memory\"\n"
     )
+}
+
+/// The hostile test component, which grows its memory without end.
+fn memory_hog() -> String {
+    let path = host_harness::runtime::default_component_path().with_file_name("hostile_guest.wasm");
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, which builds it", path.display());
+    path.to_string_lossy().into_owned()
 }
 
 fn harness(dir: &Path, args: &[&str]) -> Command {
@@ -34,10 +46,14 @@ fn harness(dir: &Path, args: &[&str]) -> Command {
 fn tick_runs_under_the_host_sections_memory_ceiling() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("h.toml");
-    // 1 MiB is less than the component's initial memory: it cannot start.
+    // The component grows its memory: stopped at the host's 1 MiB.
     std::fs::write(&config, format!("[host]\nmemory_mib = 1\n\n{}", tenant("acme", "0 * * * * *", ""))).unwrap();
-    let out =
-        harness(dir.path(), &["tick", "--config", config.to_str().unwrap(), "--output", "json"]).output().unwrap();
+    let out = harness(
+        dir.path(),
+        &["tick", "--component", &memory_hog(), "--config", config.to_str().unwrap(), "--output", "json"],
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!out.status.success(), "{stdout}");
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
@@ -96,11 +112,14 @@ fn run_uses_the_host_section_and_a_changed_one_needs_a_restart() {
     let config = dir.path().join("h.toml");
     let every_second = tenant("acme", "* * * * * *", "");
     std::fs::write(&config, format!("[host]\nmemory_mib = 1\n\n{every_second}")).unwrap();
-    let mut child = harness(dir.path(), &["run", "--log-format", "json", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = harness(
+        dir.path(),
+        &["run", "--component", &memory_hog(), "--log-format", "json", "--config", config.to_str().unwrap()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
     let tick = wait_for(&stdout, "\"tenant\":\"acme\"");
