@@ -23,7 +23,9 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
-use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use harness_test_kit::emulator::{
+    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions, OpFault,
+};
 use host_harness::runtime::{default_component_path, CompileCache, Limits, Runtime, RuntimeOptions, TenantTick};
 use host_harness::tenant::Tenant;
 use onepassword_collector::config::Config;
@@ -1077,8 +1079,73 @@ async fn hosted_parts(plan: &Plan, component: &Path, component_size: u64, bench:
         println!("   ! {wrong} config-failure ticks did not end with error id 1: the instantiate figure is suspect");
     }
 
+    // 3b. Waiting on 1Password.
+    waiting(plan, &runtime, bench).await?;
+
     // 4. Scale.
     scale(plan, &runtime, bench).await
+}
+
+/// 3b. What the lanes buy: with every page answer held back as a real
+/// 1Password's would be, a tick of three services against a tick of one.
+/// Emulators of its own, in this process (only wall time is compared).
+async fn waiting(plan: &Plan, runtime: &Runtime, bench: &Bench<'_>) -> anyhow::Result<()> {
+    const LATENCY: Duration = Duration::from_millis(100);
+    const PAGE_SIZE: usize = 100;
+    let (start, span) = dataset_window();
+    let dataset = Dataset::generate(SEED, (plan.tick_warmup + plan.tick_iters + 1) * PAGE_SIZE, start, span);
+    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset))?;
+    op.set_random_faults(SEED, 1.0, vec![OpFault::Slow(LATENCY)]);
+    let devo = DevoEmulator::start(DevoOptions { domain: DEVO_DOMAIN.into(), token: DEVO_TOKEN.into() })?;
+    let (op_url, devo_url) = (op.base_url(), devo.base_url());
+    let page_size = PAGE_SIZE.to_string();
+    let dir = bench.compute_dir();
+    let tenant = |name: &str, services: &str| {
+        let extra = [
+            ("base_url", op_url.as_str()),
+            ("devo_url", devo_url.as_str()),
+            ("services", services),
+            ("page_size", page_size.as_str()),
+        ];
+        bench.tenant(dir, name, &extra)
+    };
+    let mut series = [
+        Series::new("one service", dir, tenant("wait-one", SERVICE.name()), None),
+        Series::new("three services", dir, tenant("wait-three", "audit,item_usage,sign_in_attempts"), None),
+    ];
+    for round in 0..plan.tick_warmup + plan.tick_iters {
+        for s in series.iter_mut() {
+            s.tick(runtime, bench.emulators, round >= plan.tick_warmup).await;
+        }
+    }
+    let mut table = Table::new(
+        &format!(
+            "3b. Waiting on 1Password: every page answered after {} ms, pages of {PAGE_SIZE}, {} ticks each",
+            LATENCY.as_millis(),
+            plan.tick_iters
+        ),
+        &["tick", "events/tick", "median ms/tick", "min ms", "max ms"],
+    );
+    for s in &series {
+        let samples = s.samples();
+        table.row(vec![
+            s.label.to_string(),
+            f(s.events(), 0),
+            f(s.median_ms(), 1),
+            f(ms(samples.min()), 1),
+            f(ms(samples.max()), 1),
+        ]);
+    }
+    table.print();
+    println!(
+        "   The three services' page requests are in flight together (the component's lanes): one after the \
+         other they would take at least {} ms.",
+        3 * LATENCY.as_millis()
+    );
+    for failure in series.iter().flat_map(|s| &s.failures) {
+        println!("   ! a tick failed: {failure}");
+    }
+    Ok(())
 }
 
 async fn scale(plan: &Plan, runtime: &Runtime, bench: &Bench<'_>) -> anyhow::Result<()> {
