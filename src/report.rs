@@ -63,6 +63,29 @@ pub struct TickReport {
 }
 
 impl ServiceReport {
+    /// A report of `service` with nothing counted and no time, error or
+    /// deferral: where a builder (a test, a host's conversion) sets only
+    /// what it needs.
+    pub fn new(service: &str, outcome: Outcome) -> ServiceReport {
+        ServiceReport {
+            service: service.into(),
+            outcome,
+            fetched: 0,
+            sent: 0,
+            unconfirmed: 0,
+            pages: 0,
+            bytes_sent: 0,
+            has_more: false,
+            checkpoint: None,
+            total_sent: 0,
+            lag_seconds: None,
+            elapsed_ms: 0,
+            deferred_until: None,
+            deferred_reason: None,
+            error: None,
+        }
+    }
+
     /// One log line with Devo's sender statistics and more (the Spin log,
     /// the harness's `run`). Never carries a secret: reports have none. Its
     /// times are UTC, whoever built the report.

@@ -103,18 +103,7 @@ mod tests {
 
     fn hostile_service(name: &str) -> ServiceReport {
         ServiceReport {
-            service: name.into(),
-            outcome: Outcome::Failed,
-            fetched: 0,
-            sent: 0,
-            unconfirmed: 0,
-            pages: 0,
-            bytes_sent: 0,
-            has_more: false,
             checkpoint: Some(HOSTILE.repeat(1000)),
-            total_sent: 0,
-            lag_seconds: None,
-            elapsed_ms: 0,
             deferred_until: Some(HOSTILE.into()),
             deferred_reason: Some(HOSTILE.into()),
             // Built field by field, as a guest's report arrives: not cleaned by `new`.
@@ -124,6 +113,7 @@ mod tests {
                 message: format!("{HOSTILE}{}", "m".repeat(1 << 20)),
                 http_status: Some(900),
             }),
+            ..ServiceReport::new(name, Outcome::Failed)
         }
     }
 

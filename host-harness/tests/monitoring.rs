@@ -67,21 +67,9 @@ fn at(s: &str) -> DateTime<Utc> {
 
 fn service(name: &str, outcome: Outcome) -> ServiceReport {
     ServiceReport {
-        service: name.into(),
-        outcome,
-        fetched: 0,
-        sent: 0,
-        unconfirmed: 0,
-        pages: 0,
-        bytes_sent: 0,
-        has_more: false,
         checkpoint: Some("2026-01-01T00:00:00Z".into()),
-        total_sent: 0,
-        lag_seconds: None,
         elapsed_ms: 7,
-        deferred_until: None,
-        deferred_reason: None,
-        error: None,
+        ..ServiceReport::new(name, outcome)
     }
 }
 

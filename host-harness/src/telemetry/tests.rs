@@ -12,23 +12,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 fn service(name: &str, outcome: Outcome) -> ServiceReport {
-    ServiceReport {
-        service: name.into(),
-        outcome,
-        fetched: 0,
-        sent: 0,
-        unconfirmed: 0,
-        pages: 0,
-        bytes_sent: 0,
-        has_more: false,
-        checkpoint: None,
-        total_sent: 0,
-        lag_seconds: None,
-        elapsed_ms: 5,
-        deferred_until: None,
-        deferred_reason: None,
-        error: None,
-    }
+    ServiceReport { elapsed_ms: 5, ..ServiceReport::new(name, outcome) }
 }
 
 fn delivered(name: &str, events: u32, checkpoint: &str) -> ServiceReport {
