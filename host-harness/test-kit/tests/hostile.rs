@@ -7,8 +7,8 @@
 //! told by its variable `hostile_mode` what to do: spin forever, grow linear
 //! memory forever, create host resources forever, fill outgoing bodies'
 //! host-side buffers forever, call a host or a port it may not or a
-//! private address, read keys and variables that are not its own, or hold
-//! requests open. Each test runs one mode on a runtime of its own (the
+//! private address, read keys and variables that are not its own, hold
+//! requests open, or open many connections at once. Each test runs one mode on a runtime of its own (the
 //! hostile component), concurrently with three tenants of the real
 //! collector (another runtime, the same limits), and asserts:
 //!
@@ -35,6 +35,7 @@
 
 use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use harness_test_kit::loopback;
+use host_harness::host::outbound::MAX_REQUESTS_IN_FLIGHT;
 use host_harness::kv::SqliteStore;
 use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick, HOST_FAILURE, MAX_FIELDS_BYTES};
 use host_harness::tenant::Tenant;
@@ -576,5 +577,43 @@ fn a_tenant_holding_requests_open_is_cut_by_the_request_timeout_and_stopped_by_i
     // The guest asked for an hour per wait; the host cut each request after
     // REQUEST_TIMEOUT, so it got to try again within the wall deadline.
     assert!(silent.accepted() >= 2, "{} connections: the host let a request hang", silent.accepted());
+    n.assert_unaffected(&good, 1);
+}
+
+#[test]
+fn a_tenant_opening_many_connections_at_once_gets_only_the_requests_in_flight_cap() {
+    let n = Neighbours::start(10);
+    // Its own allowed host: accepts every connection and never answers, so
+    // each request the host lets through holds its connection open.
+    let silent = Listener::bind("127.0.0.1:0");
+    let requests = 100;
+    // Well under REQUEST_TIMEOUT, which would end the held requests (and
+    // free their slots) on its own.
+    let wait = Duration::from_millis(300);
+    let hostile = n.hostile(
+        "many-requests",
+        &[
+            ("base_url", &silent.url()),
+            ("devo_url", &silent.url()),
+            ("requests", &requests.to_string()),
+            ("wait_ms", &wait.as_millis().to_string()),
+        ],
+    );
+
+    let (tick, elapsed, good) = n.run_beside(&hostile);
+
+    // The tick ended with the guest's own answer, well within its deadline.
+    let seen = attempts(&tick);
+    assert!(elapsed < WALL, "{elapsed:?}: {}", tick.to_json());
+    let cap = MAX_REQUESTS_IN_FLIGHT;
+    assert!(cap < requests, "the guest must try more than the cap ({cap})");
+    assert_eq!(
+        seen,
+        [format!("refused:{}", requests - cap), format!("pending:{cap}"), "other:0".to_string()],
+        "the first {cap} held, every later one refused with HttpRequestDenied"
+    );
+    let accepted = silent.accepted();
+    assert!(accepted <= cap, "{accepted} connections to the tenant's host, the cap is {cap}");
+    assert!(accepted > 0, "the requests within the cap did connect");
     n.assert_unaffected(&good, 1);
 }

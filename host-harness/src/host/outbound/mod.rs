@@ -4,13 +4,17 @@
 //! sent ([`connect`]: the address is checked at connect time) and what the
 //! guest reads back ([`body`]: a bounded response body). The hook below
 //! joins them for wasi-http: a refused request fails with
-//! `HttpRequestDenied`, and the reason goes to the tick's warnings.
+//! `HttpRequestDenied`, and the reason goes to the tick's warnings. It also
+//! bounds the requests one tick has in flight
+//! ([`MAX_REQUESTS_IN_FLIGHT`]), each holding a connection in the host.
 
 pub mod body;
 pub mod connect;
 pub mod policy;
 
-pub use self::policy::{OutboundPolicy, OutboundSettings, Refusal, DEFAULT_RESPONSE_BODY_BYTES};
+pub use self::policy::{
+    OutboundPolicy, OutboundSettings, Refusal, DEFAULT_RESPONSE_BODY_BYTES, MAX_REQUESTS_IN_FLIGHT,
+};
 
 use self::connect::Failure;
 use std::future::Future;
@@ -50,13 +54,35 @@ impl WasiHttpHooks for OutboundPolicy {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             }
         };
+        // Taken here, synchronously in the guest's `handle` call, so a guest
+        // that starts a flood gets its refusals at once, in order.
+        let slot = match self.take_request_slot() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.refusals.record(&refusal);
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            }
+        };
         let options = self.capped(options);
         let policy = self.clone();
         Box::new(async move {
             let permit = |ip| policy.check_address(&destination, ip);
             let limit = policy.settings().response_body_bytes;
             match connect::send(request, &destination, options, permit, limit).await {
-                Ok((response, io)) => Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>)),
+                Ok((response, io)) => {
+                    // The slot lives as long as the connection: wasi-http
+                    // drives `io` until the body is read, and drops it (with
+                    // the slot) when the guest drops the response or its
+                    // body, or the tick ends. Released at the response head,
+                    // a guest could hold connections open without bound by
+                    // never reading the bodies. On every other path the slot
+                    // goes with this future.
+                    let io = async move {
+                        let _slot = slot;
+                        io.await
+                    };
+                    Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
+                }
                 Err(Failure::Refused(refusal)) => {
                     policy.refusals.record(&refusal);
                     Err(wasmtime_wasi_http::Error::HttpRequestDenied)
@@ -64,5 +90,101 @@ impl WasiHttpHooks for OutboundPolicy {
                 Err(Failure::Http(e)) => Err(e),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::pin::Pin;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    type Io = Pin<Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>>;
+
+    /// A server on loopback that answers every request with the head of a
+    /// two-byte response at once and its body only once `release` is set,
+    /// so each connection stays open, response head delivered, until then.
+    fn held_server() -> (String, Arc<(Mutex<bool>, Condvar)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let released = Arc::clone(&release);
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let released = Arc::clone(&released);
+                std::thread::spawn(move || {
+                    let mut request = Vec::new();
+                    let mut buf = [0; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+                    let (lock, cvar) = &*released;
+                    let _go = cvar.wait_while(lock.lock().unwrap(), |go| !*go).unwrap();
+                    let _ = stream.write_all(b"ok");
+                });
+            }
+        });
+        (url, release)
+    }
+
+    async fn send(
+        policy: &mut OutboundPolicy,
+        url: &str,
+    ) -> wasmtime_wasi_http::Result<(http::Response<WasiBody>, Io)> {
+        let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync();
+        let request = http::Request::get(format!("{url}/")).body(body).unwrap();
+        let (response, io) = Pin::from(policy.send_request(request, None, Box::new(async { Ok(()) }))).await?;
+        Ok((response, Pin::from(io)))
+    }
+
+    #[tokio::test]
+    async fn a_request_holds_its_slot_until_its_connection_is_done() {
+        let (url, release) = held_server();
+        let settings = OutboundSettings {
+            allow_http: true,
+            allow_private_networks: vec!["127.0.0.0/8".parse().unwrap()],
+            ..OutboundSettings::default()
+        };
+        let mut policy = OutboundPolicy::for_urls([url.as_str()], Arc::new(settings), Duration::from_secs(5));
+
+        // Every slot taken by a request whose head arrived and whose body
+        // has not: the connections are still open.
+        let mut held = Vec::new();
+        for _ in 0..MAX_REQUESTS_IN_FLIGHT {
+            let (response, io) = send(&mut policy, &url).await.expect("within the cap");
+            assert_eq!(response.status(), 200);
+            held.push((response, io));
+        }
+        let refused = send(&mut policy, &url).await.err().expect("one more is refused");
+        assert!(matches!(refused, wasmtime_wasi_http::Error::HttpRequestDenied), "{refused:?}");
+        let refusals = policy.refusals.list();
+        assert!(
+            refusals.iter().any(|r| r.starts_with(&format!("more than {MAX_REQUESTS_IN_FLIGHT} requests in flight"))),
+            "{refusals:?}"
+        );
+
+        // Dropping a response with its connection (what wasi-http does when
+        // the guest drops it) frees its slot, and only that one.
+        drop(held.pop());
+        held.push(send(&mut policy, &url).await.expect("a slot was freed"));
+        assert!(send(&mut policy, &url).await.is_err(), "only one slot was freed");
+
+        // So does a connection that ends: its body read to the end.
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        let (response, io) = held.pop().unwrap();
+        let (body, done) = tokio::join!(response.into_body().collect(), io);
+        assert_eq!(body.unwrap().to_bytes(), "ok");
+        done.unwrap();
+        assert!(send(&mut policy, &url).await.is_ok(), "the finished connection's slot is free");
     }
 }

@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::RequestOptions;
 
 /// Default ceiling of one response body: 8 MiB, well above a 1000-event
@@ -122,6 +123,15 @@ impl fmt::Display for Destination {
 /// loop must not grow the host's memory.
 const MAX_REFUSALS: usize = 8;
 
+/// The most outgoing requests one tick may have in flight at once, each a
+/// connection (a file descriptor) in the harness process from the moment it
+/// is sent until its response body is read or dropped. Without it a guest
+/// could open one per entry of its resource table (hundreds: a pending
+/// request holds only its future there), and every concurrent tick as
+/// many, until the process ran out of descriptors for all tenants. The collector needs at most
+/// three at once (one page per service) plus an introspection.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 16;
+
 /// The refusals of one tick, shared by every clone of its policy.
 #[derive(Clone, Debug, Default)]
 pub struct Refusals(Arc<Mutex<Vec<String>>>);
@@ -148,6 +158,10 @@ pub struct OutboundPolicy {
     /// Upper bound for each of connect, first-byte and between-bytes waits.
     pub max_timeout: Duration,
     pub refusals: Refusals,
+    /// [`MAX_REQUESTS_IN_FLIGHT`] permits, shared by every clone of the
+    /// tick's policy (a tick's instance has one policy; the clones are the
+    /// request futures').
+    in_flight: Arc<Semaphore>,
 }
 
 impl OutboundPolicy {
@@ -161,7 +175,13 @@ impl OutboundPolicy {
         max_timeout: Duration,
     ) -> OutboundPolicy {
         let allowed = urls.into_iter().filter_map(|u| Destination::of(&u.trim().parse().ok()?)).collect();
-        OutboundPolicy { allowed: Arc::new(allowed), settings, max_timeout, refusals: Refusals::default() }
+        OutboundPolicy {
+            allowed: Arc::new(allowed),
+            settings,
+            max_timeout,
+            refusals: Refusals::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+        }
     }
 
     pub fn settings(&self) -> &OutboundSettings {
@@ -199,6 +219,20 @@ impl OutboundPolicy {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// One of the tick's [`MAX_REQUESTS_IN_FLIGHT`] slots for a request about
+    /// to be sent, or the refusal when all are taken. Never waits: a guest
+    /// that queued here would only move its flood into the host's memory.
+    /// The slot is free again when the permit is dropped, which the caller
+    /// does when the request's connection is done.
+    pub fn take_request_slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| {
+            Refusal(format!(
+                "more than {MAX_REQUESTS_IN_FLIGHT} requests in flight in one tick: refused until one of them is \
+                 done (its response read or dropped)"
+            ))
+        })
     }
 
     /// The request's own timeouts, none above the host's.

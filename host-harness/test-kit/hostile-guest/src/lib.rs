@@ -10,6 +10,7 @@
 //! | `resources` | creates `wasi:http` `fields` forever, each filled with `fields_bytes` of headers, never dropping one | a trap (resource table) |
 //! | `bodies` | creates outgoing requests and fills their bodies' buffers forever, never sending or dropping one | a trap (resource table) |
 //! | `http` | sends a GET to every URL of `targets` (comma-separated) | returning what each call got |
+//! | `many-requests` | starts `requests` (100) GETs to its `base_url` at once, keeping every handle and reading no answer, waits `wait_ms` (300) and counts what became of them | returning `refused:N`, `pending:N`, `other:N` |
 //! | `hold-open` | sends GETs to the first of `targets` asking for hour-long timeouts, again and again | the host's wall deadline |
 //! | `keys` | opens every bucket of `buckets`, lists it, reads every key of `keys` from it and from `wasi:config`, writes `hostile/marker` | returning everything it saw |
 //!
@@ -79,6 +80,7 @@ fn run() -> Result<String, String> {
             .map(|url| format!("{url} => {}", get(url, HOUR_NS)))
             .collect::<Vec<_>>()
             .join(SEPARATOR)),
+        "many-requests" => many_requests(),
         "hold-open" => hold_open(),
         "keys" => Ok(keys()),
         other => Err(format!("unknown hostile_mode {other:?}")),
@@ -165,9 +167,53 @@ fn hold_open() -> Result<String, String> {
     }
 }
 
+/// As many connections to its own allowed host as the host lets it have at
+/// once: every request is started before any answer is looked at, and all
+/// handles stay alive until it has counted them, so none is closed early.
+fn many_requests() -> Result<String, String> {
+    let url = var("base_url");
+    let count: usize = var("requests").parse().unwrap_or(100);
+    let wait_ms: u64 = var("wait_ms").parse().unwrap_or(300);
+    let mut started = Vec::new();
+    let mut other = 0;
+    for _ in 0..count {
+        match start(&url, HOUR_NS) {
+            Ok(pending) => started.push(pending),
+            Err(_) => other += 1,
+        }
+    }
+    wasi::clocks::monotonic_clock::subscribe_duration(wait_ms * 1_000_000).block();
+    let (mut refused, mut pending) = (0, 0);
+    for future in &started {
+        // `ready` lets the host look at the request once without waiting;
+        // `get` alone would only report what an earlier poll saw.
+        let _ = future.subscribe().ready();
+        match future.get() {
+            None => pending += 1,
+            Some(Ok(Err(http::ErrorCode::HttpRequestDenied))) => refused += 1,
+            Some(_) => other += 1,
+        }
+    }
+    Ok([format!("refused:{refused}"), format!("pending:{pending}"), format!("other:{other}")].join(SEPARATOR))
+}
+
 /// One GET, asking the host for `timeout_ns` for each wait; what came of it.
 fn get(url: &str, timeout_ns: u64) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "invalid:url".into() };
+    let pending = match start(url, timeout_ns) {
+        Ok(pending) => pending,
+        Err(e) => return e,
+    };
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(response))) => format!("status:{}", response.status()),
+        Some(Ok(Err(code))) => format!("error:{code:?}"),
+        Some(Err(())) | None => "error:future".into(),
+    }
+}
+
+/// Sends a GET (its empty body finished) without waiting for the answer.
+fn start(url: &str, timeout_ns: u64) -> Result<http::FutureIncomingResponse, String> {
+    let Some((scheme, rest)) = url.split_once("://") else { return Err("invalid:url".into()) };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -179,30 +225,23 @@ fn get(url: &str, timeout_ns: u64) -> String {
         other => http::Scheme::Other(other.into()),
     };
     if request.set_scheme(Some(&scheme)).is_err() {
-        return "invalid:scheme".into();
+        return Err("invalid:scheme".into());
     }
     if request.set_authority(Some(authority)).is_err() {
-        return "invalid:authority".into();
+        return Err("invalid:authority".into());
     }
     if request.set_path_with_query(Some(path)).is_err() {
-        return "invalid:path".into();
+        return Err("invalid:path".into());
     }
-    let Ok(body) = request.body() else { return "invalid:body".into() };
+    let Ok(body) = request.body() else { return Err("invalid:body".into()) };
     let options = http::RequestOptions::new();
     let _ = options.set_connect_timeout(Some(timeout_ns));
     let _ = options.set_first_byte_timeout(Some(timeout_ns));
     let _ = options.set_between_bytes_timeout(Some(timeout_ns));
-    let pending = match wasi::http::outgoing_handler::handle(request, Some(options)) {
-        Ok(pending) => pending,
-        Err(code) => return format!("error:{code:?}"),
-    };
+    let pending =
+        wasi::http::outgoing_handler::handle(request, Some(options)).map_err(|code| format!("error:{code:?}"))?;
     let _ = http::OutgoingBody::finish(body, None);
-    pending.subscribe().block();
-    match pending.get() {
-        Some(Ok(Ok(response))) => format!("status:{}", response.status()),
-        Some(Ok(Err(code))) => format!("error:{code:?}"),
-        Some(Err(())) | None => "error:future".into(),
-    }
+    Ok(pending)
 }
 
 fn kv_error(e: wasi::keyvalue::store::Error) -> String {
