@@ -412,11 +412,7 @@ fn a_tenant_calling_hosts_outside_its_allow_list_is_refused_and_reaches_none() {
 
     let (tick, _, good) = n.run_beside(&hostile);
 
-    let seen = attempts(&tick);
-    assert_eq!(seen.len(), targets.len(), "{seen:?}");
-    for line in &seen {
-        assert!(refused(line), "not refused: {line}");
-    }
+    assert_every_attempt_refused(&tick, targets.len());
     assert_eq!(forbidden.accepted(), 0, "the forbidden host was reached");
     assert_eq!(allowed.accepted(), 0, "another name of the allowed host was let through");
     n.assert_unaffected(&good, 1);
@@ -426,6 +422,15 @@ fn a_tenant_calling_hosts_outside_its_allow_list_is_refused_and_reaches_none() {
 /// nothing was sent.
 fn refused(line: &str) -> bool {
     line.ends_with("=> error:ErrorCode::HttpRequestDenied") || line.contains("=> invalid:")
+}
+
+/// The guest reported one attempt per target, and the host refused each.
+fn assert_every_attempt_refused(tick: &TenantTick, targets: usize) {
+    let seen = attempts(tick);
+    assert_eq!(seen.len(), targets, "{seen:?}");
+    for line in &seen {
+        assert!(refused(line), "not refused: {line}");
+    }
 }
 
 #[test]
@@ -447,11 +452,7 @@ fn a_tenant_calling_another_port_or_scheme_of_its_host_is_refused_and_reaches_no
 
     let (tick, _, good) = n.run_beside(&hostile);
 
-    let seen = attempts(&tick);
-    assert_eq!(seen.len(), targets.len(), "{seen:?}");
-    for line in &seen {
-        assert!(refused(line), "not refused: {line}");
-    }
+    assert_every_attempt_refused(&tick, targets.len());
     assert_eq!(forbidden.accepted(), 0, "the forbidden port was reached");
     assert_eq!(allowed.accepted(), 0, "the allowed port was reached with the wrong scheme");
     n.assert_unaffected(&good, 1);
@@ -480,11 +481,7 @@ fn a_tenant_calling_private_addresses_on_its_own_allow_list_is_refused() {
 
     let (tick, _, good) = n.run_beside(&hostile);
 
-    let seen = attempts(&tick);
-    assert_eq!(seen.len(), targets.len(), "{seen:?}");
-    for line in &seen {
-        assert!(refused(line), "not refused: {line}");
-    }
+    assert_every_attempt_refused(&tick, targets.len());
     assert_eq!(v6.accepted(), 0, "::1 was reached");
     assert_eq!(local.accepted(), 0, "0.0.0.0 reached a loopback listener");
     n.assert_unaffected(&good, 1);
