@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
+if [ -n "${CI:-}" ]; then
+    # A one-off build gains nothing from incremental state and it costs GBs.
+    export CARGO_INCREMENTAL=0
+fi
+# What disk the build has: a full one is the first thing to rule out when a
+# build dies with "No space left on device" or a linker bus error.
+df -h . | awk 'NR == 2 {print "disk free for the build: " $4}' || true
 # The Redis tests start a real redis-server of their own on loopback.
 if ! command -v redis-server >/dev/null; then
     if command -v apt-get >/dev/null; then
