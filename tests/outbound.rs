@@ -1,11 +1,13 @@
 //! Outbound requests only where the operator allows them: the real .wasm
 //! under runtimes with different `[host]` outbound rules, against the
-//! emulators on 127.0.0.1 (plain http on loopback: refused by default).
+//! emulators on 127.0.0.1 (plain http on loopback: refused by default), and
+//! against the same emulators behind TLS (https, `extra_ca_certificates`).
 
 use end_to_end as common;
 
 use common::*;
 use harness_test_kit::loopback;
+use harness_test_kit::tls::{TestCa, TlsFront};
 use host_harness::runtime::{default_component_path, Limits, OutboundSettings, Runtime, RuntimeOptions, TenantTick};
 use onepassword_collector::report::Outcome;
 use onepassword_collector::service::ApiVersion;
@@ -120,4 +122,81 @@ fn a_response_body_over_the_hosts_ceiling_delivers_nothing() {
     // Under the default ceiling (8 MiB) the same pages go through.
     f.recover(5);
     f.assert_all_delivered_once(ApiVersion::V2);
+}
+
+/// The emulators behind TLS fronts with certificates of a test CA, and the
+/// tenant's URLs pointing at the fronts (`https://localhost:PORT`).
+fn behind_tls(f: &mut Fixture, ca: &TestCa) -> (TlsFront, TlsFront) {
+    let op = TlsFront::start(ca, &f.op.base_url()).unwrap();
+    let devo = TlsFront::start(ca, &f.devo.base_url()).unwrap();
+    f.set("base_url", &op.url());
+    f.set("devo_url", &devo.url());
+    (op, devo)
+}
+
+/// The operator's `[host]` section as a config file would hold it: https
+/// only (no `allow_http`), loopback reachable, and the test CA trusted
+/// through `extra_ca_certificates`, a PEM file beside the config.
+fn https_settings(ca: &TestCa, dir: &std::path::Path) -> OutboundSettings {
+    std::fs::write(dir.join("relay-ca.pem"), ca.pem()).unwrap();
+    let config = "[host]\nallow_private_networks = [\"127.0.0.0/8\"]\nextra_ca_certificates = \"relay-ca.pem\"\n\
+                  [tenants.a]\n";
+    let (host, _) = host_harness::tenant::parse_config(config, dir, |_| None).expect("the section loads");
+    assert!(!host.outbound.allow_http);
+    assert_eq!(host.outbound.tls.extra_count(), 1);
+    host.outbound
+}
+
+#[test]
+fn https_with_the_operators_ca_delivers_every_event_once() {
+    let ca = TestCa::new("collector test CA");
+    let mut f = Fixture::new(40, 45);
+    let (op, devo) = behind_tls(&mut f, &ca);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_with(https_settings(&ca, dir.path()));
+    f.drain_on(&runtime, 5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+    // Every request went through a handshake with the fronts.
+    assert!(op.handshakes() >= f.op.request_count(), "{} handshakes", op.handshakes());
+    assert!(devo.handshakes() >= f.devo.requests().len(), "{} handshakes", devo.handshakes());
+    assert_eq!(op.failed_handshakes() + devo.failed_handshakes(), 0);
+}
+
+#[test]
+fn https_to_an_unknown_ca_delivers_nothing_says_why_and_loses_nothing() {
+    let ca = TestCa::new("collector test CA");
+    let mut f = Fixture::new(25, 46);
+    let (op, devo) = behind_tls(&mut f, &ca);
+    // The webpki roots only: the test CA is unknown.
+    let untrusting = runtime_with(OutboundSettings { allow_http: false, ..loopback::outbound() });
+    let t = f.tick_on(&untrusting);
+    let line = t.to_json().to_string();
+    assert_no_secrets(&line);
+    let report = t.result.as_ref().unwrap_or_else(|e| panic!("the tick ran: {e}"));
+    assert!(report.services.iter().all(|s| s.outcome == Outcome::Failed && s.sent == 0), "{line}");
+    assert!(op.failed_handshakes() > 0, "the host refused the front's certificate");
+    assert_eq!(f.op.request_count(), 0, "no request reached 1Password");
+    assert_eq!(f.devo.total_events(), 0);
+    let warnings = report.warnings.join("\n");
+    let op_authority = op.url();
+    assert!(
+        warnings.contains(&format!("TLS handshake with {op_authority} failed"))
+            && warnings.contains("UnknownIssuer")
+            && warnings.contains("`[host] extra_ca_certificates`"),
+        "{warnings}"
+    );
+    // A different CA of the same name is no better.
+    let impostor = TestCa::new("collector test CA");
+    let dir = tempfile::tempdir().unwrap();
+    f.advance(300);
+    let t = f.tick_on(&runtime_with(https_settings(&impostor, dir.path())));
+    assert!(t.result.as_ref().unwrap().services.iter().all(|s| s.outcome == Outcome::Failed), "{}", t.to_json());
+    assert_eq!(f.op.request_count(), 0);
+
+    // Once the operator trusts the right CA, everything arrives, once.
+    f.advance(300);
+    let dir = tempfile::tempdir().unwrap();
+    f.drain_on(&runtime_with(https_settings(&ca, dir.path())), 5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+    assert_eq!(devo.failed_handshakes(), 0, "Devo was never reached without a trusted certificate");
 }

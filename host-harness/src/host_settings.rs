@@ -16,18 +16,22 @@
 //! response_body_bytes = 8388608   # largest response body a tenant may read
 //! allow_http = true               # plain http:// outbound (default: false)
 //! allow_private_networks = ["127.0.0.0/8"]   # default: none
+//! extra_ca_certificates = "relay-ca.pem"     # CAs https trusts besides the webpki roots
 //! ```
 //! Every key is optional; without the section the defaults apply (those of
 //! [`Limits::default`] and [`OutboundSettings::default`]: https only, to
-//! public addresses only). The process reads it at start: a changed `[host]`
-//! section takes a restart.
+//! public addresses only, the webpki roots). A relative
+//! `extra_ca_certificates` path is relative to the config file. The process
+//! reads the section at start: a changed `[host]` section (or CA file) takes
+//! a restart.
 
-use crate::host::outbound::OutboundSettings;
+use crate::host::outbound::{OutboundSettings, TlsTrust};
 use crate::runtime::{Limits, StateLimits};
 use anyhow::bail;
 use serde::Deserialize;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,9 +41,10 @@ pub struct HostSettings {
     /// The ceilings: what the runtime is built with.
     pub limits: Limits,
     /// Where tenants' requests may go and how much of a response they may
-    /// read (`allow_http`, `allow_private_networks`, `response_body_bytes`);
-    /// enforced by [`crate::host::outbound`]. The default is https to
-    /// public addresses only.
+    /// read (`allow_http`, `allow_private_networks`, `response_body_bytes`)
+    /// and which CAs https trusts (`extra_ca_certificates`); enforced by
+    /// [`crate::host::outbound`]. The default is https to public addresses
+    /// only, verified against the webpki roots.
     pub outbound: OutboundSettings,
 }
 
@@ -81,10 +86,13 @@ pub(crate) struct HostFile {
     response_body_bytes: Option<u64>,
     allow_http: Option<bool>,
     allow_private_networks: Option<Vec<String>>,
+    extra_ca_certificates: Option<String>,
 }
 
 impl HostFile {
-    pub(crate) fn check(self) -> anyhow::Result<HostSettings> {
+    /// The section checked; `base` is the folder a relative
+    /// `extra_ca_certificates` path starts from.
+    pub(crate) fn check(self, base: &Path) -> anyhow::Result<HostSettings> {
         let d = Limits::default();
         let within = |key: &str, value: Option<u64>, min: u64, max: u64, default: u64| -> anyhow::Result<u64> {
             match value {
@@ -141,6 +149,11 @@ impl HostFile {
                 1 << 30,
                 d.response_body_bytes,
             )?,
+            tls: match self.extra_ca_certificates {
+                None => d.tls,
+                Some(path) => TlsTrust::with_extra_pem_file(&base.join(path))
+                    .map_err(|e| anyhow::anyhow!("[host] extra_ca_certificates: {e}"))?,
+            },
         };
         Ok(HostSettings { limits, outbound })
     }
@@ -235,7 +248,7 @@ mod tests {
     use super::*;
 
     fn host(text: &str) -> anyhow::Result<HostSettings> {
-        toml::from_str::<HostFile>(text).map_err(anyhow::Error::from).and_then(HostFile::check)
+        toml::from_str::<HostFile>(text).map_err(anyhow::Error::from).and_then(|h| h.check(Path::new(".")))
     }
 
     #[test]
@@ -293,6 +306,10 @@ mod tests {
             ("allow_private_networks = [\"10.0.0.1/8\"]", "the network is 10.0.0.0/8"),
             ("allow_private_networks = [\"fd00::1/8\"]", "the network is fd00::/8"),
             ("allow_private_networks = [\"example.com/8\"]", "not an IP address"),
+            (
+                "extra_ca_certificates = \"/nonexistent/ca.pem\"",
+                "[host] extra_ca_certificates: cannot read /nonexistent/ca.pem",
+            ),
         ] {
             let e = host(bad).unwrap_err();
             assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");

@@ -251,7 +251,7 @@ pub fn parse_config(
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
     let file: FileConfig = toml::from_str(text).context("not a valid harness config")?;
-    let host = file.host.check()?;
+    let host = file.host.check(base)?;
     if file.tenants.is_empty() {
         bail!("no [tenants.NAME] table: add at least one tenant");
     }

@@ -75,6 +75,11 @@ impl Fixture {
         self.tick_with(&host_harness::runtime::TickOptions::default())
     }
 
+    /// One tick at the fixture's clock on `runtime`.
+    pub fn tick_on(&self, runtime: &Runtime) -> TenantTick {
+        block_on(runtime.tick_with(&self.tenant, &later(self.clock.get())))
+    }
+
     /// Moves the component's clock forward.
     pub fn advance(&self, seconds: u64) {
         self.clock.set(self.clock.get() + seconds);
@@ -83,8 +88,13 @@ impl Fixture {
     /// Ticks, each a minute after the last, until every service is caught
     /// up with no error (or `max` ticks); returns the ticks run.
     pub fn drain(&self, max: usize) -> usize {
+        self.drain_on(runtime(), max)
+    }
+
+    /// [`Fixture::drain`] on `runtime`.
+    pub fn drain_on(&self, runtime: &Runtime, max: usize) -> usize {
         for n in 1..=max {
-            let t = self.tick();
+            let t = self.tick_on(runtime);
             let report = t.result.as_ref().unwrap_or_else(|e| panic!("tick failed: {e}"));
             assert!(report.ok(), "{}", t.to_json());
             self.advance(60);

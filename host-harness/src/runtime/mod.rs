@@ -30,7 +30,7 @@ pub use self::limits::{
 };
 pub use self::outcome::{TenantTick, HOST_FAILURE};
 pub use crate::host::keyvalue::{KvFault, KvFaultHook, KvOp};
-pub use crate::host::outbound::OutboundSettings;
+pub use crate::host::outbound::{OutboundSettings, TlsTrust};
 
 use self::limits::Meter;
 use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure, with_warnings};

@@ -18,3 +18,4 @@ pub mod emulator;
 pub mod loopback;
 pub mod redis_server;
 pub mod spin_check;
+pub mod tls;

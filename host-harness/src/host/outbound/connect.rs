@@ -1,8 +1,9 @@
 //! Sends one allowed request: resolves its host, connects only to an
 //! address the policy permits (checked on the very address connected to, so
 //! a second lookup cannot answer differently: no DNS rebinding), with
-//! TCP_NODELAY, then TLS for https (rustls with the webpki roots, the stack
-//! wasmtime-wasi-http's own sender uses) and HTTP/1.1 over hyper, under the
+//! TCP_NODELAY, then TLS for https (rustls, the stack wasmtime-wasi-http's
+//! own sender uses, trusting [`super::tls::TlsTrust`]'s roots) and HTTP/1.1
+//! over hyper, under the
 //! request's connect, first-byte and between-bytes timeouts. The response
 //! body is bounded (see [`super::body`]).
 
@@ -13,7 +14,7 @@ use rustls::pki_types::ServerName;
 use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,6 +28,9 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 pub enum Failure {
     /// The policy refused every address the host resolved to.
     Refused(Refusal),
+    /// The TLS handshake failed: the guest gets wasi-http's TLS error, the
+    /// tick's warnings the reason.
+    Handshake(std::io::Error),
     /// Anything else, as wasi-http reports it to the guest.
     Http(Error),
 }
@@ -49,13 +53,14 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 /// [`check_uri`](super::OutboundPolicy::check_uri)), connecting only to
 /// addresses `permit` accepts; the body of the response ends with an error
 /// past `body_limit` bytes. Timeouts are [`RequestOptions`]' (all set: the
-/// policy caps them).
+/// policy caps them); `tls` verifies an https server.
 pub async fn send(
     mut request: http::Request<WasiBody>,
     destination: &Destination,
     options: RequestOptions,
     permit: impl Fn(IpAddr) -> Result<(), Refusal>,
     body_limit: u64,
+    tls: Arc<rustls::ClientConfig>,
 ) -> Result<(http::Response<WasiBody>, Io), Failure> {
     let long = Duration::from_secs(600);
     let connect_timeout = options.connect_timeout.unwrap_or(long);
@@ -69,9 +74,9 @@ pub async fn send(
         Scheme::Http => Box::new(tcp),
         Scheme::Https => {
             let name = ServerName::try_from(destination.host.as_str()).map_err(Error::InvalidDnsNameError)?.to_owned();
-            let tls = tokio_rustls::TlsConnector::from(tls_config());
+            let tls = tokio_rustls::TlsConnector::from(tls);
             match timeout_at(deadline, tls.connect(name, tcp)).await {
-                Ok(stream) => Box::new(stream.map_err(Error::Tls)?),
+                Ok(stream) => Box::new(stream.map_err(Failure::Handshake)?),
                 Err(_) => return Err(Error::ConnectionTimeout.into()),
             }
         }
@@ -171,19 +176,4 @@ async fn connect(
 
 fn no_address() -> Error {
     Error::DnsError { rcode: Some("address not available".into()), info_code: None }
-}
-
-/// The TLS client configuration, built once: ring, the webpki roots, no
-/// client certificate (the same choices as wasmtime-wasi-http's sender).
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    Arc::clone(CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    }))
 }

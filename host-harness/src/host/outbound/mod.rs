@@ -1,8 +1,9 @@
 //! Outbound HTTP for a tenant: where it may go ([`policy`]: its own
 //! `base_url` and `devo_url`, scheme, host and port each; plain http and
 //! private networks only where the operator allows them), how a request is
-//! sent ([`connect`]: the address is checked at connect time) and what the
-//! guest reads back ([`body`]: a bounded response body). The hook below
+//! sent ([`connect`]: the address is checked at connect time; [`tls`]: the
+//! CAs https trusts) and what the guest reads back ([`body`]: a bounded
+//! response body). The hook below
 //! joins them for wasi-http: a refused request fails with
 //! `HttpRequestDenied`, and the reason goes to the tick's warnings. It also
 //! bounds the requests one tick has in flight
@@ -11,10 +12,12 @@
 pub mod body;
 pub mod connect;
 pub mod policy;
+pub mod tls;
 
 pub use self::policy::{
     OutboundPolicy, OutboundSettings, Refusal, DEFAULT_RESPONSE_BODY_BYTES, MAX_REQUESTS_IN_FLIGHT,
 };
+pub use self::tls::TlsTrust;
 
 use self::connect::Failure;
 use std::future::Future;
@@ -68,7 +71,8 @@ impl WasiHttpHooks for OutboundPolicy {
         Box::new(async move {
             let permit = |ip| policy.check_address(&destination, ip);
             let limit = policy.settings().response_body_bytes;
-            match connect::send(request, &destination, options, permit, limit).await {
+            let tls = policy.settings().tls.client_config();
+            match connect::send(request, &destination, options, permit, limit, tls).await {
                 Ok((response, io)) => {
                     // The slot lives as long as the connection: wasi-http
                     // drives `io` until the body is read, and drops it (with
@@ -86,6 +90,10 @@ impl WasiHttpHooks for OutboundPolicy {
                 Err(Failure::Refused(refusal)) => {
                     policy.refusals.record(&refusal);
                     Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+                }
+                Err(Failure::Handshake(e)) => {
+                    policy.refusals.record(&tls::handshake_warning(&destination, &e));
+                    Err(wasmtime_wasi_http::Error::Tls(e))
                 }
                 Err(Failure::Http(e)) => Err(e),
             }

@@ -1,12 +1,14 @@
 //! Which outbound requests a tenant may make: the operator's
 //! [`OutboundSettings`] (the `[host]` keys `allow_http`,
-//! `allow_private_networks`, `response_body_bytes`) and the tenant's
+//! `allow_private_networks`, `response_body_bytes`,
+//! `extra_ca_certificates`) and the tenant's
 //! allow-list, each entry binding scheme, host and port. A URL is checked
 //! before anything is resolved ([`OutboundPolicy::check_uri`]); every address
 //! it resolves to is checked again right before the connect
 //! ([`OutboundPolicy::check_address`], called by [`super::connect`]), so a
 //! name cannot point the host at its own network.
 
+use super::tls::TlsTrust;
 use crate::host_settings::IpNetwork;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -31,15 +33,19 @@ pub struct OutboundSettings {
     /// The largest response body the host passes on (`response_body_bytes`);
     /// a longer one ends in an error instead of being read further.
     pub response_body_bytes: u64,
+    /// The CAs https connections trust: the webpki roots, and the
+    /// operator's `extra_ca_certificates`.
+    pub tls: TlsTrust,
 }
 
-/// Secure by default: https only, public addresses only.
+/// Secure by default: https only, public addresses only, the webpki roots.
 impl Default for OutboundSettings {
     fn default() -> Self {
         OutboundSettings {
             allow_http: false,
             allow_private_networks: Vec::new(),
             response_body_bytes: DEFAULT_RESPONSE_BODY_BYTES,
+            tls: TlsTrust::default(),
         }
     }
 }
@@ -58,6 +64,12 @@ impl OutboundSettings {
 /// token there).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal(String);
+
+impl Refusal {
+    pub(crate) fn new(text: String) -> Refusal {
+        Refusal(text)
+    }
+}
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -303,7 +315,7 @@ mod tests {
         Arc::new(OutboundSettings {
             allow_http,
             allow_private_networks: networks.iter().map(|n| n.parse().unwrap()).collect(),
-            response_body_bytes: DEFAULT_RESPONSE_BODY_BYTES,
+            ..OutboundSettings::default()
         })
     }
 
