@@ -10,6 +10,8 @@
 //! * [`redis_server`]: a real `redis-server` on a free loopback port;
 //! * [`spin_check`]: the static Spin compatibility checker behind
 //!   `tests/spin_compat.rs`;
+//! * [`tls`]: a test CA made in memory and a TLS front before an emulator,
+//!   for the host's https path;
 //! * `src/bin/bench.rs`: the bench binary (`cargo run --release -p
 //!   harness-test-kit --bin bench`).
 
