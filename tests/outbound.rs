@@ -50,16 +50,16 @@ fn assert_refused(t: &TenantTick, f: &Fixture, why: &[&str]) {
 #[test]
 fn loopback_emulators_are_refused_until_the_operator_allows_loopback() {
     let f = Fixture::new(30, 41);
-    let t = block_on(runtime_with(http_without_loopback()).tick(&f.tenant));
+    let refusing = runtime_with(http_without_loopback());
+    let t = block_on(refusing.tick(&f.tenant));
     let op = f.op.base_url().trim_start_matches("http://").to_string();
-    assert_refused(
-        &t,
-        &f,
-        &[
-            &format!("http://{op} resolves to 127.0.0.1, a loopback address: refused"),
-            "`[host] allow_private_networks = [\"127.0.0.0/8\"]` allows it",
-        ],
-    );
+    let why = format!("http://{op} resolves to 127.0.0.1, a loopback address: refused");
+    assert_refused(&t, &f, &[&why, "`[host] allow_private_networks = [\"127.0.0.0/8\"]` allows it"]);
+    // Validate mode names the address and the setting too.
+    let checks = block_on(refusing.validate(&f.tenant));
+    let outbound = checks.iter().find(|c| c.name == "outbound").unwrap_or_else(|| panic!("{checks:?}"));
+    assert!(outbound.detail.contains(&why) && outbound.detail.contains("allow_private_networks"), "{outbound:?}");
+    assert_eq!(f.op.request_count(), 0, "validate reached 1Password");
     // The default runtime refuses plain http before any address (a tick
     // past the back-off the first refusal started).
     f.advance(300);
@@ -154,6 +154,10 @@ fn https_with_the_operators_ca_delivers_every_event_once() {
     let (op, devo) = behind_tls(&mut f, &ca);
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime_with(https_settings(&ca, dir.path()));
+    // Validate mode passes every check and adds no "outbound" one.
+    let checks = block_on(runtime.validate(&f.tenant));
+    assert!(checks.iter().all(|c| c.status != onepassword_collector::validate::Status::Fail), "{checks:?}");
+    assert!(checks.iter().any(|c| c.name == "1Password") && checks.iter().all(|c| c.name != "outbound"));
     f.drain_on(&runtime, 5);
     f.assert_all_delivered_once(ApiVersion::V2);
     // Every request went through a handshake with the fronts.
@@ -177,6 +181,7 @@ fn https_to_an_unknown_ca_delivers_nothing_says_why_and_loses_nothing() {
     assert!(op.failed_handshakes() > 0, "the host refused the front's certificate");
     assert_eq!(f.op.request_count(), 0, "no request reached 1Password");
     assert_eq!(f.devo.total_events(), 0);
+    assert_eq!(devo.failed_handshakes(), 0, "no page was read, so nothing was sent to Devo");
     let warnings = report.warnings.join("\n");
     let op_authority = op.url();
     assert!(
@@ -185,6 +190,18 @@ fn https_to_an_unknown_ca_delivers_nothing_says_why_and_loses_nothing() {
             && warnings.contains("`[host] extra_ca_certificates`"),
         "{warnings}"
     );
+    // Validate mode says the same: which server, why, and the setting.
+    let checks = block_on(untrusting.validate(&f.tenant));
+    let outbound = checks.iter().find(|c| c.name == "outbound").unwrap_or_else(|| panic!("{checks:?}"));
+    assert_eq!(outbound.status, onepassword_collector::validate::Status::Fail);
+    assert!(
+        outbound.detail.contains(&format!("TLS handshake with {op_authority} failed"))
+            && outbound.detail.contains("extra_ca_certificates"),
+        "{}",
+        outbound.detail
+    );
+    assert!(devo.failed_handshakes() > 0, "validate's empty Devo request met the untrusted certificate too");
+
     // A different CA of the same name is no better.
     let impostor = TestCa::new("collector test CA");
     let dir = tempfile::tempdir().unwrap();
@@ -198,5 +215,4 @@ fn https_to_an_unknown_ca_delivers_nothing_says_why_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     f.drain_on(&runtime_with(https_settings(&ca, dir.path())), 5);
     f.assert_all_delivered_once(ApiVersion::V2);
-    assert_eq!(devo.failed_handshakes(), 0, "Devo was never reached without a trusted certificate");
 }

@@ -177,7 +177,9 @@ impl Runtime {
     }
 
     /// Validate mode for one tenant: the component's checklist (nothing is
-    /// pulled). A host failure becomes a failed "host" check.
+    /// pulled). A host failure becomes a failed "host" check; requests the
+    /// host refused or whose TLS handshake failed, a failed "outbound" check
+    /// naming the address, certificate problem and setting.
     pub async fn validate(&self, tenant: &Tenant) -> Vec<Check> {
         let _slot = self.inner.slots.acquire().await.expect("the slot semaphore is never closed");
         let limits = self.effective_limits(tenant);
@@ -248,7 +250,15 @@ impl Inner {
         let mut store = self.new_store(tenant, &options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let checks = instance.onepassword_collector_runner().call_validate(&mut store).await?;
-        Ok(checks.into_iter().map(from_wit_check).collect())
+        let mut checks: Vec<Check> = checks.into_iter().map(from_wit_check).collect();
+        // As for a tick: the component's checks say "refused" or "TLS
+        // error"; which address, certificate or setting is the host's to say.
+        let refusals = store.data().outbound_refusals();
+        if !refusals.is_empty() {
+            let detail = crate::guest_text::message(&refusals.join("; "));
+            checks.push(Check { name: "outbound".into(), status: Status::Fail, detail });
+        }
+        Ok(checks)
     }
 
     fn new_store(
