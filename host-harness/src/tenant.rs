@@ -233,9 +233,22 @@ pub fn load_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::R
 /// The config file's `[host]` section (the operator's ceilings) and its
 /// tenants, as [`load_file`] loads them.
 pub fn load_config(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
+    load_config_where(path, env, |_| true)
+}
+
+/// [`load_config`] for the tenants `wanted` accepts (a shard's, or the one
+/// named on the command line): only their variables are read from the
+/// environment, so a process needs no other tenant's secrets. Every tenant
+/// is still checked (name, schedule, limits) and no two may share a store
+/// (`kv` is resolved for all: it is the operator's, not a tenant secret).
+pub fn load_config_where(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    parse_config(&text, base, env).with_context(|| format!("in config file {}", path.display()))
+    parse_config_where(&text, base, env, wanted).with_context(|| format!("in config file {}", path.display()))
 }
 
 /// The tenants of a config file's text; `base` is the folder relative `kv`
@@ -249,6 +262,17 @@ pub fn parse_config(
     text: &str,
     base: &Path,
     env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
+    parse_config_where(text, base, env, |_| true)
+}
+
+/// [`parse_config`] returning only the tenants `wanted` accepts, with only
+/// their variables read from the environment (see [`load_config_where`]).
+pub fn parse_config_where(
+    text: &str,
+    base: &Path,
+    env: impl Fn(&str) -> Option<String>,
+    wanted: impl Fn(&str) -> bool,
 ) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
     let file: FileConfig = toml::from_str(text).context("not a valid harness config")?;
     let host = file.host.check(base)?;
@@ -271,7 +295,10 @@ pub fn parse_config(
                 toml::Value::Boolean(b) => b.to_string(),
                 other => bail!("tenant {name}: variable {key} must be a string or number, not {}", other.type_str()),
             };
-            variables.insert(key.clone(), from_env(&text, &env, || format!("tenant {name}: variable {key}"))?);
+            // Another process's tenant: its secrets are not ours to read.
+            let value =
+                if wanted(&name) { from_env(&text, &env, || format!("tenant {name}: variable {key}"))? } else { text };
+            variables.insert(key.clone(), value);
         }
         let limits = t.limits.check(&name, &host)?;
         let kv = from_env(&kv, &env, || format!("tenant {name}: kv"))?;
@@ -319,12 +346,43 @@ pub fn parse_config(
             limits,
         });
     }
+    tenants.retain(|t| wanted(&t.name));
     Ok((host, tenants))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_wanted_tenants_secrets_are_read() {
+        let text = r#"
+            [tenants.acme.variables]
+            token = "${ACME_TOKEN}"
+            [tenants.beta]
+            kv = "${BETA_KV}"
+            [tenants.beta.variables]
+            token = "${BETA_TOKEN}"
+        "#;
+        let asked = std::cell::RefCell::new(Vec::new());
+        let env = |n: &str| {
+            asked.borrow_mut().push(n.to_string());
+            (n != "BETA_TOKEN").then(|| format!("value-of-{n}"))
+        };
+        // All tenants: beta's token is missing.
+        let e = parse(text, Path::new("/h"), env).unwrap_err();
+        assert!(format!("{e:#}").contains("tenant beta: variable token refers to environment variable BETA_TOKEN"));
+        // Acme's process: beta's variables are never looked up; its kv is
+        // (stores are checked across every tenant).
+        asked.borrow_mut().clear();
+        let (_, t) = parse_config_where(text, Path::new("/h"), env, |n| n == "acme").unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].variables["token"], "value-of-ACME_TOKEN");
+        assert_eq!(*asked.borrow(), ["ACME_TOKEN", "BETA_KV"]);
+        // Tenants outside the filter are still checked.
+        let bad = format!("{text}\n[tenants.gamma]\nschedule = \"not cron\"\n");
+        assert!(parse_config_where(&bad, Path::new("/h"), env, |n| n == "acme").is_err());
+    }
 
     #[test]
     fn tenants_get_defaults_paths_and_env_secrets() {

@@ -131,11 +131,12 @@ enum Command {
     },
 }
 
-/// The config's `[host]` section and its tenants (or only `only`).
+/// The config's `[host]` section and its tenants (or only `only`); only
+/// the returned tenants' secrets are read from the environment.
 fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<(HostSettings, Vec<tenant::Tenant>)> {
-    let (host, mut tenants) = tenant::load_config(config, |n| std::env::var(n).ok())?;
+    let (host, tenants) =
+        tenant::load_config_where(config, |n| std::env::var(n).ok(), |name| only.is_none_or(|o| o == name))?;
     if let Some(name) = only {
-        tenants.retain(|t| t.name == name);
         anyhow::ensure!(!tenants.is_empty(), "no tenant named {name:?} in {}", config.display());
     }
     Ok((host, tenants))
@@ -190,7 +191,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { setup, shard, listen, grace_period, unready_after, log_format } => {
             // The [host] section is read once: a change takes a restart (a
             // reload says so).
-            let (host, tenants) = load_tenants(&setup.config, None)?;
+            let (host, tenants) = run::load_shard(&setup.config, shard)?;
             let telemetry = Arc::new(Telemetry::new(unready_after));
             if let Some(addr) = listen {
                 let listener = tokio::net::TcpListener::bind(addr)

@@ -67,8 +67,14 @@ struct Worker {
 /// The file's `[host]` section and the tenants that this process runs (its
 /// shard's, or all).
 fn load(options: &RunOptions) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
-    let (host, tenants) = tenant::load_config(&options.config, |n| std::env::var(n).ok())?;
-    Ok((host, ours(options, tenants)))
+    load_shard(&options.config, options.shard)
+}
+
+/// `config`'s `[host]` section and the tenants of `shard` (all without
+/// one); only their secrets are read from the environment, so each shard's
+/// pod needs its own tenants' secrets only.
+pub fn load_shard(config: &std::path::Path, shard: Option<Shard>) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
+    tenant::load_config_where(config, |n| std::env::var(n).ok(), |name| shard.is_none_or(|s| s.owns(name)))
 }
 
 /// The tenants of this process's shard (all without `--shard`).

@@ -113,10 +113,16 @@ fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
 fn a_bad_config_file_is_reported_without_a_tick() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[tenants.a.variables]\ntoken = \"${CLI_UNSET_VARIABLE}\"\n").unwrap();
+    std::fs::write(&config, "[tenants.a.variables]\ntoken = \"${CLI_UNSET_VARIABLE}\"\n[tenants.b]\n").unwrap();
     let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap()]);
     assert!(!ok && lines.is_empty());
     assert!(stderr.contains("CLI_UNSET_VARIABLE"), "{stderr}");
+    // A command for tenant b alone needs none of a's secrets: b ticks (and
+    // fails on its own missing base_url, error 1).
+    let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap(), "--tenant", "b"]);
+    assert!(!ok && !stderr.contains("CLI_UNSET_VARIABLE"), "{stderr}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!((&lines[0]["tenant"], &lines[0]["error"]["id"]), (&serde_json::json!("b"), &serde_json::json!(1)));
 }
 
 #[test]

@@ -395,3 +395,26 @@ fn tick_prints_a_table_on_request_and_json_lines_otherwise() {
         assert!(line["started_at"].as_str().unwrap().ends_with('Z'));
     }
 }
+
+#[test]
+fn a_shard_needs_only_its_own_tenants_secrets() {
+    let world = World::new(216, 10);
+    // Two tenants in different shards of two; the other shard's token is
+    // an environment variable this process does not have.
+    let names: Vec<String> = (0..).map(|n| format!("t{n}")).take(40).collect();
+    let ours = names.iter().find(|n| host_harness::shard::shard_of(n, 2) == 0).unwrap();
+    let theirs = names.iter().find(|n| host_harness::shard::shard_of(n, 2) == 1).unwrap();
+    let other = world.tenant(theirs, 10, "").replace("${LIFE_OP_TOKEN}", "${LIFE_UNSET_OTHER_SHARD_TOKEN}");
+    world.write(&format!("{}\n{other}", world.tenant(ours, 10, "")));
+
+    // Every shard at once needs every secret: the load fails naming it.
+    let out = world.command(&["tick"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LIFE_UNSET_OTHER_SHARD_TOKEN"));
+
+    // Shard 0 of 2 runs its tenant without the other's.
+    let run = Running::start(&world, &["--shard", "0/2"]);
+    let tick = run.wait_tick(Duration::from_secs(20), |t| t["tenant"] == ours.as_str());
+    assert_eq!(tick["ok"], true, "{tick}");
+    assert!(run.ticks().iter().all(|t| t["tenant"] == ours.as_str()));
+}
