@@ -250,10 +250,13 @@ impl Tick {
                 }
             }
             let line = if multiline { Cow::Owned(json::compact(item.get())) } else { Cow::Borrowed(item.get()) };
-            let line = match &config.obfuscator {
-                None => line,
+            // Obfuscation borrows the line it returns unchanged (no field
+            // of the rule in this event): only a changed line is a new String.
+            let changed = match &config.obfuscator {
+                None => None,
                 Some(o) => match o.apply(&line) {
-                    Ok(obfuscated) => Cow::Owned(obfuscated.into_owned()),
+                    Ok(Cow::Owned(obfuscated)) => Some(obfuscated),
+                    Ok(Cow::Borrowed(_)) => None,
                     Err(e) => {
                         // Sending the clear value would break the user's rule: hold the page.
                         let e = CollectorError::new(
@@ -265,6 +268,7 @@ impl Tick {
                     }
                 },
             };
+            let line = changed.map_or(line, Cow::Owned);
             batches.push(&line, meta.uuid);
             lines += 1;
         }
