@@ -126,3 +126,44 @@ async fn an_unreachable_redis_fails_with_the_server_named_and_the_password_hidde
     assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
     assert!(!e.contains("hunter2"), "password shown: {e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_holds_up_no_tenant_on_another_store() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let server = RedisServer::start();
+    // Takes connections (the kernel's backlog) and never answers: the AUTH
+    // of a connect waits there until the connect timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://:pw@127.0.0.1:{}/0", silent.local_addr().unwrap().port());
+    let stores = Arc::new(Stores::default());
+    let started = Instant::now();
+    let hanging = {
+        let stores = Arc::clone(&stores);
+        let at = KvLocation::Redis(RedisLocation::new(&silent_url, "a/").unwrap());
+        tokio::spawn(async move {
+            let result = stores.open(&at, "default").await.map(|_| ());
+            (result, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // its connect is under way
+
+    // A tenant on the live Redis opens its store and works meanwhile.
+    let mut live = stores.open(&location(&server, "b/"), "default").await.unwrap();
+    live.set("k", b"v").await.unwrap();
+    let live_done = Instant::now();
+
+    let (result, hanging_done) = hanging.await.unwrap();
+    assert!(result.is_err(), "the silent server cannot have answered");
+    assert!(
+        hanging_done - started > Duration::from_secs(1),
+        "the silent connect did hang: {:?}",
+        hanging_done - started
+    );
+    assert!(
+        live_done + Duration::from_secs(1) < hanging_done,
+        "the live store waited for the silent one: done {:?} after the start, the silent one {:?}",
+        live_done - started,
+        hanging_done - started
+    );
+}

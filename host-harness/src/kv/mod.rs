@@ -18,6 +18,7 @@ pub use self::sqlite::{SqliteBucket, SqliteStore};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One bucket of key-value pairs. Errors are the backend's description of
 /// what failed, handed to the guest as a store error: they name the store
@@ -86,7 +87,11 @@ impl From<PathBuf> for KvLocation {
 /// an embedder keeps one tokio runtime for the ticks of one `Runtime`.
 #[derive(Default)]
 pub struct Stores {
-    redis: tokio::sync::Mutex<HashMap<String, ::redis::aio::ConnectionManager>>,
+    /// One cell per Redis URL, filled by the first open that connects. The
+    /// map's lock is held only to find or add a cell, never across a
+    /// connect: a Redis that does not answer delays the tenants on it (up to
+    /// the connect timeout), not those on another Redis or on SQLite.
+    redis: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<::redis::aio::ConnectionManager>>>>,
 }
 
 impl Stores {
@@ -103,17 +108,13 @@ impl Stores {
                 Ok(Box::new(bucket))
             }
             KvLocation::Redis(location) => {
-                let connection = {
-                    let mut connections = self.redis.lock().await;
-                    match connections.get(location.url()) {
-                        Some(c) => c.clone(),
-                        None => {
-                            let c = location.connect().await?;
-                            connections.insert(location.url().to_string(), c.clone());
-                            c
-                        }
-                    }
+                let cell = {
+                    let mut cells = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+                    Arc::clone(cells.entry(location.url().to_string()).or_default())
                 };
+                // Opens of one URL at once wait for the same connect; a
+                // failed one leaves the cell empty for the next to retry.
+                let connection = cell.get_or_try_init(|| location.connect()).await?.clone();
                 Ok(Box::new(RedisBucket::new(connection, location, name)))
             }
         }
