@@ -180,3 +180,23 @@ fn concurrent_scrapes_are_answered_and_an_aborted_server_is_gone() {
     assert!(result.unwrap_err().is_cancelled());
     assert!(TcpStream::connect(addr).is_err(), "the listener is closed with its task");
 }
+
+#[test]
+fn lag_is_as_of_the_scrape_not_the_last_tick() {
+    let telemetry = Arc::new(Telemetry::new(3));
+    // The last tick was an hour ago (an hourly schedule); its checkpoint is
+    // the report's 2026-01-01T00:00:00Z.
+    let tick_time = Utc::now() - chrono::Duration::hours(1);
+    telemetry.tick_finished(&tick("acme", vec![service("audit", 1, None)]), tick_time);
+    let server = start(telemetry.clone());
+    let body = get(server.addr, "/metrics").body;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("onepassword_collector_lag_seconds{tenant=\"acme\",service=\"audit\"}"))
+        .unwrap_or_else(|| panic!("no lag in:\n{body}"));
+    let lag: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let checkpoint = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    let as_of_tick = (tick_time - checkpoint.with_timezone(&Utc)).num_seconds() as f64;
+    assert!(lag >= as_of_tick + 3590.0, "lag {lag} s is the tick's ({as_of_tick} s), not the scrape's");
+    server.task.abort();
+}

@@ -124,8 +124,7 @@ impl Telemetry {
         // Services the tick did not reach still fall behind.
         for (service, checkpoint) in &ts.checkpoints {
             if !reported.contains(service) {
-                let labels = ServiceLabels { tenant: tenant.clone(), service: service.clone() };
-                m.lag.get(labels).set((now_s - checkpoint).max(0.0));
+                self.set_lag(&tenant, service, *checkpoint, now_s);
             }
         }
         for o in ["ok", "failed", "host_failure"] {
@@ -248,6 +247,26 @@ impl Telemetry {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.metrics.config_reloads.get_or_create(&labels::ResultLabels { result: result.into() }).inc();
+    }
+
+    /// Sets every service's lag with a known checkpoint to `now` minus its
+    /// newest delivered event. The endpoint calls it before each scrape, so
+    /// lag keeps growing between ticks (a tenant on an hourly schedule, or
+    /// one whose ticks stopped firing) instead of standing at the value of
+    /// the last tick.
+    pub fn refresh_lag(&self, now: DateTime<Utc>) {
+        let now_s = unix_seconds(now);
+        let state = self.state();
+        for (tenant, ts) in &state.tenants {
+            for (service, checkpoint) in &ts.checkpoints {
+                self.set_lag(tenant, service, *checkpoint, now_s);
+            }
+        }
+    }
+
+    fn set_lag(&self, tenant: &str, service: &str, checkpoint_s: f64, now_s: f64) {
+        let labels = ServiceLabels { tenant: tenant.to_string(), service: service.to_string() };
+        self.metrics.lag.get(labels).set((now_s - checkpoint_s).max(0.0));
     }
 
     /// The `/metrics` body: the OpenMetrics text format (served as

@@ -122,6 +122,9 @@ fn lag_is_now_minus_the_newest_delivered_event() {
         at("2026-01-01T00:12:00Z"),
     );
     assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 719.5);
+    // Between ticks, each scrape refreshes it from the checkpoint.
+    t.refresh_lag(at("2026-01-01T01:00:00Z"));
+    assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 3599.5);
     // A checkpoint with an offset is the same instant.
     t.tick_finished(&tick("acme", vec![delivered("item_usage", 1, "2026-01-01T05:50:00+05:50")]), at(NOW));
     assert_eq!(value(&t, r#"onepassword_collector_lag_seconds{tenant="acme",service="item_usage"}"#), 600.0);
