@@ -23,8 +23,9 @@ pub struct TlsTrust {
 
 impl TlsTrust {
     /// The webpki roots and the certificates of `pem` (one or more
-    /// `CERTIFICATE` blocks). Every block must be a certificate that can
-    /// serve as a trust anchor; anything else is an error naming the block.
+    /// `CERTIFICATE` blocks, meant to be CA certificates). Every block must
+    /// be a certificate rustls can take as a trust anchor (its subject and
+    /// key read); anything else is an error naming the block.
     pub fn with_extra_pem(pem: &[u8]) -> Result<TlsTrust, String> {
         let mut extra = Vec::new();
         for (n, block) in CertificateDer::pem_slice_iter(pem).enumerate() {
@@ -38,7 +39,7 @@ impl TlsTrust {
         for (n, cert) in extra.iter().enumerate() {
             roots
                 .add(cert.clone())
-                .map_err(|e| format!("certificate {} is not usable as a CA certificate ({e})", n + 1))?;
+                .map_err(|e| format!("certificate {} cannot be read as a certificate ({e})", n + 1))?;
         }
         Ok(TlsTrust { extra: extra.into(), config: client_config(roots) })
     }
@@ -127,7 +128,7 @@ mod tests {
     fn a_block_that_is_not_a_certificate_is_named() {
         let garbage = "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
         let e = TlsTrust::with_extra_pem(garbage.as_bytes()).unwrap_err();
-        assert!(e.starts_with("certificate 1 is not usable as a CA certificate"), "{e}");
+        assert!(e.starts_with("certificate 1 cannot be read as a certificate"), "{e}");
         let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
         let e = TlsTrust::with_extra_pem(broken.as_bytes()).unwrap_err();
         assert!(e.starts_with("certificate 1 is not valid PEM"), "{e}");
