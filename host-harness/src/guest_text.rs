@@ -9,6 +9,7 @@
 //! metrics all get bounded, inert text. The cleaning itself is the core's
 //! ([`onepassword_collector::text::clean`]): one definition of "clean".
 
+use crate::runtime::HOST_FAILURE;
 use onepassword_collector::error::CollectorError;
 use onepassword_collector::report::{ServiceReport, TickReport};
 use onepassword_collector::state::StoredError;
@@ -55,8 +56,26 @@ pub fn name(text: &str) -> String {
     }
 }
 
+/// The id of an error a component reported under one of the host's ids
+/// (900 and up: [`HOST_FAILURE`] is the host stopping a tick). Passed on as
+/// is, it would read as the host's in logs, `status` and the operator's
+/// alerts on host failures; under this id its message says what was
+/// claimed.
+pub const CLAIMED_HOST_ID: u32 = 901;
+
+/// A guest's id and message, moved to [`CLAIMED_HOST_ID`] when the id is
+/// the host's.
+fn guest_id(id: u32, text: &str) -> (u32, String) {
+    if id >= HOST_FAILURE {
+        (CLAIMED_HOST_ID, message(&format!("the component reported error id {id}, which only the host uses: {text}")))
+    } else {
+        (id, message(text))
+    }
+}
+
 pub fn error(e: CollectorError) -> CollectorError {
-    CollectorError { message: message(&e.message), ..e }
+    let (id, message) = guest_id(e.id, &e.message);
+    CollectorError { id, message, ..e }
 }
 
 pub fn report(r: TickReport) -> TickReport {
@@ -89,7 +108,8 @@ pub fn check(c: Check) -> Check {
 
 /// A stored error as `status` shows it: the record was written by the guest.
 pub fn stored_error(e: StoredError) -> StoredError {
-    StoredError { message: message(&e.message), ..e }
+    let (id, message) = guest_id(e.id, &e.message);
+    StoredError { id, message, ..e }
 }
 
 #[cfg(test)]
@@ -115,6 +135,28 @@ mod tests {
             }),
             ..ServiceReport::new(name, Outcome::Failed)
         }
+    }
+
+    #[test]
+    fn a_guest_cannot_report_the_hosts_ids() {
+        let claimed = |id: u32| {
+            let e = error(CollectorError {
+                id,
+                kind: ErrorKind::PrePullError,
+                message: "stopped".into(),
+                http_status: None,
+            });
+            (e.id, e.message)
+        };
+        for id in [900, 901, 999, u32::MAX] {
+            let (got, text) = claimed(id);
+            assert_eq!(got, CLAIMED_HOST_ID, "{id}");
+            assert_eq!(text, format!("the component reported error id {id}, which only the host uses: stopped"));
+        }
+        assert_eq!(claimed(700), (700, "stopped".to_string()));
+        assert_eq!(claimed(899).0, 899);
+        let stored = StoredError { id: 900, message: "x".into(), at: chrono::Utc::now(), http_status: None };
+        assert_eq!(stored_error(stored).id, CLAIMED_HOST_ID);
     }
 
     fn assert_inert(text: &str, max: usize) {
