@@ -121,6 +121,17 @@ impl TlsFront {
     pub fn failed_handshakes(&self) -> usize {
         self.counts.failed_handshakes.load(Ordering::SeqCst)
     }
+
+    /// [`TlsFront::failed_handshakes`] once it is at least `n`, or after 10
+    /// s: the front learns of a refusal from the client's alert, which can
+    /// arrive after the client has moved on.
+    pub fn failed_handshakes_reaching(&self, n: usize) -> usize {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.failed_handshakes() < n && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.failed_handshakes()
+    }
 }
 
 impl Drop for TlsFront {
