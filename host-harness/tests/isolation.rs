@@ -6,7 +6,7 @@
 //! `cargo build --release --target wasm32-wasip2 -p onepassword-collector`.
 
 use harness_test_kit::emulator::{
-    Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions, OpFault,
+    tenant_variables, Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions, OpFault,
 };
 use harness_test_kit::loopback;
 use host_harness::kv::SqliteStore;
@@ -18,7 +18,6 @@ use host_harness::tenant::{Tenant, TenantLimits};
 use onepassword_collector::report::Outcome;
 use onepassword_collector::service::Service;
 use onepassword_collector::state::ServiceState;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -68,15 +67,9 @@ impl Services {
     /// A tenant collecting audit events into its own tag (`tag(name)`),
     /// with its own state file in `dir`; `extra` adds or replaces variables.
     fn tenant(&self, name: &str, dir: &Path, extra: &[(&str, &str)]) -> Tenant {
-        let mut variables: BTreeMap<String, String> = BTreeMap::from([
-            ("base_url".into(), self.op.base_url()),
-            ("token".into(), OP_TOKEN.into()),
-            ("devo_url".into(), self.devo.base_url()),
-            ("devo_domain".into(), DEVO_DOMAIN.into()),
-            ("devo_token".into(), DEVO_TOKEN.into()),
-            ("services".into(), "audit".into()),
-            ("tag_audit".into(), tag(name)),
-        ]);
+        let mut variables = tenant_variables(&self.op, OP_TOKEN, &self.devo, DEVO_DOMAIN, DEVO_TOKEN);
+        variables.insert("services".into(), "audit".into());
+        variables.insert("tag_audit".into(), tag(name));
         for (k, v) in extra {
             variables.insert(k.to_string(), v.to_string());
         }

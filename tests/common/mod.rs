@@ -1,11 +1,12 @@
 //! Shared set-up for the end-to-end tests: the real component under the
 //! harness's runtime, against the loopback emulators.
 
-use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use harness_test_kit::emulator::{
+    tenant_variables, Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
+};
 use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick};
 use host_harness::tenant::Tenant;
 use onepassword_collector::service::{ApiVersion, Service};
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 pub const OP_TOKEN: &str = "e2e-op-token-DO-NOT-LEAK";
@@ -53,13 +54,7 @@ impl Fixture {
             name: "e2e".into(),
             schedule: "* * * * * *".into(),
             kv: state.path().join("e2e.sqlite").into(),
-            variables: BTreeMap::from([
-                ("base_url".into(), op.base_url()),
-                ("token".into(), OP_TOKEN.into()),
-                ("devo_url".into(), devo.base_url()),
-                ("devo_domain".into(), DEVO_DOMAIN.into()),
-                ("devo_token".into(), DEVO_TOKEN.into()),
-            ]),
+            variables: tenant_variables(&op, OP_TOKEN, &devo, DEVO_DOMAIN, DEVO_TOKEN),
             allowed_outbound_hosts: None,
             limits: Default::default(),
         };

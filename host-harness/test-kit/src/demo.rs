@@ -2,7 +2,7 @@
 //! generated data set, ticks the real component until every service has
 //! caught up, and shows what reached Devo per tag.
 
-use crate::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use crate::emulator::{tenant_variables, Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use host_harness::runtime::Limits;
 use host_harness::tenant::Tenant;
 use onepassword_collector::service::Service;
@@ -40,18 +40,13 @@ pub async fn run(
     let op = OnePasswordEmulator::start(OnePasswordOptions::new(DEMO_OP_TOKEN, dataset.clone()))?;
     let devo = DevoEmulator::start(DevoOptions { domain: "demo".into(), token: DEMO_DEVO_TOKEN.into() })?;
     let state = tempdir()?;
+    let mut variables = tenant_variables(&op, DEMO_OP_TOKEN, &devo, "demo", DEMO_DEVO_TOKEN);
+    variables.insert("page_size".into(), page_size.to_string());
     let tenant = Tenant {
         name: "demo".into(),
         schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
         kv: state.join("demo.sqlite").into(),
-        variables: BTreeMap::from([
-            ("base_url".into(), op.base_url()),
-            ("token".into(), DEMO_OP_TOKEN.into()),
-            ("page_size".into(), page_size.to_string()),
-            ("devo_url".into(), devo.base_url()),
-            ("devo_domain".into(), "demo".into()),
-            ("devo_token".into(), DEMO_DEVO_TOKEN.into()),
-        ]),
+        variables,
         allowed_outbound_hosts: None,
         limits: Default::default(),
     };

@@ -33,7 +33,9 @@
 //! `cargo build --release --target wasm32-wasip2 -p onepassword-collector` and
 //! `cargo build --release --target wasm32-wasip2 --manifest-path host-harness/test-kit/hostile-guest/Cargo.toml --target-dir target`.
 
-use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use harness_test_kit::emulator::{
+    tenant_variables, Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
+};
 use harness_test_kit::loopback;
 use host_harness::host::outbound::MAX_REQUESTS_IN_FLIGHT;
 use host_harness::kv::SqliteStore;
@@ -42,7 +44,6 @@ use host_harness::tenant::Tenant;
 use onepassword_collector::report::Outcome;
 use onepassword_collector::service::Service;
 use onepassword_collector::state::ServiceState;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -133,18 +134,15 @@ impl Neighbours {
         let tenants = (0..NEIGHBOURS)
             .map(|n| {
                 let name = format!("good{n}");
+                let mut variables = tenant_variables(&op, OP_TOKEN, &devo, DEVO_DOMAIN, DEVO_TOKEN);
+                variables.extend([
+                    ("services".into(), "audit".into()),
+                    ("page_size".into(), PAGE.to_string()),
+                    ("tag_audit".into(), tag(&name)),
+                ]);
                 Tenant {
                     kv: dir.path().join(format!("{name}.sqlite")).into(),
-                    variables: BTreeMap::from([
-                        ("base_url".into(), op.base_url()),
-                        ("token".into(), OP_TOKEN.into()),
-                        ("devo_url".into(), devo.base_url()),
-                        ("devo_domain".into(), DEVO_DOMAIN.into()),
-                        ("devo_token".into(), DEVO_TOKEN.into()),
-                        ("services".into(), "audit".into()),
-                        ("page_size".into(), PAGE.to_string()),
-                        ("tag_audit".into(), tag(&name)),
-                    ]),
+                    variables,
                     name,
                     schedule: "* * * * * *".into(),
                     allowed_outbound_hosts: None,
@@ -158,16 +156,10 @@ impl Neighbours {
     /// A hostile tenant in mode `mode` with `variables` besides; its store
     /// is a file of its own next to the neighbours'.
     fn hostile(&self, mode: &str, variables: &[(&str, &str)]) -> Tenant {
-        let mut all: BTreeMap<String, String> = BTreeMap::from([
-            ("hostile_mode".into(), mode.into()),
-            // Its own (fake) secrets and URLs: the real collector's keys,
-            // so the host treats it like any tenant.
-            ("token".into(), HOSTILE_TOKEN.into()),
-            ("devo_token".into(), HOSTILE_TOKEN.into()),
-            ("devo_domain".into(), "hostile".into()),
-            ("base_url".into(), self.op.base_url()),
-            ("devo_url".into(), self.devo.base_url()),
-        ]);
+        // Its own (fake) secrets and URLs: the real collector's keys, so the
+        // host treats it like any tenant.
+        let mut all = tenant_variables(&self.op, HOSTILE_TOKEN, &self.devo, "hostile", HOSTILE_TOKEN);
+        all.insert("hostile_mode".into(), mode.into());
         for (k, v) in variables {
             all.insert(k.to_string(), v.to_string());
         }

@@ -11,7 +11,7 @@ pub use dataset::Dataset;
 pub use devo::{DevoEmulator, DevoFault, DevoOptions, DevoRequest};
 pub use onepassword::{OnePasswordEmulator, OnePasswordOptions, OpFault, RecordedRequest};
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,25 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tiny_http::{Header, Request, Response, Server};
+
+/// The collector's five required variables for a tenant that reads `op`
+/// with `op_token` and delivers to `devo` under `devo_domain` with
+/// `devo_token` (tests add the rest: services, tags, page size).
+pub fn tenant_variables(
+    op: &OnePasswordEmulator,
+    op_token: &str,
+    devo: &DevoEmulator,
+    devo_domain: &str,
+    devo_token: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("base_url".into(), op.base_url()),
+        ("token".into(), op_token.into()),
+        ("devo_url".into(), devo.base_url()),
+        ("devo_domain".into(), devo_domain.into()),
+        ("devo_token".into(), devo_token.into()),
+    ])
+}
 
 /// A few workers, so one slow client cannot stall every other request.
 const WORKERS: usize = 4;
