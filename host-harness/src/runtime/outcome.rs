@@ -70,13 +70,13 @@ impl TenantTick {
     }
 }
 
-/// `report` with the host's own `warnings` (why it refused requests) after
-/// the component's.
+/// `report` with the host's own `warnings` (why it refused requests, or why
+/// their TLS handshake failed) after the component's.
 pub(crate) fn with_warnings(mut report: TickReport, warnings: Vec<String>) -> TickReport {
-    // The refusal names a host the tenant chose: made inert like the guest's text.
+    // The text names a host the tenant chose: made inert like the guest's text.
     report
         .warnings
-        .extend(warnings.into_iter().map(|w| guest_text::message(&format!("the host refused a request: {w}"))));
+        .extend(warnings.into_iter().map(|w| guest_text::message(&format!("the host stopped a request: {w}"))));
     report
 }
 

@@ -59,7 +59,8 @@ impl OutboundSettings {
     }
 }
 
-/// Why the host refused a request: what the tick's warnings show. Names
+/// Why the host refused a request, or could not complete its TLS handshake
+/// ([`super::tls::handshake_warning`]): what the tick's warnings show. Names
 /// scheme, host and port only, never the path (a Devo URL may carry its
 /// token there).
 #[derive(Clone, Debug, PartialEq, Eq)]
