@@ -4,15 +4,17 @@
 //! its report (a terminal escape sequence, a bidi override, a megabyte line,
 //! a million warnings) and in the state records it stores. Every string that
 //! comes from it passes here where it enters the host — its tick report,
-//! tick error and validate checks (`runtime/outcome.rs`), the `last_error`
-//! of a stored record (`status.rs`) — so that logs, tables, JSON lines and
+//! tick error and validate checks (`runtime/outcome.rs`), every string of a
+//! stored state record (`status.rs`) — so that logs, tables, JSON lines and
 //! metrics all get bounded, inert text. The cleaning itself is the core's
 //! ([`onepassword_collector::text::clean`]): one definition of "clean".
 
 use crate::runtime::HOST_FAILURE;
+use onepassword_collector::backoff::Backoff;
+use onepassword_collector::checkpoint::Checkpoint;
 use onepassword_collector::error::CollectorError;
 use onepassword_collector::report::{ServiceReport, TickReport};
-use onepassword_collector::state::StoredError;
+use onepassword_collector::state::{Lease, Partial, ServiceState, Stats, StoredError};
 use onepassword_collector::text::clean;
 use onepassword_collector::validate::Check;
 
@@ -110,6 +112,42 @@ pub fn check(c: Check) -> Check {
 pub fn stored_error(e: StoredError) -> StoredError {
     let (id, message) = guest_id(e.id, &e.message);
     StoredError { id, message, ..e }
+}
+
+/// A stored state record as `status` may show it: the guest wrote it, and a
+/// hostile one can put any text in any of its strings (the newest event's
+/// time, the cursor, the lease holder, the last error). Every string is
+/// cleaned; the record is taken apart field by field, so a string field
+/// added to it later does not compile until it is cleaned here too.
+pub fn stored_state(state: ServiceState) -> ServiceState {
+    let ServiceState { version, checkpoint, partial, lease, backoff, initial_start, stats } = state;
+    let checkpoint = checkpoint.map(|c| {
+        let Checkpoint { cursor, start_time_value, newest_event, total_sent, recent_uuids } = c;
+        Checkpoint {
+            cursor: cursor.as_deref().map(message),
+            start_time_value: start_time_value.as_deref().map(field),
+            newest_event: newest_event.as_deref().map(field),
+            total_sent,
+            recent_uuids: recent_uuids.iter().map(|u| field(u)).collect(),
+        }
+    });
+    let partial = partial.map(|Partial { page, delivered }| Partial {
+        page: message(&page),
+        delivered: delivered.iter().map(|d| field(d)).collect(),
+    });
+    let lease = lease.map(|Lease { holder, expires }| Lease { holder: field(&holder), expires });
+    // Times and counts only: nothing to clean.
+    let backoff = backoff.map(|Backoff { until, attempts }| Backoff { until, attempts });
+    let Stats { created_at, last_success_at, last_error, bytes_sent, pages } = stats;
+    ServiceState {
+        version,
+        checkpoint,
+        partial,
+        lease,
+        backoff,
+        initial_start,
+        stats: Stats { created_at, last_success_at, last_error: last_error.map(stored_error), bytes_sent, pages },
+    }
 }
 
 #[cfg(test)]

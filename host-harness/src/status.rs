@@ -37,19 +37,16 @@ pub async fn read(tenants: &[Tenant], stores: &Stores) -> Vec<Row> {
                     .get(&ServiceState::key(service))
                     .await
                     .and_then(|b| b.map(|b| ServiceState::decode(service, &b).map_err(|e| e.to_string())).transpose())
-                    .map(|state| state.map(inert)),
+                    // The component wrote the record, and a hostile one can
+                    // put any text in any of its strings.
+                    .map(|state| state.map(crate::guest_text::stored_state)),
             };
+            // Why a record cannot be read may quote what it holds.
+            let state = state.map_err(|e| crate::guest_text::message(&e));
             rows.push(Row { tenant: tenant.name.clone(), service, state });
         }
     }
     rows
-}
-
-/// The record as `status` may show it: the component wrote it, and a
-/// hostile one can store any text as its last error.
-fn inert(mut state: ServiceState) -> ServiceState {
-    state.stats.last_error = state.stats.last_error.map(crate::guest_text::stored_error);
-    state
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
@@ -227,6 +224,75 @@ mod tests {
         let message = json[0]["services"]["audit"]["last_error"]["message"].as_str().unwrap();
         assert!(!message.chars().any(onepassword_collector::text::is_unsafe), "{message:?}");
         assert_eq!(json[0]["services"]["sign_in_attempts"]["collected"], false);
+    }
+
+    /// Every string in `value`, however deep.
+    fn strings(value: &serde_json::Value) -> Vec<&str> {
+        match value {
+            serde_json::Value::String(s) => vec![s],
+            serde_json::Value::Array(a) => a.iter().flat_map(strings).collect(),
+            serde_json::Value::Object(o) => o.values().flat_map(strings).collect(),
+            _ => vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn no_stored_string_reaches_the_table_or_json_raw() {
+        // A screen clear and a line that forges a whole row of the table, and
+        // a bidi override, in every string of the record the component wrote.
+        const FORGED: &str = "\x1b[2J\nacme             item_usage        2026-05-01T11:59:00Z \u{202e}ok\r";
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        let tenant = tenant_of(&dir);
+        let mut state = ServiceState::new(now);
+        state.checkpoint = Some(Checkpoint {
+            cursor: Some(FORGED.into()),
+            start_time_value: Some(FORGED.into()),
+            newest_event: Some(FORGED.into()),
+            total_sent: 1,
+            recent_uuids: vec![FORGED.into()],
+        });
+        state.partial =
+            Some(onepassword_collector::state::Partial { page: FORGED.into(), delivered: vec![FORGED.into()] });
+        state.lease = Some(onepassword_collector::state::Lease {
+            holder: FORGED.into(),
+            expires: now + chrono::TimeDelta::minutes(1),
+        });
+        state.stats.last_error = Some(StoredError { id: 602, message: FORGED.into(), at: now, http_status: Some(500) });
+        let store = SqliteStore::open(tenant.kv.sqlite_path().unwrap()).unwrap();
+        store.set(BUCKET, &ServiceState::key(Service::Audit), &state.encode()).unwrap();
+        // A record that does not decode: serde's complaint quotes it.
+        let unreadable = format!(r#"{{"version":"{FORGED}"}}"#);
+        store.set(BUCKET, &ServiceState::key(Service::SignInAttempts), unreadable.as_bytes()).unwrap();
+
+        let rows = read(&[tenant], &Stores::default()).await;
+        let Ok(Some(read)) = &rows[0].state else { panic!("audit's record reads") };
+        for text in [
+            read.checkpoint.as_ref().unwrap().cursor.as_deref().unwrap(),
+            read.checkpoint.as_ref().unwrap().start_time_value.as_deref().unwrap(),
+            read.checkpoint.as_ref().unwrap().newest_event.as_deref().unwrap(),
+            &read.checkpoint.as_ref().unwrap().recent_uuids[0],
+            &read.partial.as_ref().unwrap().page,
+            &read.partial.as_ref().unwrap().delivered[0],
+            &read.lease.as_ref().unwrap().holder,
+            &read.stats.last_error.as_ref().unwrap().message,
+        ] {
+            assert!(!text.chars().any(onepassword_collector::text::is_unsafe), "{text:?}");
+        }
+
+        let text = table(&rows, now);
+        assert!(!text.chars().any(|c| c != '\n' && onepassword_collector::text::is_unsafe(c)), "{text:?}");
+        assert_eq!(text.lines().count(), 3, "a header and one line per service, none forged: {text}");
+        assert!(text.lines().nth(1).unwrap().contains(r"\u{1b}[2J acme"), "{text}");
+        assert!(text.lines().nth(2).unwrap().contains("cannot read state"), "{text}");
+        for line in to_json(&rows, now) {
+            let raw = line.to_string();
+            assert!(!raw.chars().any(onepassword_collector::text::is_unsafe), "{raw}");
+            for s in strings(&line) {
+                assert!(!s.chars().any(onepassword_collector::text::is_unsafe), "{s:?}");
+            }
+            assert!(line["services"]["audit"]["newest_event"].as_str().unwrap().contains(r"\u{202e}ok"), "{line}");
+        }
     }
 
     #[tokio::test]
