@@ -82,8 +82,8 @@ pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
     let failure = match &tick.result {
         Err(e) => Some((None, e)),
         Ok(report) => {
-            r.push(("fetched".into(), report.services.iter().map(|s| s.fetched).sum::<u32>().into()));
-            r.push(("sent".into(), report.services.iter().map(|s| s.sent).sum::<u32>().into()));
+            r.push(("fetched".into(), total(report.services.iter().map(|s| s.fetched)).into()));
+            r.push(("sent".into(), total(report.services.iter().map(|s| s.sent)).into()));
             for s in &report.services {
                 let mut summary = outcome_name(s.outcome).to_string();
                 if s.outcome == Outcome::Delivered {
@@ -113,6 +113,14 @@ pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
         }
     };
     (level, r)
+}
+
+/// The sum of the services' counts. The component reports them, and a
+/// hostile one can report `u32::MAX` for each: summed as `u32`, that panics
+/// a debug build and wraps a release one. As `u64` (saturating, though no
+/// report holds enough services to need it) the total is exact.
+fn total(counts: impl Iterator<Item = u32>) -> u64 {
+    counts.fold(0u64, |sum, n| sum.saturating_add(u64::from(n)))
 }
 
 fn insert_error(r: &mut Fields, e: &CollectorError) {
@@ -259,6 +267,20 @@ mod tests {
             "time=2026-11-27T00:29:42.000Z level=info tenant=acme msg=tick ok=true fetched=20 sent=20 \
              audit=\"delivered sent=20 total=40 lag=12s\" elapsed_ms=9 guest_cpu_ms=3"
         );
+    }
+
+    #[test]
+    fn counts_a_hostile_component_maxes_out_are_summed_without_overflow() {
+        let mut t = tick(None);
+        let Ok(report) = &mut t.result else { unreachable!() };
+        let mut most = report.services[0].clone();
+        most.fetched = u32::MAX;
+        most.sent = u32::MAX;
+        report.services = vec![most.clone(), ServiceReport { service: "item_usage".into(), ..most }];
+        let (level, fields) = tick_record(&t);
+        let twice = 2 * u64::from(u32::MAX);
+        let json: Value = serde_json::from_str(&render(LogFormat::Json, at(), level, fields)).unwrap();
+        assert_eq!((json["fetched"].as_u64(), json["sent"].as_u64()), (Some(twice), Some(twice)), "{json}");
     }
 
     #[test]
