@@ -480,6 +480,56 @@ fn a_tenant_calling_private_addresses_on_its_own_allow_list_is_refused() {
 }
 
 #[test]
+fn a_tenant_calling_addresses_that_are_not_globally_reachable_or_the_machines_own_is_refused() {
+    let n = Neighbours::start(17);
+    // Documentation, benchmarking, discard and reserved blocks, and private
+    // IPv4 addresses spelled as IPv6 (NAT64, IPv4-translated, 6to4, Teredo):
+    // all on the tenant's own allow-list, none globally reachable.
+    let mut targets: Vec<String> = [
+        "http://192.0.2.1:9/",
+        "http://198.51.100.1:9/",
+        "http://203.0.113.1:9/",
+        "http://198.18.0.1:9/",
+        "http://192.0.0.1:9/",
+        "http://240.0.0.1:9/",
+        "http://[2001:db8::1]:9/",
+        "http://[3fff::1]:9/",
+        "http://[100::1]:9/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[64:ff9b::a00:1]:9/",
+        "http://[64:ff9b:1::a00:1]:9/",
+        "http://[::ffff:0:a00:1]:9/",
+        "http://[2002:a9fe:a9fe::1]/",
+        "http://[2001:0:a00:1::f7f7:f7f7]:9/",
+    ]
+    .map(String::from)
+    .to_vec();
+    // One of the machine's own addresses (not loopback, which the test
+    // runtime allows), with a listener on it: refused whatever its range.
+    let own = host_harness::host::outbound::interfaces::read()
+        .expect("getifaddrs")
+        .into_iter()
+        .find(|a| a.is_ipv4() && !a.is_loopback());
+    let listener = own.map(|a| Listener::bind(&SocketAddr::new(a, 0).to_string()));
+    if let Some(l) = &listener {
+        targets.push(format!("{}/", l.url()));
+    }
+    let mut hostile = n.hostile(
+        "http",
+        &[("base_url", "http://192.0.2.1:9"), ("devo_url", "http://[2001:db8::1]:9"), ("targets", &targets.join(","))],
+    );
+    hostile.allowed_outbound_hosts = Some(targets.iter().map(|t| t.trim_end_matches('/').to_string()).collect());
+
+    let (tick, _, good) = n.run_beside(&hostile);
+
+    assert_every_attempt_refused(&tick, targets.len());
+    if let Some(l) = &listener {
+        assert_eq!(l.accepted(), 0, "the machine's own address {} was reached", l.addr);
+    }
+    n.assert_unaffected(&good, 1);
+}
+
+#[test]
 fn a_tenant_reading_other_tenants_keys_and_variables_sees_only_its_own() {
     let n = Neighbours::start(8);
     // The neighbours tick once first, so their stores hold checkpoints.

@@ -1,6 +1,8 @@
 //! Sends one allowed request: resolves its host, connects only to an
 //! address the policy permits (checked on the very address connected to, so
-//! a second lookup cannot answer differently: no DNS rebinding), with
+//! a second lookup cannot answer differently: no DNS rebinding; and once
+//! more with the connection's own end, so one to the machine itself is not
+//! used), with
 //! TCP_NODELAY, then TLS for https (rustls, the stack wasmtime-wasi-http's
 //! own sender uses, trusting [`super::tls::TlsTrust`]'s roots) and HTTP/1.1
 //! over hyper, under the
@@ -51,14 +53,16 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Sends `request` to `destination` (already allowed by
 /// [`check_uri`](super::OutboundPolicy::check_uri)), connecting only to
-/// addresses `permit` accepts; the body of the response ends with an error
+/// addresses `permit` accepts (`permit(ip, None)` before the connect, and
+/// `permit(ip, Some(local))` after it, with the connection's local address);
+/// the body of the response ends with an error
 /// past `body_limit` bytes. Timeouts are [`RequestOptions`]' (all set: the
 /// policy caps them); `tls` verifies an https server.
 pub async fn send(
     mut request: http::Request<WasiBody>,
     destination: &Destination,
     options: RequestOptions,
-    permit: impl Fn(IpAddr) -> Result<(), Refusal>,
+    permit: impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
     body_limit: u64,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<(http::Response<WasiBody>, Io), Failure> {
@@ -135,10 +139,12 @@ pub async fn send(
 /// A TCP connection to the first address of `destination`'s host that
 /// `permit` accepts and that answers. Refused only when no address was
 /// permitted; a permitted address that does not answer is a connect error.
+/// A connection `permit` refuses once made (by its local end, see [`send`])
+/// is closed before anything is written to it.
 async fn connect(
     destination: &Destination,
     deadline: Instant,
-    permit: impl Fn(IpAddr) -> Result<(), Refusal>,
+    permit: impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
 ) -> Result<TcpStream, Failure> {
     let lookup = tokio::net::lookup_host((destination.host.as_str(), destination.port));
     let addresses: Vec<SocketAddr> = match timeout_at(deadline, lookup).await {
@@ -150,12 +156,19 @@ async fn connect(
     let mut refused = None;
     let mut failed = None;
     for address in addresses {
-        if let Err(refusal) = permit(address.ip()) {
+        if let Err(refusal) = permit(address.ip(), None) {
             refused.get_or_insert(refusal);
             continue;
         }
         match timeout_at(deadline, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => {
+                // The kernel routes a connection to one of the machine's own
+                // addresses over loopback, from that same address.
+                let local = stream.local_addr().map_err(Error::Connect)?;
+                if let Err(refusal) = permit(address.ip(), Some(local.ip())) {
+                    refused.get_or_insert(refusal);
+                    continue;
+                }
                 // Requests are written in a few small pieces (head, then
                 // body): without NODELAY, Nagle's algorithm holds the body
                 // back until the peer's delayed ACK, some 40 ms per request.
@@ -176,4 +189,59 @@ async fn connect(
 
 fn no_address() -> Error {
     Error::DnsError { rcode: Some("address not available".into()), info_code: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::policy::OutboundPolicy;
+    use super::super::OutboundSettings;
+    use super::*;
+    use std::io::Read;
+
+    fn policy(networks: &[&str]) -> OutboundPolicy {
+        let settings = OutboundSettings {
+            allow_http: true,
+            allow_private_networks: networks.iter().map(|n| n.parse().unwrap()).collect(),
+            ..OutboundSettings::default()
+        };
+        OutboundPolicy::for_urls([], Arc::new(settings), Duration::from_secs(5))
+    }
+
+    /// Connects to a loopback listener with every address permitted before
+    /// the connect, and `policy` judging the connection made; also says
+    /// what the listener read of a refused one.
+    async fn connect_checked(policy: &OutboundPolicy) -> (Result<TcpStream, Failure>, Vec<u8>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reader = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut read = Vec::new();
+            let _ = stream.read_to_end(&mut read);
+            read
+        });
+        let destination = Destination { scheme: Scheme::Http, host: "127.0.0.1".into(), port };
+        let permit = |ip, local: Option<IpAddr>| match local {
+            None => Ok(()),
+            Some(local) => policy.check_connection(&destination, ip, local),
+        };
+        let connected = connect(&destination, Instant::now() + Duration::from_secs(5), permit).await;
+        // A refused connection is closed: the listener reads to its end.
+        let read = match &connected {
+            Ok(_) => Vec::new(),
+            Err(_) => reader.join().unwrap(),
+        };
+        (connected, read)
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_the_machine_itself_is_closed_unused_unless_allowed() {
+        let (refused, read) = connect_checked(&policy(&[])).await;
+        match refused {
+            Err(Failure::Refused(r)) => assert!(r.to_string().contains("resolves to 127.0.0.1, a loopback"), "{r}"),
+            other => panic!("not refused: {:?}", other.map(|_| "connected")),
+        }
+        assert!(read.is_empty(), "bytes reached the listener: {read:?}");
+        let (allowed, _) = connect_checked(&policy(&["127.0.0.0/8"])).await;
+        assert!(allowed.is_ok(), "{:?}", allowed.err());
+    }
 }

@@ -1,8 +1,9 @@
 //! Outbound HTTP for a tenant: where it may go ([`policy`]: its own
 //! `base_url` and `devo_url`, scheme, host and port each; plain http and
 //! private networks only where the operator allows them), how a request is
-//! sent ([`connect`]: the address is checked at connect time; [`tls`]: the
-//! CAs https trusts) and what the guest reads back ([`body`]: a bounded
+//! sent ([`connect`]: the address is checked at connect time, against the
+//! special-purpose registries and the machine's own addresses,
+//! [`interfaces`]; [`tls`]: the CAs https trusts) and what the guest reads back ([`body`]: a bounded
 //! response body). The hook below
 //! joins them for wasi-http: a refused request fails with
 //! `HttpRequestDenied`, and the reason goes to the tick's warnings. It also
@@ -11,6 +12,7 @@
 
 pub mod body;
 pub mod connect;
+pub mod interfaces;
 pub mod policy;
 pub mod tls;
 
@@ -69,7 +71,10 @@ impl WasiHttpHooks for OutboundPolicy {
         let options = self.capped(options);
         let policy = self.clone();
         Box::new(async move {
-            let permit = |ip| policy.check_address(&destination, ip);
+            let permit = |ip, local: Option<_>| match local {
+                None => policy.check_address(&destination, ip),
+                Some(local) => policy.check_connection(&destination, ip, local),
+            };
             let limit = policy.settings().response_body_bytes;
             let tls = policy.settings().tls.client_config();
             match connect::send(request, &destination, options, permit, limit, tls).await {
