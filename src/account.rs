@@ -6,8 +6,8 @@
 //! or from its JWT claims as a fallback) tell which services it can read.
 
 use crate::config::Config;
-use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, ONEPASSWORD_TOO_LARGE, ONEPASSWORD_UNREACHABLE};
+use crate::http::{HttpFailure, HttpRequest, HttpResponse, Method};
 use crate::secret::Secret;
 use crate::time;
 use base64::Engine as _;
@@ -66,6 +66,19 @@ pub fn introspect_request(config: &Config) -> HttpRequest {
         ],
         body: Vec::new(),
     }
+}
+
+/// The error of an introspection request that got no answer to read.
+pub fn introspection_failure(failure: &HttpFailure) -> CollectorError {
+    let id = match failure {
+        HttpFailure::TooLarge { .. } => ONEPASSWORD_TOO_LARGE,
+        _ => ONEPASSWORD_UNREACHABLE,
+    };
+    CollectorError::new(
+        ErrorKind::PullError,
+        id,
+        format!("1Password's token introspection failed: {failure}; check base_url, the network and the host's allowed outbound hosts"),
+    )
 }
 
 #[derive(Deserialize)]

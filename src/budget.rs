@@ -31,6 +31,12 @@ pub struct BudgetRecord {
     pub hour_count: u32,
     /// Set by a 429: no request for this account before its time.
     pub backoff: Option<Backoff>,
+    /// Who wrote this version of the record, unique to each write (as
+    /// [`crate::state::ServiceState::writer`]): two instances that spend the
+    /// same request at once would otherwise write the same bytes, and a
+    /// read-back could not tell whose write landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 /// Why a request may not be made now.

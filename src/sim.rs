@@ -1,6 +1,6 @@
 //! A simulated world for the tick state machine's tests: an in-memory
-//! key-value store with compare-and-swap (honest, or lying as Spin's Redis
-//! store does), a 1Password that pages through event lists by cursor, a Devo
+//! key-value store with compare-and-swap (honest, or with the wrong answers
+//! Spin's Redis store gives, [`SwapAnswers`]), a 1Password that pages through event lists by cursor, a Devo
 //! that records what it takes, a virtual clock, and faults injected by script
 //! or at random.
 
@@ -32,6 +32,28 @@ pub enum Fault {
     DevoAcceptThenStop,
     KvRead,
     KvWrite,
+    /// 1Password answers the token introspection with this status.
+    IntrospectionStatus(u16),
+}
+
+/// What the simulated store answers to a compare-and-swap. Whatever it
+/// answers, the swap writes exactly when the record still holds what its
+/// `Watch` read.
+#[derive(Clone, Debug)]
+pub enum SwapAnswers {
+    /// The truth: ok when the swap wrote, "changed" when it did not.
+    Honest,
+    /// A swap that lost the race answers ok (and writes nothing): what Spin
+    /// 3.x's Redis store would answer after an aborted `EXEC`, were the
+    /// `UNWATCH` that follows it not refused.
+    OkWhenLost,
+    /// Every swap answers "changed", also one that wrote: Spin 3.5's Redis
+    /// store, whose `UNWATCH <key>` after the transaction Redis refuses,
+    /// that error being returned as a failed swap.
+    AlwaysChanged,
+    /// An answer drawn at random, whatever happened: ok, "changed" or a
+    /// store error.
+    Random(fastrand::Rng),
 }
 
 impl Fault {
@@ -54,6 +76,9 @@ impl Fault {
     }
     fn on_kv_write(&self) -> bool {
         matches!(self, Fault::KvWrite)
+    }
+    fn on_introspection(&self) -> bool {
+        matches!(self, Fault::IntrospectionStatus(_))
     }
 }
 
@@ -84,15 +109,20 @@ pub struct Sim {
     pub stops: usize,
     /// 429s 1Password's own limit gave (not injected ones).
     pub rate_limited: usize,
-    /// The store behaves as Spin 3.x's Redis key-value store: a
-    /// compare-and-swap that lost the race (the value changed since the
-    /// `Watch`) answers ok and writes nothing.
-    pub lying_swaps: bool,
-    /// Swaps that answered ok without writing.
+    /// What the store answers to a compare-and-swap.
+    pub swap_answers: SwapAnswers,
+    /// False: a swap never writes, whatever it answers (a broken store).
+    pub swaps_write: bool,
+    /// Swaps carried out (whatever they answered).
+    pub swaps: usize,
+    /// Swaps whose answer was not the truth (ok without writing, or a
+    /// failure though it wrote).
     pub lies: usize,
-    /// 1Password page requests made by a tick that believed it held the
-    /// service's lease (a swap of its lease answered ok and the lease has not
-    /// expired) while the store held another's, or none: two instances
+    /// Of `lies`, answers of failure (or an error) to swaps that wrote.
+    pub failed_but_written: usize,
+    /// 1Password page requests made by a tick whose last lease swap of the
+    /// service (whatever the store answered) wrote a lease that has not
+    /// expired, while the store held another's, or none: two instances
     /// collecting the same service at once.
     pub unleased_fetches: usize,
     /// Services each tick works on at once (`Tick::with_lanes`); with more
@@ -107,8 +137,8 @@ pub struct Sim {
 pub struct Running {
     tick: Tick,
     watched: Option<(String, Option<Vec<u8>>)>,
-    /// Per service record, the lease this tick last wrote with a swap that
-    /// answered ok: what it believes it holds.
+    /// Per service record, the lease of this tick's last swap of it,
+    /// whether it wrote or not: what the tick may believe it holds.
     leases: BTreeMap<String, Option<Lease>>,
     /// Lanes: the answers of requests sent and not yet handed back (the
     /// server has already acted on them), and the lane whose store actions
@@ -138,8 +168,11 @@ impl Sim {
             requests_seen: 0,
             stops: 0,
             rate_limited: 0,
-            lying_swaps: false,
+            swap_answers: SwapAnswers::Honest,
+            swaps_write: true,
+            swaps: 0,
             lies: 0,
+            failed_but_written: 0,
             unleased_fetches: 0,
             lanes: 1,
             arrivals: fastrand::Rng::with_seed(0),
@@ -255,18 +288,30 @@ impl Sim {
                     .then(|| serde_json::from_slice::<ServiceState>(&value).ok())
                     .flatten()
                     .map(|s| s.lease);
-                let result = if self.store.get(&key) == seen.as_ref() {
+                self.swaps += 1;
+                let truth = if self.store.get(&key) == seen.as_ref() && self.swaps_write {
                     self.write(&key, value).map(|()| true)
-                } else if self.lying_swaps {
-                    self.lies += 1;
-                    Ok(true)
                 } else {
                     Ok(false)
                 };
-                if let (Ok(true), Some(lease)) = (&result, lease) {
+                if let Some(lease) = lease {
                     running.leases.insert(key, lease);
                 }
-                Input::Swapped(result)
+                let answer = match &mut self.swap_answers {
+                    SwapAnswers::Honest => truth.clone(),
+                    SwapAnswers::OkWhenLost => truth.clone().map(|_| true),
+                    SwapAnswers::AlwaysChanged => truth.clone().map(|_| false),
+                    SwapAnswers::Random(rng) => match rng.u8(..3) {
+                        0 => Ok(true),
+                        1 => Ok(false),
+                        _ => Err("injected swap answer".to_string()),
+                    },
+                };
+                if answer != truth {
+                    self.lies += 1;
+                    self.failed_but_written += (truth == Ok(true)) as usize;
+                }
+                Input::Swapped(answer)
             }
             Action::Send { request } => {
                 self.requests_seen += 1;
@@ -347,6 +392,9 @@ impl Sim {
         if request.path.ends_with("/introspect") {
             if !authorized {
                 return answer(401, "{}", None);
+            }
+            if let Some(Fault::IntrospectionStatus(status)) = self.take_fault(Fault::on_introspection) {
+                return answer(status, "{\"Error\":{\"Message\":\"injected\"}}", None);
             }
             let body = serde_json::json!({"uuid": "TOKEN", "features": self.features, "account_uuid": self.account});
             return answer(200, &body.to_string(), None);

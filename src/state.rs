@@ -34,6 +34,14 @@ pub struct ServiceState {
     #[serde(default)]
     pub initial_start: Option<DateTime<Utc>>,
     pub stats: Stats,
+    /// Who wrote this version of the record: the writing tick's id and the
+    /// number of its write, unique to each write. A store's answer to a
+    /// compare-and-swap is only a hint (Spin's Redis store reports failure
+    /// for swaps that wrote, and success for some that did not): the tick
+    /// reads the record back and knows its write landed when it finds this
+    /// id there. Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 /// Who is collecting this service right now, and until when at most.
@@ -117,6 +125,7 @@ impl ServiceState {
             backoff: None,
             initial_start: None,
             stats: Stats { created_at: Some(now), ..Stats::default() },
+            writer: None,
         }
     }
 

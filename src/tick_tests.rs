@@ -6,7 +6,7 @@ use crate::error::{
     CHECKPOINT_UNREADABLE, DEVO_REJECTED, DEVO_TOO_LARGE, DEVO_UNREACHABLE, ONEPASSWORD_BAD_BODY,
     ONEPASSWORD_TOO_LARGE, ONEPASSWORD_UNEXPECTED_STATUS, ONEPASSWORD_UNREACHABLE, PERSISTENCE,
 };
-use crate::sim::{Fault, Sim, Step as SimStep};
+use crate::sim::{Fault, Sim, Step as SimStep, SwapAnswers};
 use std::collections::HashMap;
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -774,10 +774,10 @@ fn a_lease_taken_over_mid_delivery_stops_this_tick_without_clobbering() {
     assert!(st.checkpoint.is_none());
 }
 
-// A store whose compare-and-swap lies, as Spin 3.x's Redis store does: a swap
-// that lost the race answers ok and writes nothing. The tick confirms by a
-// read where it matters (after taking a lease, after a commit) and counts a
-// progress write only once the next read of the record shows it.
+// Stores whose answers to a compare-and-swap are wrong, as Spin's Redis store's
+// are: a swap that lost the race answers ok and writes nothing, or every swap
+// answers "failed", also those that wrote. The tick reads every write back and
+// decides from the record whether it landed.
 
 /// Runs ticks together, one action each in turn, to their ends: `None` for
 /// one an injected stop ended.
@@ -817,7 +817,7 @@ fn take_over(sim: &mut Sim, service: Service) {
 #[test]
 fn on_a_lying_store_of_two_racing_ticks_one_collects_and_the_other_is_deferred_lease_lost() {
     let mut sim = sim_with(Service::Audit, 30);
-    sim.lying_swaps = true;
+    sim.swap_answers = SwapAnswers::OkWhenLost;
     let c = audit_only(&[("page_size", "7")]);
     for round in 0..8 {
         let (lies, fetches) = (sim.lies, sim.op_requests.len());
@@ -844,7 +844,7 @@ fn on_a_lying_store_of_two_racing_ticks_one_collects_and_the_other_is_deferred_l
 #[test]
 fn on_a_lying_store_a_commit_that_did_not_land_is_lease_lost_and_counted_unconfirmed() {
     let mut sim = sim_with(Service::Audit, 3);
-    sim.lying_swaps = true;
+    sim.swap_answers = SwapAnswers::OkWhenLost;
     let c = audit_only(&[]);
     let mut running = sim.start(c.clone());
     // Devo took the page; between the commit's read and its swap, another
@@ -875,7 +875,7 @@ fn on_a_lying_store_a_commit_that_did_not_land_is_lease_lost_and_counted_unconfi
 #[test]
 fn on_a_lying_store_progress_that_did_not_land_is_counted_unconfirmed() {
     let mut sim = sim_with(Service::Audit, 9);
-    sim.lying_swaps = true;
+    sim.swap_answers = SwapAnswers::OkWhenLost;
     let c = audit_only(&[("devo_max_batch_events", "3")]);
     let mut running = sim.start(c.clone());
     // The first batch is taken; the record of it is not written (another
@@ -889,33 +889,44 @@ fn on_a_lying_store_progress_that_did_not_land_is_counted_unconfirmed() {
     };
     assert_eq!(sim.lies, 1);
     let s = svc(&report, "audit");
-    assert_eq!(s.error.as_ref().map(|e| e.id), Some(LEASE_LOST), "noticed at the next record: {s:?}");
-    assert_eq!((s.sent, s.unconfirmed), (6, 6), "neither batch's delivery is in the store");
+    // The progress write is read back at once: the second batch is not sent.
+    assert_eq!(s.error.as_ref().map(|e| e.id), Some(LEASE_LOST), "noticed at the read-back: {s:?}");
+    assert_eq!((s.sent, s.unconfirmed), (3, 3), "the first batch's delivery is not in the store");
     assert!(state(&sim, Service::Audit).partial.is_none());
     sim.now += TimeDelta::minutes(6);
     drain(&mut sim, &c, 3, TimeDelta::minutes(1));
     let got = sim.received(Service::Audit);
-    assert_eq!(got.len(), 9 + 6, "the duplicates are exactly the unconfirmed events");
-    assert_eq!(&got[6..], sim.events[&Service::Audit].as_slice());
+    assert_eq!(got.len(), 9 + 3, "the duplicates are exactly the unconfirmed events");
+    assert_eq!(&got[3..], sim.events[&Service::Audit].as_slice());
 }
 
 #[test]
 fn soak_two_instances_on_a_lying_store_collect_every_event_once_except_unconfirmed() {
-    soak_lying_store(1);
+    soak_lying_store(1, SwapAnswers::OkWhenLost);
 }
 
 #[test]
 fn soak_with_lanes_two_instances_on_a_lying_store_collect_every_event_once_except_unconfirmed() {
-    soak_lying_store(3);
+    soak_lying_store(3, SwapAnswers::OkWhenLost);
 }
 
-fn soak_lying_store(lanes: usize) {
+#[test]
+fn soak_two_instances_on_spins_redis_store_collect_every_event_once_except_unconfirmed() {
+    soak_lying_store(1, SwapAnswers::AlwaysChanged);
+}
+
+#[test]
+fn soak_with_lanes_two_instances_whose_swap_answers_are_random_collect_every_event_once_except_unconfirmed() {
+    soak_lying_store(3, SwapAnswers::Random(fastrand::Rng::with_seed(0xa5)));
+}
+
+fn soak_lying_store(lanes: usize, answers: SwapAnswers) {
     let mut sim = Sim::new(t(NOW));
     sim.lanes = lanes;
     for s in Service::ALL {
         sim.generate(s, 60, t(NOW) - TimeDelta::hours(1), 3);
     }
-    sim.lying_swaps = true;
+    sim.swap_answers = answers;
     sim.random = Some((
         fastrand::Rng::with_seed(0x11e5),
         0.1,
@@ -1006,6 +1017,149 @@ fn soak_lying_store(lanes: usize) {
         assert!(duplicates <= counted, "{s}: {duplicates} duplicates, {counted} counted as unconfirmed");
     }
     assert!(sim.lies > 30 && deferred_lease_lost > 10 && lease_lost > 0, "the races happened");
+    assert_budget_counted_every_request(&sim);
+}
+
+/// The account's budget record counts at least every page request
+/// 1Password saw in its hour: no spend was lost, so no instance could spend
+/// past the ceiling.
+fn assert_budget_counted_every_request(sim: &Sim) {
+    let budget = BudgetRecord::decode(sim.store.get("budget/ACCOUNT1").map(Vec::as_slice));
+    let in_hour = sim.op_requests.iter().filter(|(t, _, _)| t.timestamp().div_euclid(3600) == budget.hour).count();
+    assert!(
+        budget.hour_count as usize >= in_hour,
+        "the budget counted {} requests of its hour, 1Password saw {in_hour}",
+        budget.hour_count
+    );
+    assert!(sim.store.keys().all(|k| !k.starts_with("budget/token-")), "the budget was split: {:?}", sim.store.keys());
+}
+
+#[test]
+fn on_spins_redis_store_a_swap_that_wrote_though_it_answered_failed_counts_as_written() {
+    let mut sim = sim_with(Service::Audit, 9);
+    sim.swap_answers = SwapAnswers::AlwaysChanged;
+    let c = audit_only(&[("devo_max_batch_events", "3"), ("page_size", "5"), ("max_pages_per_tick", "2")]);
+    let report = sim.tick(c.clone()).unwrap();
+    let s = svc(&report, "audit");
+    assert!(report.ok(), "{report:?}");
+    assert_eq!((s.outcome, s.sent, s.unconfirmed, s.pages), (Outcome::Delivered, 9, 0, 2), "{s:?}");
+    assert_exactly_once(&sim, Service::Audit);
+    // Every swap wrote and answered "failed": lease, budget twice, progress
+    // after each batch but a page's last, two commits, the release.
+    assert_eq!((sim.swaps, sim.lies, sim.failed_but_written), (8, 8, 8));
+    let stored = state(&sim, Service::Audit);
+    assert_eq!((stored.lease, stored.checkpoint.map(|c| c.total_sent)), (None, Some(9)), "released, checkpointed");
+    // Exactly one request of the budget per page, not one per try.
+    let budget = BudgetRecord::decode(sim.store.get("budget/ACCOUNT1").map(Vec::as_slice));
+    assert_eq!((budget.minute_count, sim.op_requests.len()), (2, 2));
+    // Each write carries its own writer id.
+    let (lease_writer, budget_writer) = (stored.writer.unwrap(), budget.writer.unwrap());
+    assert_ne!(lease_writer, budget_writer);
+    assert_eq!(lease_writer.split('-').next(), budget_writer.split('-').next(), "the same tick's id");
+    // The next tick too: nothing new, no error.
+    sim.now += TimeDelta::minutes(1);
+    assert!(sim.tick(c).unwrap().ok());
+}
+
+#[test]
+fn three_instances_at_once_on_spins_redis_store_collect_every_event_exactly_once_within_the_budget() {
+    for lanes in [1, 3] {
+        let mut sim = Sim::new(t(NOW));
+        sim.lanes = lanes;
+        for s in Service::ALL {
+            sim.generate(s, 200, t(NOW) - TimeDelta::hours(1), 3);
+        }
+        sim.swap_answers = SwapAnswers::AlwaysChanged;
+        // 1Password's own limit is the budget's ceiling: a spend the budget
+        // lost would show as a 429.
+        sim.op_limit_per_minute = Some(12);
+        let c = config(&[("page_size", "10"), ("max_requests_per_minute", "12"), ("devo_max_batch_events", "4")]);
+        let mut schedule = fastrand::Rng::with_seed(lanes as u64);
+        let (mut deferred, mut failures) = (0, Vec::new());
+        for _ in 0..60 {
+            let mut ticks = [sim.start(c.clone()), sim.start(c.clone()), sim.start(c.clone())];
+            let mut live = vec![0, 1, 2];
+            while !live.is_empty() {
+                let i = live[schedule.usize(..live.len())];
+                match sim.step(&mut ticks[i]) {
+                    SimStep::Continue => {}
+                    SimStep::Done(report) => {
+                        live.retain(|&j| j != i);
+                        deferred += report.services.iter().filter(|s| s.outcome == Outcome::Deferred).count();
+                        failures.extend(report.services.iter().filter_map(|s| s.error.clone()));
+                    }
+                    SimStep::Stopped => unreachable!("no stops are injected"),
+                }
+            }
+            sim.now += TimeDelta::seconds(20);
+        }
+        assert!(failures.is_empty(), "lanes {lanes}: {failures:?}");
+        for s in Service::ALL {
+            assert_exactly_once(&sim, s);
+        }
+        assert!(deferred > 0, "lanes {lanes}: the instances met");
+        assert!(sim.failed_but_written > 100, "lanes {lanes}: {} swaps", sim.failed_but_written);
+        assert_eq!(sim.rate_limited, 0, "lanes {lanes}: 1Password answered 429");
+        assert!(sim.max_per_minute() <= 12, "lanes {lanes}: {} requests in a minute", sim.max_per_minute());
+        assert_eq!(sim.unleased_fetches, 0, "lanes {lanes}");
+        assert_budget_counted_every_request(&sim);
+    }
+}
+
+#[test]
+fn a_store_whose_swaps_never_land_fails_with_200_naming_its_answer_after_bounded_tries() {
+    for (answers, named) in [
+        (SwapAnswers::AlwaysChanged, "the store's last answer was \"the value changed\" (compare-and-swap failed)"),
+        (SwapAnswers::OkWhenLost, "the store's last answer was ok"),
+    ] {
+        let mut sim = sim_with(Service::Audit, 3);
+        sim.swaps_write = false;
+        sim.swap_answers = answers;
+        let report = sim.tick(audit_only(&[])).unwrap();
+        let e = svc(&report, "audit").error.clone().unwrap();
+        assert_eq!(e.id, PERSISTENCE, "{e}");
+        assert!(e.message.contains(named) && e.message.contains("none of 20 writes"), "{}", e.message);
+        assert_eq!(sim.swaps, 20, "bounded");
+        assert!(sim.op_requests.is_empty() && sim.devo_requests == 0);
+    }
+}
+
+#[test]
+fn after_a_failed_introspection_the_budget_is_never_counted_under_a_second_key() {
+    let mut sim = sim_with(Service::Audit, 4);
+    let c = audit_only(&[("page_size", "2"), ("max_pages_per_tick", "10")]);
+    let budget_keys = |sim: &Sim| sim.store.keys().filter(|k| k.starts_with("budget/")).cloned().collect::<Vec<_>>();
+    // No answer cached yet: the account is not known, nothing is fetched,
+    // no budget is spent under the token's own key.
+    sim.scripted.push_back(Fault::IntrospectionStatus(503));
+    let report = sim.tick(c.clone()).unwrap();
+    let e = svc(&report, "audit").error.clone().unwrap();
+    assert_eq!(e.id, 503, "{e}");
+    assert!(e.message.contains("the account whose request budget a page spends is not known"), "{}", e.message);
+    assert!(sim.op_requests.is_empty());
+    assert_eq!(budget_keys(&sim), Vec::<String>::new());
+    // Once the introspection answers, the account's own key.
+    sim.now += TimeDelta::minutes(1);
+    assert!(sim.tick(c.clone()).unwrap().ok());
+    assert_eq!(budget_keys(&sim), ["budget/ACCOUNT1"]);
+    // With a stale answer cached, a failed introspection uses it.
+    sim.now += TimeDelta::hours(2);
+    sim.generate(Service::Audit, 2, sim.now, 1);
+    sim.scripted.push_back(Fault::IntrospectionStatus(500));
+    let report = sim.tick(c.clone()).unwrap();
+    assert!(report.ok() && svc(&report, "audit").sent == 2, "{report:?}");
+    assert!(report.warnings.iter().any(|w| w.contains("using the answer cached at")), "{:?}", report.warnings);
+    // An answer without an account uuid keeps the one known.
+    sim.account = None;
+    sim.now += TimeDelta::hours(2);
+    sim.generate(Service::Audit, 2, sim.now, 1);
+    let report = sim.tick(c.clone()).unwrap();
+    assert!(report.ok() && svc(&report, "audit").sent == 2, "{report:?}");
+    assert_eq!(budget_keys(&sim), ["budget/ACCOUNT1"]);
+    let budget = BudgetRecord::decode(sim.store.get("budget/ACCOUNT1").map(Vec::as_slice));
+    let in_hour = sim.op_requests.iter().filter(|(t, _, _)| t.timestamp().div_euclid(3600) == budget.hour).count();
+    assert_eq!(budget.hour_count as usize, in_hour, "every request of the hour counted under the account");
+    assert_exactly_once(&sim, Service::Audit);
 }
 
 // Hostile data cannot wedge a service: a time far ahead of the clock, in an

@@ -6,8 +6,12 @@
 //! comes from it passes here where it enters the host — its tick report,
 //! tick error and validate checks (`runtime/outcome.rs`), every string of a
 //! stored state record (`status.rs`) — so that logs, tables, JSON lines and
-//! metrics all get bounded, inert text. The cleaning itself is the core's
-//! ([`onepassword_collector::text::clean`]): one definition of "clean".
+//! metrics all get bounded, inert text, in which a Devo token (`token!…`, the
+//! form of Devo's URL path) is redacted wherever a URL or a message quotes it.
+//! The cleaning and the redaction are the core's
+//! ([`onepassword_collector::text::clean`],
+//! [`onepassword_collector::text::redact_tokens`]): one definition of
+//! "clean".
 
 use crate::runtime::HOST_FAILURE;
 use onepassword_collector::backoff::Backoff;
@@ -15,7 +19,7 @@ use onepassword_collector::checkpoint::Checkpoint;
 use onepassword_collector::error::CollectorError;
 use onepassword_collector::report::{ServiceReport, TickReport};
 use onepassword_collector::state::{Lease, Partial, ServiceState, Stats, StoredError};
-use onepassword_collector::text::clean;
+use onepassword_collector::text::{clean, redact_tokens};
 use onepassword_collector::validate::Check;
 
 /// The longest error message or check detail kept from a guest. The
@@ -33,14 +37,29 @@ pub const MAX_WARNINGS: usize = 32;
 /// becomes metric series, which a guest must not multiply at will.
 pub const MAX_SERVICES: usize = 16;
 
-/// A message or a detail: one bounded line of inert text.
+/// A message or a detail: one bounded line of inert text, Devo tokens
+/// redacted.
 pub fn message(text: &str) -> String {
-    clean(text, MAX_MESSAGE_CHARS)
+    inert(text, MAX_MESSAGE_CHARS)
 }
 
 /// A short field, bounded tighter.
 pub fn field(text: &str) -> String {
-    clean(text, MAX_FIELD_CHARS)
+    inert(text, MAX_FIELD_CHARS)
+}
+
+/// `text` redacted and cleaned, at most `max` characters and an ellipsis.
+/// `clean` keeps at most `max` characters of its input (each becomes one or
+/// more), so only that much is redacted, plus one character to tell that
+/// more was cut: a megabyte is not walked. A token cut at that point is
+/// redacted as far as it goes.
+fn inert(text: &str, max: usize) -> String {
+    let end = text.char_indices().nth(max + 1).map_or(text.len(), |(i, _)| i);
+    let mut shown = clean(&redact_tokens(&text[..end]), max);
+    if end < text.len() && !shown.ends_with('…') {
+        shown.push('…');
+    }
+    shown
 }
 
 /// A service name as a log key and a metric label can hold it: letters,
@@ -120,7 +139,7 @@ pub fn stored_error(e: StoredError) -> StoredError {
 /// cleaned; the record is taken apart field by field, so a string field
 /// added to it later does not compile until it is cleaned here too.
 pub fn stored_state(state: ServiceState) -> ServiceState {
-    let ServiceState { version, checkpoint, partial, lease, backoff, initial_start, stats } = state;
+    let ServiceState { version, checkpoint, partial, lease, backoff, initial_start, stats, writer } = state;
     let checkpoint = checkpoint.map(|c| {
         let Checkpoint { cursor, start_time_value, newest_event, total_sent, recent_uuids } = c;
         Checkpoint {
@@ -147,6 +166,7 @@ pub fn stored_state(state: ServiceState) -> ServiceState {
         backoff,
         initial_start,
         stats: Stats { created_at, last_success_at, last_error: last_error.map(stored_error), bytes_sent, pages },
+        writer: writer.as_deref().map(field),
     }
 }
 
@@ -230,6 +250,45 @@ mod tests {
     }
 
     #[test]
+    fn devo_tokens_are_redacted_in_whatever_a_guest_says() {
+        let url = "https://http-us.devo.io/stream/acme/token!devoS3cret0123/host/tag";
+        let c = check(Check {
+            name: "Devo".into(),
+            status: onepassword_collector::validate::Status::Pass,
+            detail: format!("{url} accepted domain acme"),
+        });
+        assert_eq!(c.detail, "https://http-us.devo.io/stream/acme/token!<redacted>/host/tag accepted domain acme");
+        let e = error(CollectorError {
+            id: 701,
+            kind: ErrorKind::DeliveryError,
+            message: format!("Devo could not be reached at {url}\n\x1b[2J"),
+            http_status: None,
+        });
+        assert_eq!(
+            e.message,
+            "Devo could not be reached at https://http-us.devo.io/stream/acme/token!<redacted>/host/tag \\u{1b}[2J"
+        );
+        let r = report(TickReport {
+            started_at: "token!a".into(),
+            elapsed_ms: 1,
+            services: vec![ServiceReport {
+                deferred_reason: Some(format!("waiting for {url}")),
+                ..ServiceReport::new("audit", Outcome::Deferred)
+            }],
+            warnings: vec![format!("the host stopped a request to {url}")],
+        });
+        let text = format!("{r:?}");
+        assert!(!text.contains("devoS3cret0123") && !text.contains("token!a\""), "{text}");
+        // A token cut at the bound is redacted as far as it goes; what is cut
+        // is marked.
+        let long = format!("{}token!{}", "x".repeat(MAX_FIELD_CHARS - 30), "S".repeat(1000));
+        let shown = field(&long);
+        assert!(shown.ends_with("token!<redacted>…") && !shown.contains('S'), "{shown}");
+        assert_inert(&shown, MAX_FIELD_CHARS);
+        assert!(field(&"token!a/".repeat(1000)).chars().count() <= MAX_FIELD_CHARS + 1);
+    }
+
+    #[test]
     fn checks_and_stored_errors_are_cleaned_too() {
         let c = check(Check {
             name: HOSTILE.repeat(100),
@@ -245,5 +304,12 @@ mod tests {
             http_status: Some(503),
         });
         assert_inert(&e.message, MAX_MESSAGE_CHARS);
+        // A stored record's strings, its writer id among them.
+        let mut state = ServiceState::new(chrono::DateTime::UNIX_EPOCH);
+        state.writer = Some(HOSTILE.repeat(1000));
+        state.lease = Some(Lease { holder: HOSTILE.repeat(1000), expires: chrono::DateTime::UNIX_EPOCH });
+        let state = stored_state(state);
+        assert_inert(state.writer.as_deref().unwrap(), MAX_FIELD_CHARS);
+        assert_inert(&state.lease.unwrap().holder, MAX_FIELD_CHARS);
     }
 }

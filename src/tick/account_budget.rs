@@ -51,7 +51,13 @@ impl Tick {
         result: Result<HttpResponse, HttpFailure>,
     ) -> Step {
         match result.map(|r| account::parse_introspection(&r, self.now)) {
-            Ok(Ok(info)) => {
+            Ok(Ok(mut info)) => {
+                // A token's account does not change: an answer without a
+                // usable account uuid keeps the one known, so that the
+                // account's budget stays under one key.
+                if info.account_uuid.is_none() {
+                    info.account_uuid = cached.and_then(|c| c.account_uuid);
+                }
                 self.account = Some(info.clone());
                 Step::StoreAccount(info)
             }
@@ -60,17 +66,35 @@ impl Tick {
                 self.fail_all(e);
                 Step::NextService
             }
-            other => {
-                // Not fatal: the services run with the stale cached answer,
-                // or with what the token's own claims say.
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(failure) => failure.to_string(),
-                    Ok(Ok(_)) => unreachable!(),
-                };
-                self.warnings.push(format!("token introspection failed ({why}); using what is known"));
-                self.account = cached;
+            Ok(Err(e)) => self.introspection_failed(cached, e),
+            Err(failure) => self.introspection_failed(cached, account::introspection_failure(&failure)),
+        }
+    }
+
+    /// The introspection failed, not because of the token. With an earlier
+    /// answer cached (stale, else it would not have been asked again) the
+    /// services run with it. With none, the account whose request budget a
+    /// page would spend is not known, and the budget is not spent under the
+    /// token's own key instead: the account's budget would be split between
+    /// that key and its account's from the next good introspection on, and
+    /// the two together could spend past 1Password's limit. Every service
+    /// fails this tick, and nothing is fetched.
+    fn introspection_failed(&mut self, cached: Option<AccountInfo>, mut error: CollectorError) -> Step {
+        match cached {
+            Some(info) => {
+                self.warnings.push(format!(
+                    "token introspection failed ({error}); using the answer cached at {}",
+                    time::utc(info.fetched_at)
+                ));
+                self.account = Some(info);
                 Step::LoadGate
+            }
+            None => {
+                error.message.push_str(
+                    "; with no earlier answer cached, the account whose request budget a page spends is not known, so nothing is fetched until the introspection succeeds",
+                );
+                self.fail_all(error);
+                Step::NextService
             }
         }
     }
@@ -144,7 +168,7 @@ impl Tick {
     pub(super) fn spend_budget(&mut self, budget: BudgetRecord) -> Decision {
         match budget.spend(self.now, self.config.ceilings) {
             // Then the page request (`Step::Fetch`).
-            Ok(next) => Decision::Write(next.encode()),
+            Ok(next) => self.write_budget(next),
             Err(refusal) => {
                 let run = self.running();
                 run.deferred = Some((refusal.until(), refusal.describe()));
@@ -158,11 +182,11 @@ impl Tick {
 
     /// Backs the whole account off: 1Password counts its limit per account,
     /// so any service's next request would be refused too.
-    pub(super) fn back_off_account(&self, mut budget: BudgetRecord, retry_after: Option<&str>) -> Decision {
+    pub(super) fn back_off_account(&mut self, mut budget: BudgetRecord, retry_after: Option<&str>) -> Decision {
         let backoff =
             Backoff::after_failure(budget.backoff.as_ref(), self.now, retry_after, self.entropy ^ nanos(self.now));
         budget.backoff = Some(backoff);
-        Decision::Write(budget.encode())
+        self.write_budget(budget)
     }
 
     /// The service's part ends, failed. Its own record gets no back-off: the

@@ -3,10 +3,9 @@
 //!
 //! When Devo accepted every batch of a page, the new checkpoint is written,
 //! in the same swap that renews the lease: this is the only place the
-//! checkpoint moves. The swap's ok is confirmed by reading the record back
-//! (a store may answer ok to a swap that lost the race without writing,
-//! swap.rs): a checkpoint that is not there is not counted, and the page's
-//! events are reported unconfirmed. Then the next page (back to the budget
+//! checkpoint moves. Whatever the store answers, the record is read back (a
+//! swap's answer is only a hint, swap.rs): a checkpoint that is not there is
+//! not counted, and the page's events are reported unconfirmed. Then the next page (back to the budget
 //! spend in `account_budget.rs`) while there is more, `max_pages_per_tick`
 //! allows it and the tick's deadline has not passed; else the lease is
 //! released. Most other ends of a part that holds the lease (a spent budget,
@@ -16,7 +15,7 @@
 //! the tick.
 
 use super::delivery::{lease_lost, lease_lost_error};
-use super::swap::{self, Decision};
+use super::swap::{self, Answer, Decision};
 use super::{elapsed_ms, nanos, Ending, Step, Tick, Update};
 use crate::backoff::Backoff;
 use crate::report::{Outcome, ServiceReport, TickReport};
@@ -45,19 +44,20 @@ impl Tick {
         state.stats.pages = state.stats.pages.saturating_add(1);
         state.stats.bytes_sent = state.stats.bytes_sent.saturating_add(run.bytes_sent - run.bytes_counted);
         state.lease = Some(lease);
-        run.write_state(state)
+        self.write_state(state)
     }
 
-    /// The commit swap answered ok, but the record read back does not hold
-    /// what it wrote: the swap lost a race and wrote nothing. Only another
+    /// The record read back after the commit's swap does not hold what it
+    /// wrote, whatever the store answered: the swap lost a race or the store
+    /// did not write. Only another
     /// instance, after this tick's lease expired, writes the record while
     /// this tick works: it took the service over, and since the checkpoint
     /// did not move it sends the page again (this tick reports its events as
     /// unconfirmed). If the record still holds this tick's lease, the commit
     /// is tried again.
-    pub(super) fn commit_not_written(&mut self, state: ServiceState, attempt: u32) -> Step {
+    pub(super) fn commit_not_written(&mut self, state: ServiceState, attempt: u32, answer: Answer) -> Step {
         if state.holds_lease(&self.me) {
-            return swap::conflict(Update::Commit, attempt);
+            return swap::not_landed(Update::Commit, attempt, answer);
         }
         let run = self.running();
         // The report shows the stored checkpoint, not the one that was not written.
@@ -111,7 +111,7 @@ impl Tick {
                 cp.cursor = None;
             }
         }
-        self.running().write_state(state)
+        self.write_state(state)
     }
 
     /// Reports the service's part; then the next service.

@@ -10,7 +10,7 @@
 //! reads the page again.
 
 use super::swap::Decision;
-use super::{Action, Ending, ServiceRun, Step, Tick, Update};
+use super::{Action, Ending, Step, Tick, Update};
 use crate::config::Config;
 use crate::devo::{self, Batch};
 use crate::error::{CollectorError, ErrorKind, LEASE_LOST};
@@ -98,30 +98,16 @@ impl Tick {
             delivered: run.delivered.clone(),
         });
         state.lease = Some(lease);
-        run.write_state(state)
+        self.write_state(state)
     }
 
-    /// Then the next batch. The swap answered ok, but a store may say so of
-    /// a swap that did not write (swap.rs): these events count as recorded
-    /// once the next read of the record shows this write.
+    /// The record read back holds this progress: the events Devo took so far
+    /// are recorded; then the next batch.
     pub(super) fn progress_recorded(&mut self) -> Step {
         let run = self.running();
         run.batches.pop_front();
-        run.recorded = run.sent;
+        run.confirmed = run.sent;
         Step::Deliver
-    }
-}
-
-impl ServiceRun {
-    /// Called with the record as read for the next write (progress, commit
-    /// or release): it confirms the last progress write when it holds what
-    /// this tick wrote. It costs no read of its own, the write reads the
-    /// record anyway; until then the events count as not recorded, since a
-    /// tick that lost its lease cannot tell either way.
-    pub(super) fn confirm_recorded(&mut self, current: Option<&[u8]>) {
-        if self.recorded > self.confirmed && current == Some(self.written.as_slice()) {
-            self.confirmed = self.recorded;
-        }
     }
 }
 

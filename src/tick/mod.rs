@@ -26,7 +26,7 @@
 //! 3. **Delivery** (`delivery.rs`): send the batches to Devo one at a time,
 //!    recording which events Devo took after every batch but the last, so
 //!    that a repeat of the page after a cut does not resend them (they count
-//!    as recorded once the read of the next write shows it). A failed
+//!    as recorded once the write's read-back shows it). A failed
 //!    batch ends the service's part with a back-off and the checkpoint
 //!    unchanged.
 //! 4. **Commit and release** (`commit.rs`): when every batch was accepted,
@@ -51,12 +51,14 @@
 //! Every write of a stored record (the lease, the budget, progress, the
 //! checkpoint, the release) is a compare-and-swap (`swap.rs`): read the
 //! record, decide what to write from its current value (the phase files'
-//! `Update` functions), write only if it did not change, else read again.
-//! A store may answer ok to a swap that lost the race without writing (Spin
-//! 3.x on Redis), so two oks are confirmed by reading the record back: the
-//! lease's, before anything is fetched under it, and the commit's, before the
-//! page counts as recorded. That is one extra read per service and one per
-//! page; a progress write is confirmed by the read of the next write, free.
+//! `Update` functions), write only if it did not change, then read the
+//! record back. The store's answer to the swap is only a hint: Spin 3.5's
+//! Redis store answers "failed" to swaps that wrote, and could answer ok to
+//! one that lost the race. Each value written carries an id unique to the
+//! write, so the read-back tells whether it landed, whatever the answer; a
+//! write that did not land is decided anew from a fresh read, a bounded
+//! number of times. That is one read per write more than a store that could
+//! be trusted would need.
 //!
 //! # Where to look
 //!
@@ -68,10 +70,12 @@
 //! - Events never sent twice: `page.rs` `prepare` (what to skip),
 //!   `delivery.rs` `record_progress` (what Devo took of a cut page).
 //! - Store failures and concurrent writers: `swap.rs`.
-//! - A swap that answers ok without writing: `swap.rs` `on_confirmed` reads
-//!   the record back; what follows is `page.rs` `lease_not_taken` and
-//!   `commit.rs` `commit_not_written`; progress is confirmed by `delivery.rs`
-//!   `confirm_recorded`.
+//! - A swap whose answer is wrong (ok without writing, failed though it
+//!   wrote): `swap.rs` `on_confirmed` reads the record back; a lease or a
+//!   commit that did not land is `page.rs` `lease_not_taken` and `commit.rs`
+//!   `commit_not_written`.
+//! - Which key the account's budget is counted under: `account_budget.rs`
+//!   `on_introspection` and `load_gate`.
 
 mod account_budget;
 mod commit;
@@ -133,8 +137,11 @@ pub enum Input {
 
 pub struct Tick {
     config: Config,
-    /// Names this tick as a lease holder.
+    /// Names this tick as a lease holder, and as the writer of the records
+    /// it writes.
     me: String,
+    /// Writes made so far: with `me`, each write's unique writer id.
+    writes: u64,
     entropy: u64,
     started_at: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -194,6 +201,7 @@ impl Tick {
             budget_key: String::new(),
             config,
             me: format!("{entropy:016x}"),
+            writes: 0,
             entropy,
             started_at: now,
             now,
@@ -282,7 +290,7 @@ impl Tick {
                 // Any write of a stored record (swap.rs).
                 Step::Watch(update, attempt) => return Some(self.watch(update, attempt)),
                 Step::Swap(update, attempt, value) => return Some(self.swap(update, attempt, value)),
-                Step::Confirm(update, attempt) => return Some(self.confirm(update, attempt)),
+                Step::Confirm(update, attempt, answer) => return Some(self.confirm(update, attempt, answer)),
                 // Awaiting input, or no service left.
                 waiting => {
                     self.step = waiting;
@@ -313,7 +321,9 @@ impl Tick {
             (Step::AwaitDevo, Input::Response(result)) => self.on_devo(result),
             (Step::AwaitCurrent(update, attempt), Input::Loaded(result)) => self.on_current(update, attempt, result),
             (Step::AwaitSwap(update, attempt), Input::Swapped(result)) => self.on_swapped(update, attempt, result),
-            (Step::AwaitConfirm(update, attempt), Input::Loaded(result)) => self.on_confirmed(update, attempt, result),
+            (Step::AwaitConfirm(update, attempt, answer), Input::Loaded(result)) => {
+                self.on_confirmed(update, attempt, answer, result)
+            }
             (step, input) => panic!("Tick::handle got {} while {} was expected", input.name(), step.name()),
         };
     }
@@ -382,13 +392,14 @@ enum Step {
     /// The lane has no service left.
     LaneDone,
     // A compare-and-swap (swap.rs): the update, and how many tries so far;
-    // for a lease taken and a commit, the read that confirms the swap's ok.
+    // then the read-back that decides whether the swap wrote, with what the
+    // store answered.
     Watch(Update, u32),
     AwaitCurrent(Update, u32),
     Swap(Update, u32, Vec<u8>),
     AwaitSwap(Update, u32),
-    Confirm(Update, u32),
-    AwaitConfirm(Update, u32),
+    Confirm(Update, u32, swap::Answer),
+    AwaitConfirm(Update, u32, swap::Answer),
 }
 
 impl Step {
@@ -431,16 +442,12 @@ impl Update {
         matches!(self, Update::Progress | Update::Commit)
     }
 
-    /// A swap's ok is confirmed by reading the record back (swap.rs): a
-    /// store may answer ok to a swap that lost the race without writing
-    /// (Spin 3.x on Redis). Two writes need it, at one read each: the lease,
-    /// before anything is fetched under it, and the commit, before its page
-    /// counts as recorded. The others do not: a progress write is confirmed
-    /// by the read of the next write of the record (`ServiceRun::recorded`),
-    /// a release that did not happen leaves a lease to expire, and a budget
-    /// write that did not happen only lets one request more through.
-    fn confirmed_by_read(&self) -> bool {
-        matches!(self, Update::TakeLease | Update::Commit)
+    /// The record it writes, as an error message names it.
+    fn record(&self) -> &'static str {
+        match self {
+            Update::SpendBudget | Update::AccountBackoff { .. } => "the account's budget record",
+            _ => "the service's state record",
+        }
     }
 }
 
@@ -467,18 +474,15 @@ struct ServiceRun {
     started_at: DateTime<Utc>,
     /// The state record as last read or written by us.
     state: ServiceState,
-    /// The bytes of our last write of the record, to recognise it when read
-    /// back (swap.rs).
+    /// The bytes of this lane's last swap (of the state record or the
+    /// budget), to recognise them when the record is read back (swap.rs).
     written: Vec<u8>,
     start: Option<PageStart>,
     fetched: u32,
     sent: u32,
-    /// Of `sent`, events whose delivery is recorded in the store.
+    /// Of `sent`, events whose delivery is recorded in the store (a
+    /// progress write or the commit read back).
     confirmed: u32,
-    /// Of `sent`, events whose delivery the last progress write recorded,
-    /// if the store did write it: they count as `confirmed` once the next
-    /// read of the record shows that write (delivery.rs).
-    recorded: u32,
     pages: u32,
     bytes_sent: u64,
     has_more: bool,
@@ -508,7 +512,6 @@ impl ServiceRun {
             fetched: 0,
             sent: 0,
             confirmed: 0,
-            recorded: 0,
             pages: 0,
             bytes_sent: 0,
             bytes_counted: 0,

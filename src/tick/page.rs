@@ -3,9 +3,9 @@
 //!
 //! Take up the service: check the token may read it, take its lease (another
 //! instance's lease or the service's own back-off defers it) and confirm by a
-//! read that the store holds it: a store may answer ok to a lease swap that
-//! lost the race to another instance without writing it (swap.rs), and then
-//! the service is deferred, "lease lost". After the budget is spent
+//! read that the store holds it, whatever the store answered (swap.rs): when
+//! another instance's lease is there instead, it won the race and the
+//! service is deferred, "lease lost". After the budget is spent
 //! (`account_budget.rs`), ask 1Password for the page after the checkpoint
 //! and read the answer. A failure ends the service's part with the
 //! checkpoint unchanged; a good page becomes the lines to deliver, minus the
@@ -13,7 +13,7 @@
 //! delivered (`delivery.rs`, `commit.rs`).
 
 use super::delivery::PageBatches;
-use super::swap::{self, Decision};
+use super::swap::{self, Answer, Decision};
 use super::{rfc3339, Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::account;
 use crate::checkpoint::Checkpoint;
@@ -95,24 +95,26 @@ impl Tick {
             state.initial_start = Some(now - DEFAULT_LOOKBACK);
         }
         state.lease = Some(lease);
-        run.write_state(state)
+        self.write_state(state)
     }
 
-    /// The lease swap answered ok, but the record read back does not hold
-    /// this tick's lease: the swap lost a race and wrote nothing. When
-    /// another instance's lease is there, it won that race and collects the
-    /// service: deferred until its lease expires, nothing fetched. Else the
-    /// record changed some other way (a release): the lease is tried again.
-    pub(super) fn lease_not_taken(&mut self, state: ServiceState, attempt: u32) -> Step {
+    /// The record read back after the lease's swap does not hold this
+    /// tick's lease, whatever the store answered: the swap lost a race or
+    /// the store did not write. When another instance's lease is there, it
+    /// won that race and collects the service: deferred until its lease
+    /// expires, nothing fetched. Else the record changed some other way (a
+    /// release): the lease is tried again.
+    pub(super) fn lease_not_taken(&mut self, state: ServiceState, attempt: u32, answer: Answer) -> Step {
         if !state.leased_to_other(&self.me, self.now) {
-            return swap::conflict(Update::TakeLease, attempt);
+            return swap::not_landed(Update::TakeLease, attempt, answer);
         }
         let until = state.lease.as_ref().map_or(self.now, |l| l.expires);
+        let reason = format!(
+            "lease lost: another instance took this service's lease at the same moment and is collecting it (the store answered {} to this tick's lease, which it did not write)",
+            answer.describe()
+        );
         let run = self.running();
-        run.deferred = Some((
-            until,
-            "lease lost: another instance took this service's lease at the same moment and is collecting it (the store answered ok to this tick's lease without writing it)".into(),
-        ));
+        run.deferred = Some((until, reason));
         run.state = state;
         Step::Finish(Ending::of(Outcome::Deferred))
     }

@@ -4,29 +4,43 @@
 //!
 //! Read the record (`Watch`), decide from its current value what to write
 //! (the phase's function, dispatched by [`Tick::decide`]), write it only if
-//! the record did not change meanwhile (`Swap`), else read again. After the
-//! write, [`Tick::after_write`] says what follows. Some decisions write
-//! nothing and go on at once (`Decision::Skip`): a lease held by another
-//! instance, a spent budget.
+//! the record did not change meanwhile (`Swap`), then read it back
+//! (`Confirm`, one plain read) to see whether the write landed. After a
+//! write that landed, [`Tick::after_write`] says what follows; after one
+//! that did not, read again and decide anew, a bounded number of times.
+//! Some decisions write nothing and go on at once (`Decision::Skip`): a
+//! lease held by another instance, a spent budget.
 //!
-//! A store may answer ok to a swap that lost the race without writing
-//! anything: Spin 3.x's Redis store treats an aborted transaction as a
-//! success. So where it matters, the swap's ok is confirmed by reading the
-//! record back (`Confirm`, one plain read): after taking a lease and after a
-//! commit ([`Update::confirmed_by_read`]). A record that does not hold what
-//! the tick wrote means the swap did not happen: the phase's function says
-//! what follows (`page.rs` `lease_not_taken`, `commit.rs`
-//! `commit_not_written`). A progress write is confirmed by the read that
-//! starts the next write of the record, at no extra cost (`delivery.rs`
-//! `confirm_recorded`).
+//! **A swap's answer is a hint, on every host.** Spin 3.5's Redis store
+//! answers "failed" to every swap, also to one that wrote (after the
+//! transaction it sends `UNWATCH <key>`, which Redis refuses, and returns
+//! that error as a failed swap); a transaction that aborted because another
+//! writer won would come back as ok. So whatever the store answered — ok,
+//! failed, or an error — the tick reads the record back. Every value it
+//! writes carries an id unique to that write (`ServiceState::writer`,
+//! `BudgetRecord::writer`: the tick's lease id and the write's number), so
+//! the record holds exactly what this write wrote only if it landed. A
+//! failed swap that wrote is taken as written; an ok that did not, as lost.
+//! What a write that did not land means is the phase's (`page.rs`
+//! `lease_not_taken`, `commit.rs` `commit_not_written`); for the others it
+//! is a lost race, tried again. A store whose writes never land fails the
+//! service's part with error 200 after [`MAX_SWAP_ATTEMPTS`], naming the
+//! store's last answer.
+//!
+//! A write that landed and was overwritten by another instance before the
+//! read-back counts as not landed: the lease and the checkpoint cannot be
+//! overwritten that way while this tick's lease is in force; a spend of the
+//! budget is then counted twice (one request too many counted, never one
+//! too few).
 
 use super::{Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::budget::BudgetRecord;
 use crate::error::CollectorError;
 use crate::state::ServiceState;
 
-/// How often a compare-and-swap is retried when others keep changing the value.
-const MAX_SWAP_ATTEMPTS: u32 = 20;
+/// How often a compare-and-swap is tried when its writes do not land
+/// (others keep changing the value, or the store does not write).
+pub(super) const MAX_SWAP_ATTEMPTS: u32 = 20;
 
 /// How often a write that records a delivery is tried again after the store
 /// failed: a delivery that is not recorded will be sent again.
@@ -39,14 +53,51 @@ pub(super) enum Decision {
     Skip(Step),
 }
 
+/// What the store answered to a swap: only a hint of whether it wrote (the
+/// read-back decides), kept to name it when the writes never land.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// "Written".
+    Ok,
+    /// "Not written: the value changed since it was read".
+    Changed,
+    /// A store error.
+    Error(String),
+}
+
+impl Answer {
+    fn of(result: Result<bool, String>) -> Answer {
+        match result {
+            Ok(true) => Answer::Ok,
+            Ok(false) => Answer::Changed,
+            Err(detail) => Answer::Error(detail),
+        }
+    }
+
+    /// The answer as an error message quotes it.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Answer::Ok => "ok".into(),
+            Answer::Changed => "\"the value changed\" (compare-and-swap failed)".into(),
+            Answer::Error(detail) => format!("the error \"{}\"", crate::error::bounded(detail)),
+        }
+    }
+}
+
 impl Tick {
     pub(super) fn watch(&mut self, update: Update, attempt: u32) -> Action {
-        let key = match update {
-            Update::SpendBudget | Update::AccountBackoff { .. } => self.budget_key.clone(),
-            _ => ServiceState::key(self.running().service),
-        };
+        let key = self.key_of(&update);
         self.step = Step::AwaitCurrent(update, attempt);
         Action::Watch { key }
+    }
+
+    /// The record an update writes: the account's budget, or the service's
+    /// state.
+    fn key_of(&mut self, update: &Update) -> String {
+        match update {
+            Update::SpendBudget | Update::AccountBackoff { .. } => self.budget_key.clone(),
+            _ => ServiceState::key(self.running().service),
+        }
     }
 
     pub(super) fn on_current(&mut self, update: Update, attempt: u32, result: Result<Option<Vec<u8>>, String>) -> Step {
@@ -73,13 +124,12 @@ impl Tick {
         match update {
             Update::SpendBudget => return self.spend_budget(BudgetRecord::decode(current)),
             Update::AccountBackoff { retry_after, .. } => {
-                return self.back_off_account(BudgetRecord::decode(current), retry_after.as_deref())
+                let retry_after = retry_after.clone();
+                return self.back_off_account(BudgetRecord::decode(current), retry_after.as_deref());
             }
             _ => {}
         }
-        let run = self.running();
-        run.confirm_recorded(current);
-        let service = run.service;
+        let service = self.running().service;
         let state = match current.map(|b| ServiceState::decode(service, b)).transpose() {
             // A record that cannot be read (corrupt, or from a newer version)
             // is not overwritten: the service's part fails.
@@ -100,74 +150,84 @@ impl Tick {
         Action::Swap { value }
     }
 
+    /// Whatever the store answered, the record is read back.
     pub(super) fn on_swapped(&mut self, update: Update, attempt: u32, result: Result<bool, String>) -> Step {
-        match result {
-            Err(detail) => {
-                let mut e = CollectorError::persistence("compare-and-swap", &detail);
-                if let Update::Commit = update {
-                    e.message.push_str(
-                        "; Devo already took this page, so the next tick sends it again (a duplicate, not a loss)",
-                    );
-                }
-                store_failed(update, attempt, e)
-            }
-            Ok(true) if update.confirmed_by_read() => Step::Confirm(update, attempt),
-            Ok(true) => self.after_write(update),
-            Ok(false) => conflict(update, attempt),
-        }
+        Step::Confirm(update, attempt, Answer::of(result))
     }
 
-    /// Reads back the record a swap answered ok for: a plain read, the
+    /// Reads back the record a swap wrote, or did not: a plain read, the
     /// compare-and-swap is over.
-    pub(super) fn confirm(&mut self, update: Update, attempt: u32) -> Action {
-        let key = ServiceState::key(self.running().service);
-        self.step = Step::AwaitConfirm(update, attempt);
+    pub(super) fn confirm(&mut self, update: Update, attempt: u32, answer: Answer) -> Action {
+        let key = self.key_of(&update);
+        self.step = Step::AwaitConfirm(update, attempt, answer);
         Action::Load { key }
     }
 
-    /// The swap wrote when the record holds what this tick wrote; else it
-    /// lost a race, whatever it answered.
+    /// The swap wrote when the record holds what this tick wrote (its
+    /// writer id is unique to the write); else it did not, whatever the
+    /// store answered.
     pub(super) fn on_confirmed(
         &mut self,
         update: Update,
         attempt: u32,
+        answer: Answer,
         result: Result<Option<Vec<u8>>, String>,
     ) -> Step {
-        let run = self.running();
-        let service = run.service;
         let current = match result {
-            Err(detail) => {
-                let mut e = CollectorError::persistence("read", &detail);
-                if update.records_delivery() {
-                    e.message.push_str(
-                        "; the checkpoint after this page could not be confirmed: if it was not written, the next tick sends the page again (a duplicate, not a loss)",
-                    );
-                    // A few more reads, as for any write that records a delivery.
-                    if attempt < DELIVERY_STORE_RETRIES {
-                        return Step::Confirm(update, attempt + 1);
-                    }
-                } else {
-                    e.message.push_str("; the lease could not be confirmed, so nothing was fetched");
-                }
-                return Step::Finish(Ending::failed(e));
-            }
-            // What this tick wrote: confirmed.
-            Ok(Some(bytes)) if bytes == run.written => return self.after_write(update),
+            Err(detail) => return self.unconfirmed(update, attempt, answer, &detail),
             Ok(current) => current,
         };
-        let state = match current.map(|b| ServiceState::decode(service, &b)).transpose() {
-            Err(e) => return Step::Finish(Ending::failed(e)),
-            Ok(state) => state.unwrap_or_else(|| ServiceState::new(self.now)),
-        };
+        if current.as_deref() == Some(self.running().written.as_slice()) {
+            return self.after_write(update);
+        }
         match update {
-            Update::TakeLease => self.lease_not_taken(state, attempt),
-            Update::Commit => self.commit_not_written(state, attempt),
-            _ => unreachable!("only a lease and a commit are confirmed by a read"),
+            Update::TakeLease | Update::Commit => {
+                let service = self.running().service;
+                let state = match current.map(|b| ServiceState::decode(service, &b)).transpose() {
+                    Err(e) => return Step::Finish(Ending::failed(e)),
+                    Ok(state) => state.unwrap_or_else(|| ServiceState::new(self.now)),
+                };
+                if let Update::TakeLease = update {
+                    self.lease_not_taken(state, attempt, answer)
+                } else {
+                    self.commit_not_written(state, attempt, answer)
+                }
+            }
+            update => not_landed(update, attempt, answer),
         }
     }
 
-    /// What follows a successful write: each update's own step, in the file
-    /// of its phase.
+    /// The record could not be read back: whether the swap wrote is not
+    /// known.
+    fn unconfirmed(&mut self, update: Update, attempt: u32, answer: Answer, detail: &str) -> Step {
+        if let Answer::Error(swap_detail) = &answer {
+            // The store failed the swap and the read: its error is the swap's.
+            return store_failed(update.clone(), attempt, swap_error(&update, swap_detail));
+        }
+        let mut e = CollectorError::persistence("read", detail);
+        let what = match &update {
+            Update::Progress | Update::Commit => {
+                // A few more reads, as for any write that records a delivery.
+                if attempt < DELIVERY_STORE_RETRIES {
+                    return Step::Confirm(update, attempt + 1, answer);
+                }
+                "; whether this page's delivery was recorded could not be confirmed: if it was not, the next tick sends the page again (a duplicate, not a loss)"
+            }
+            Update::TakeLease => "; the lease could not be confirmed, so nothing was fetched",
+            Update::SpendBudget => "; the request's spend of the budget could not be confirmed, so nothing was fetched",
+            Update::Release { .. } => {
+                "; the release of the lease could not be confirmed (a lease left behind expires by itself)"
+            }
+            // The service's part ends with the 429 either way; whether the
+            // other instances wait for the account too is what is not known.
+            Update::AccountBackoff { error, .. } => return Tick::account_backed_off(error.clone()),
+        };
+        e.message.push_str(what);
+        Step::Finish(Ending::failed(e))
+    }
+
+    /// What follows a write that landed: each update's own step, in the
+    /// file of its phase.
     fn after_write(&mut self, update: Update) -> Step {
         match update {
             Update::TakeLease => Step::write(Update::SpendBudget),
@@ -178,19 +238,60 @@ impl Tick {
             Update::Release { ending, .. } => Step::Finish(ending),
         }
     }
+
+    /// A number unique to each write of this tick: with the tick's id, the
+    /// `writer` of the record it writes.
+    fn next_writer(&mut self) -> String {
+        self.writes += 1;
+        format!("{}-{}", self.me, self.writes)
+    }
+
+    /// Writes `state` (with a writer id of its own), and keeps it as the
+    /// run's view of the record.
+    pub(super) fn write_state(&mut self, mut state: ServiceState) -> Decision {
+        state.writer = Some(self.next_writer());
+        let value = state.encode();
+        let run = self.running();
+        run.state = state;
+        run.wrote(value)
+    }
+
+    /// Writes the account's budget record, with a writer id of its own.
+    pub(super) fn write_budget(&mut self, mut budget: BudgetRecord) -> Decision {
+        budget.writer = Some(self.next_writer());
+        let value = budget.encode();
+        self.running().wrote(value)
+    }
 }
 
-/// The swap did not write: someone else wrote first. Read again and decide
-/// anew, a bounded number of times.
-pub(super) fn conflict(update: Update, attempt: u32) -> Step {
-    if attempt + 1 < MAX_SWAP_ATTEMPTS {
-        Step::Watch(update, attempt + 1)
-    } else {
-        Step::Finish(Ending::failed(CollectorError::persistence(
+/// The swap did not write: someone else wrote first, or the store did not
+/// write whatever it answered. Read again and decide anew, a bounded number
+/// of times; a store error ends the service's part as any store failure.
+pub(super) fn not_landed(update: Update, attempt: u32, answer: Answer) -> Step {
+    match &answer {
+        Answer::Error(detail) => {
+            let e = swap_error(&update, detail);
+            store_failed(update, attempt, e)
+        }
+        _ if attempt + 1 < MAX_SWAP_ATTEMPTS => Step::Watch(update, attempt + 1),
+        _ => Step::Finish(Ending::failed(CollectorError::persistence(
             "compare-and-swap",
-            "the value kept changing under concurrent writers",
-        )))
+            &format!(
+                "none of {MAX_SWAP_ATTEMPTS} writes of {} landed: each time the record read back held another value (other writers kept changing it, or the store does not write); the store's last answer was {}",
+                update.record(),
+                answer.describe()
+            ),
+        ))),
     }
+}
+
+/// The error of a swap the store failed and did not write.
+fn swap_error(update: &Update, detail: &str) -> CollectorError {
+    let mut e = CollectorError::persistence("compare-and-swap", detail);
+    if let Update::Commit = update {
+        e.message.push_str("; Devo already took this page, so the next tick sends it again (a duplicate, not a loss)");
+    }
+    e
 }
 
 /// The store failed to read or write: a few more tries for a delivery that
@@ -204,10 +305,9 @@ fn store_failed(update: Update, attempt: u32, error: CollectorError) -> Step {
 }
 
 impl ServiceRun {
-    /// Writes `state`, and keeps it as the run's view of the record.
-    pub(super) fn write_state(&mut self, state: ServiceState) -> Decision {
-        let value = state.encode();
-        self.state = state;
+    /// Keeps the bytes of the swap about to be made, to recognise them
+    /// when the record is read back.
+    fn wrote(&mut self, value: Vec<u8>) -> Decision {
         self.written.clone_from(&value);
         Decision::Write(value)
     }
