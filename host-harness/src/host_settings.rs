@@ -17,7 +17,16 @@
 //! allow_http = true               # plain http:// outbound (default: false)
 //! allow_private_networks = ["127.0.0.0/8"]   # default: none
 //! extra_ca_certificates = "relay-ca.pem"     # CAs https trusts besides the webpki roots
+//! state_dir = "state"                        # where tenants' SQLite stores live
+//! shared_variables = ["DEVO_TOKEN"]          # environment variables every tenant may read
+//! [host.redis]
+//! main = "${REDIS_URL}"                      # a Redis server tenants pick with kv = "redis:main"
 //! ```
+//! The stores and the secrets are the operator's: a tenant names a Redis
+//! server only by its name here, a SQLite file only inside `state_dir`, and
+//! reads from the environment only its own variables (see
+//! [`crate::tenant`]) and the `shared_variables`. The values of
+//! `[host.redis]` may be `${NAME}`, read from the environment.
 //! Every key is optional; without the section the defaults apply (those of
 //! [`Limits::default`] and [`OutboundSettings::default`]: https only, to
 //! public addresses only, the webpki roots). A relative
@@ -26,12 +35,14 @@
 //! a restart.
 
 use crate::host::outbound::{OutboundSettings, TlsTrust};
+use crate::kv::RedisServer;
 use crate::runtime::{Limits, StateLimits};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +57,13 @@ pub struct HostSettings {
     /// [`crate::host::outbound`]. The default is https to public addresses
     /// only, verified against the webpki roots.
     pub outbound: OutboundSettings,
+    /// The folder tenants' SQLite stores live in (`state_dir`, resolved
+    /// against the config file's folder); `None`: `state/` beside it.
+    pub state_dir: Option<PathBuf>,
+    /// Environment variables every tenant may read (`shared_variables`).
+    pub shared_variables: BTreeSet<String>,
+    /// The Redis servers tenants may choose, by name (`[host.redis]`).
+    pub redis: BTreeMap<String, RedisServer>,
 }
 
 /// A tenant's ceiling as the file spells it: its key in `[host]` (and in
@@ -87,12 +105,54 @@ pub(crate) struct HostFile {
     allow_http: Option<bool>,
     allow_private_networks: Option<Vec<String>>,
     extra_ca_certificates: Option<String>,
+    state_dir: Option<String>,
+    shared_variables: Option<Vec<String>>,
+    redis: Option<BTreeMap<String, String>>,
+}
+
+/// The default `state_dir`, beside the config file.
+pub const DEFAULT_STATE_DIR: &str = "state";
+
+/// True for a name `${NAME}` can hold: what a POSIX shell exports.
+pub(crate) fn is_environment_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The name a whole value `${NAME}` refers to, if it is one.
+pub(crate) fn environment_reference(text: &str) -> Option<&str> {
+    text.strip_prefix("${").and_then(|r| r.strip_suffix('}'))
 }
 
 impl HostFile {
-    /// The section checked; `base` is the folder a relative
-    /// `extra_ca_certificates` path starts from.
-    pub(crate) fn check(self, base: &Path) -> anyhow::Result<HostSettings> {
+    /// The section checked; `base` is the folder relative paths
+    /// (`extra_ca_certificates`, `state_dir`) start from; `env` resolves
+    /// the `${NAME}` URLs of `[host.redis]` (the operator's: any name).
+    pub(crate) fn check(self, base: &Path, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<HostSettings> {
+        let mut shared_variables = BTreeSet::new();
+        for name in self.shared_variables.unwrap_or_default() {
+            if !is_environment_name(&name) {
+                bail!("[host] shared_variables: {name:?} is not an environment variable name (letters, digits, '_')");
+            }
+            shared_variables.insert(name);
+        }
+        let mut redis = BTreeMap::new();
+        for (name, url) in self.redis.unwrap_or_default() {
+            let named = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if name.is_empty() || name.len() > 64 || !named {
+                bail!("[host.redis] {name:?}: a server's name holds 1 to 64 letters, digits, '-' and '_'");
+            }
+            let url = match environment_reference(&url) {
+                Some(var) => env(var).with_context(|| {
+                    format!("[host.redis] {name} refers to environment variable {var}, which is not set")
+                })?,
+                None => url,
+            };
+            let server = RedisServer::new(&name, &url).map_err(|e| anyhow::anyhow!("[host.redis] {name}: {e}"))?;
+            redis.insert(name, server);
+        }
+        let state_dir = self.state_dir.map(|dir| base.join(dir));
         let d = Limits::default();
         let within = |key: &str, value: Option<u64>, min: u64, max: u64, default: u64| -> anyhow::Result<u64> {
             match value {
@@ -155,7 +215,7 @@ impl HostFile {
                     .map_err(|e| anyhow::anyhow!("[host] extra_ca_certificates: {e}"))?,
             },
         };
-        Ok(HostSettings { limits, outbound })
+        Ok(HostSettings { limits, outbound, state_dir, shared_variables, redis })
     }
 }
 
@@ -248,7 +308,7 @@ mod tests {
     use super::*;
 
     fn host(text: &str) -> anyhow::Result<HostSettings> {
-        toml::from_str::<HostFile>(text).map_err(anyhow::Error::from).and_then(|h| h.check(Path::new(".")))
+        toml::from_str::<HostFile>(text).map_err(anyhow::Error::from).and_then(|h| h.check(Path::new("."), &|_| None))
     }
 
     #[test]

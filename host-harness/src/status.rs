@@ -175,6 +175,7 @@ mod tests {
             schedule: "0 * * * * *".into(),
             kv: dir.path().join("acme.sqlite").into(),
             variables: BTreeMap::from([("services".into(), "audit,sign_in_attempts".into())]),
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: Default::default(),
         }

@@ -33,10 +33,12 @@
 //! when it is, or may be, another tenant's file (see `tenant/store_path.rs`),
 //! or a SQLite `file:` URI; `Debug` shows no secret variable.
 
+pub mod environment;
 mod store_path;
 
+pub use self::environment::Provenance;
 use self::store_path::StoreFile;
-use crate::host_settings::{Ceiling, HostFile, HostSettings};
+use crate::host_settings::{Ceiling, HostFile, HostSettings, DEFAULT_STATE_DIR};
 use crate::kv::{KvLocation, RedisLocation};
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -62,6 +64,9 @@ pub struct Tenant {
     /// The component's config keys and their values (secrets included:
     /// never print this map).
     pub variables: BTreeMap<String, String>,
+    /// Which variables came from the environment: their values are hidden
+    /// in whatever the tenant's ticks report.
+    pub environment: Provenance,
     /// Base URLs the component may reach, like Spin's `allowed_outbound_hosts`.
     /// `None`: the hosts of `base_url` and `devo_url`, nothing else.
     pub allowed_outbound_hosts: Option<Vec<String>>,
@@ -194,36 +199,61 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A SQLite `kv` as the store the tenant will really open: its resolved
-/// absolute path. SQLite `file:` URIs (which could name another file,
-/// shared memory or options) are refused.
-fn sqlite_store(name: &str, kv: &str, base: &Path) -> anyhow::Result<StoreFile> {
-    if kv.trim_start().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("file:")) {
-        bail!("tenant {name}: kv {kv:?} is a SQLite URI (file:…): give the path of a file");
+/// The store a tenant's `kv` names: `redis:NAME` (a server of `[host.redis]`)
+/// or a file name inside the state folder. The forms of old (a Redis URL, a
+/// path, `${NAME}`) are refused with the new form named.
+fn store_of(
+    name: &str,
+    kv: &str,
+    kv_prefix: Option<String>,
+    host: &HostSettings,
+    base: &Path,
+) -> anyhow::Result<KvLocation> {
+    if kv.starts_with("redis://") || kv.starts_with("rediss://") {
+        bail!(
+            "tenant {name}: kv no longer takes a Redis URL: the operator declares the server in [host.redis] \
+             (e.g. main = \"${{REDIS_URL}}\") and the tenant writes kv = \"redis:main\""
+        );
     }
-    let path = store_path::resolve(&base.join(kv))
+    if kv.starts_with("${") {
+        bail!(
+            "tenant {name}: kv no longer reads the environment: write a file name inside [host] state_dir, or \
+             kv = \"redis:NAME\" with the server (and its ${{URL}}) declared in [host.redis]"
+        );
+    }
+    let own_prefix = format!("onepassword-collector/{name}/");
+    if let Some(server) = kv.strip_prefix("redis:") {
+        let Some(server) = host.redis.get(server) else {
+            let known: Vec<&str> = host.redis.keys().map(String::as_str).collect();
+            bail!(
+                "tenant {name}: kv {kv:?} names no Redis server of [host.redis] (declared: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            );
+        };
+        // The host derives the prefix from the tenant's name; the tenant may
+        // only narrow it, so no two tenants' keys can meet.
+        let prefix = kv_prefix.unwrap_or_else(|| own_prefix.clone());
+        if !prefix.starts_with(&own_prefix) {
+            bail!("tenant {name}: kv_prefix {prefix:?} must start with {own_prefix:?} (a tenant may only narrow its own prefix)");
+        }
+        let location =
+            RedisLocation::on(server.clone(), &prefix).map_err(|e| anyhow::anyhow!("tenant {name}: kv: {e}"))?;
+        return Ok(KvLocation::Redis(location));
+    }
+    if kv_prefix.is_some() {
+        bail!("tenant {name}: kv_prefix applies to a Redis kv (redis:NAME) only");
+    }
+    store_path::file_name(kv).map_err(|e| anyhow::anyhow!("tenant {name}: {e}"))?;
+    let dir = host.state_dir.clone().unwrap_or_else(|| base.join(DEFAULT_STATE_DIR));
+    // The name itself, before any link is followed: a link is no store.
+    store_path::check_existing(&dir.join(kv)).map_err(|e| anyhow::anyhow!("tenant {name}: kv {kv:?}: {e}"))?;
+    let path = store_path::resolve(&dir.join(kv))
         .with_context(|| format!("tenant {name}: kv {kv:?}: cannot resolve the path"))?;
-    Ok(StoreFile::new(path))
+    Ok(KvLocation::Sqlite(path))
 }
 
-/// `text`, or the environment variable it names when its whole value is
-/// `${NAME}`; `what` names the setting in the error.
-fn from_env(text: &str, env: &impl Fn(&str) -> Option<String>, what: impl Fn() -> String) -> anyhow::Result<String> {
-    match text.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-        Some(env_name) => env(env_name)
-            .with_context(|| format!("{} refers to environment variable {env_name}, which is not set", what())),
-        None => Ok(text.to_string()),
-    }
-}
-
-/// True when two tenants' Redis stores could see each other's keys:
-/// prefixes of one Redis database of which one starts the other.
-fn redis_overlap(a: &RedisLocation, b: &RedisLocation) -> bool {
-    a.same_server(b) && (a.prefix().starts_with(b.prefix()) || b.prefix().starts_with(a.prefix()))
-}
-
-/// Loads every tenant of a config file; relative `kv` paths are relative to
-/// the file. `env` resolves `${NAME}` references (the process environment
+/// Loads every tenant of a config file; SQLite stores live in `[host]
+/// state_dir` (default `state/` beside the file). `env` resolves `${NAME}` references (the process environment
 /// in production, a map in tests). The `[host]` section is checked, and
 /// each tenant's limits against it; [`load_config`] also returns it.
 pub fn load_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Tenant>> {
@@ -239,8 +269,8 @@ pub fn load_config(path: &Path, env: impl Fn(&str) -> Option<String>) -> anyhow:
 /// [`load_config`] for the tenants `wanted` accepts (a shard's, or the one
 /// named on the command line): only their variables are read from the
 /// environment, so a process needs no other tenant's secrets. Every tenant
-/// is still checked (name, schedule, limits) and no two may share a store
-/// (`kv` is resolved for all: it is the operator's, not a tenant secret).
+/// is still checked (name, schedule, limits, which variables it may read)
+/// and no two may share a store (`kv` is resolved for all).
 pub fn load_config_where(
     path: &Path,
     env: impl Fn(&str) -> Option<String>,
@@ -275,19 +305,22 @@ pub fn parse_config_where(
     wanted: impl Fn(&str) -> bool,
 ) -> anyhow::Result<(HostSettings, Vec<Tenant>)> {
     let file: FileConfig = toml::from_str(text).context("not a valid harness config")?;
-    let host = file.host.check(base)?;
+    let host = file.host.check(base, &env)?;
     if file.tenants.is_empty() {
         bail!("no [tenants.NAME] table: add at least one tenant");
     }
+    for name in file.tenants.keys() {
+        check_name(name)?;
+    }
+    environment::check_prefixes(file.tenants.keys().map(String::as_str), &host)?;
     let mut tenants: Vec<Tenant> = Vec::new();
     // The SQLite tenants' stores, by tenant, to compare the next ones with.
     let mut files: Vec<(String, StoreFile)> = Vec::new();
     for (name, t) in file.tenants {
-        check_name(&name)?;
         let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
         crate::schedule::parse(&schedule).with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
-        let kv = t.kv.unwrap_or_else(|| format!("state/{name}.sqlite"));
         let mut variables = BTreeMap::new();
+        let mut environment = Provenance::default();
         for (key, value) in t.variables {
             let text = match value {
                 toml::Value::String(s) => s,
@@ -295,35 +328,28 @@ pub fn parse_config_where(
                 toml::Value::Boolean(b) => b.to_string(),
                 other => bail!("tenant {name}: variable {key} must be a string or number, not {}", other.type_str()),
             };
-            // Another process's tenant: its secrets are not ours to read.
-            let value =
-                if wanted(&name) { from_env(&text, &env, || format!("tenant {name}: variable {key}"))? } else { text };
+            let what = || format!("tenant {name}: variable {key}");
+            // Checked for every tenant; read only for ours (another
+            // process's tenant: its secrets are not ours to read).
+            let value = match environment::granted(&name, &text, &host, &what)? {
+                Some(var) if wanted(&name) => {
+                    let value = env(var).with_context(|| {
+                        format!("{} refers to environment variable {var}, which is not set", what())
+                    })?;
+                    environment.add(var, &value);
+                    value
+                }
+                _ => text,
+            };
             variables.insert(key.clone(), value);
         }
         let limits = t.limits.check(&name, &host)?;
-        let kv = from_env(&kv, &env, || format!("tenant {name}: kv"))?;
-        if kv.trim().is_empty() {
-            bail!("tenant {name}: kv is empty: give a SQLite file or a redis:// URL");
-        }
-        // A tenant's checkpoints are its own: no two tenants share a file,
-        // nor keys of one Redis.
-        let kv = if RedisLocation::is_redis_url(&kv) {
-            let prefix = t.kv_prefix.unwrap_or_else(|| format!("onepassword-collector/{name}/"));
-            let location = RedisLocation::new(&kv, &prefix).map_err(|e| anyhow::anyhow!("tenant {name}: kv: {e}"))?;
-            let location = KvLocation::Redis(location);
-            let shared = tenants.iter().find(|o| match (&o.kv, &location) {
-                (KvLocation::Redis(a), KvLocation::Redis(b)) => redis_overlap(a, b),
-                _ => false,
-            });
-            if let Some(other) = shared {
-                bail!("tenants {} and {name} use the same kv store {location:?}: give each its own", other.name);
-            }
-            location
-        } else {
-            if t.kv_prefix.is_some() {
-                bail!("tenant {name}: kv_prefix applies to a Redis kv (redis://…) only");
-            }
-            let store = sqlite_store(&name, &kv, base)?;
+        let kv = t.kv.unwrap_or_else(|| format!("{name}.sqlite"));
+        // A tenant's checkpoints are its own: no two tenants share a file
+        // (under any name); Redis prefixes are the tenants' names.
+        let kv = store_of(&name, &kv, t.kv_prefix, &host, base)?;
+        if let KvLocation::Sqlite(path) = &kv {
+            let store = StoreFile::new(path.clone());
             for (other, theirs) in &files {
                 if let Some(why) = store.clash(theirs) {
                     bail!(
@@ -333,15 +359,14 @@ pub fn parse_config_where(
                     );
                 }
             }
-            let location = KvLocation::Sqlite(store.path().to_path_buf());
             files.push((name.clone(), store));
-            location
-        };
+        }
         tenants.push(Tenant {
             name,
             schedule,
             kv,
             variables,
+            environment,
             allowed_outbound_hosts: t.allowed_outbound_hosts,
             limits,
         });
@@ -359,8 +384,6 @@ mod tests {
         let text = r#"
             [tenants.acme.variables]
             token = "${ACME_TOKEN}"
-            [tenants.beta]
-            kv = "${BETA_KV}"
             [tenants.beta.variables]
             token = "${BETA_TOKEN}"
         "#;
@@ -372,13 +395,16 @@ mod tests {
         // All tenants: beta's token is missing.
         let e = parse(text, Path::new("/h"), env).unwrap_err();
         assert!(format!("{e:#}").contains("tenant beta: variable token refers to environment variable BETA_TOKEN"));
-        // Acme's process: beta's variables are never looked up; its kv is
-        // (stores are checked across every tenant).
+        // Acme's process: beta's variables are never looked up.
         asked.borrow_mut().clear();
         let (_, t) = parse_config_where(text, Path::new("/h"), env, |n| n == "acme").unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].variables["token"], "value-of-ACME_TOKEN");
-        assert_eq!(*asked.borrow(), ["ACME_TOKEN", "BETA_KV"]);
+        assert_eq!(*asked.borrow(), ["ACME_TOKEN"]);
+        // ... but what beta may read is checked all the same.
+        let greedy = text.replace("${BETA_TOKEN}", "${ACME_TOKEN}");
+        let e = parse_config_where(&greedy, Path::new("/h"), env, |n| n == "acme").unwrap_err();
+        assert!(format!("{e:#}").contains("which tenant beta may not read"), "{e:#}");
         // Tenants outside the filter are still checked.
         let bad = format!("{text}\n[tenants.gamma]\nschedule = \"not cron\"\n");
         assert!(parse_config_where(&bad, Path::new("/h"), env, |n| n == "acme").is_err());
@@ -388,7 +414,7 @@ mod tests {
     fn tenants_get_defaults_paths_and_env_secrets() {
         let text = r#"
             [tenants.acme]
-            kv = "s/acme.sqlite"
+            kv = "acme-store.sqlite"
             [tenants.acme.variables]
             base_url = "https://events.1password.com"
             token = "${ACME_TOKEN}"
@@ -400,7 +426,7 @@ mod tests {
         let t = parse(text, Path::new("/etc/h"), env).unwrap();
         assert_eq!(t[0].name, "acme");
         assert_eq!(t[0].schedule, DEFAULT_SCHEDULE);
-        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/etc/h/s/acme.sqlite"));
+        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/etc/h/state/acme-store.sqlite"));
         assert_eq!(t[0].variables["token"], "from-env");
         assert_eq!(t[0].variables["page_size"], "500");
         assert_eq!(t[1].kv.sqlite_path().unwrap(), Path::new("/etc/h/state/beta.sqlite"));
@@ -489,14 +515,25 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_uris_are_refused() {
-        for bad in ["file:x.db", "FILE:x.db", "File:/tmp/other.sqlite?mode=rw", " file::memory:"] {
-            let e = parse(&format!("[tenants.a]\nkv = {bad:?}"), Path::new("/h"), |_| None).unwrap_err();
-            assert!(format!("{e:#}").contains("SQLite URI"), "{bad}: {e:#}");
+    fn a_kv_of_the_old_forms_is_refused_naming_the_new_one() {
+        for (bad, says) in [
+            ("state/acme.sqlite", "kv = \"acme.sqlite\""),
+            ("/var/lib/other.sqlite", "kv = \"other.sqlite\""),
+            ("../acme.sqlite", "[host] state_dir"),
+            ("file:x.db", "[host] state_dir"),
+            ("/dev/stdout", "[host] state_dir"),
+            ("redis://127.0.0.1:6379/0", "kv = \"redis:main\""),
+            ("${ACME_KV}", "kv no longer reads the environment"),
+            ("redis:main", "names no Redis server of [host.redis] (declared: none)"),
+        ] {
+            let e = parse(&format!("[tenants.acme]\nkv = {bad:?}"), Path::new("/h"), |_| None).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
         }
-        // a file whose name merely contains "file:" elsewhere is a path
-        let t = parse("[tenants.a]\nkv = \"state/my-file:1.sqlite\"", Path::new("/h"), |_| None).unwrap();
-        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/h/state/my-file:1.sqlite"));
+        // the state folder is the operator's to move
+        let t = parse("[host]\nstate_dir = \"/srv/state\"\n[tenants.a]", Path::new("/h"), |_| None).unwrap();
+        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/srv/state/a.sqlite"));
+        let t = parse("[host]\nstate_dir = \"data\"\n[tenants.a]\nkv = \"x.db\"", Path::new("/h"), |_| None).unwrap();
+        assert_eq!(t[0].kv.sqlite_path().unwrap(), Path::new("/h/data/x.db"));
     }
 
     #[cfg(unix)]
@@ -504,36 +541,45 @@ mod tests {
     fn a_kv_that_is_another_tenants_file_by_any_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let base = store_path::resolve(dir.path()).unwrap();
-        std::fs::create_dir(base.join("state")).unwrap();
-        std::fs::write(base.join("state/a.sqlite"), b"").unwrap();
-        std::os::unix::fs::symlink(base.join("state"), base.join("link")).unwrap();
-        std::fs::hard_link(base.join("state/a.sqlite"), base.join("hard.sqlite")).unwrap();
-        std::os::unix::fs::symlink("state/new.sqlite", base.join("dangling.sqlite")).unwrap();
-        let pair = |other: &str, b: &str| format!("[tenants.a]\nkv = {other:?}\n[tenants.b]\nkv = {b:?}");
+        let state = base.join("state");
+        std::fs::create_dir(&state).unwrap();
+        crate::kv::SqliteStore::open(&state.join("a.sqlite")).unwrap();
+        std::fs::hard_link(state.join("a.sqlite"), state.join("hard.sqlite")).unwrap();
+        std::os::unix::fs::symlink("a.sqlite", state.join("link.sqlite")).unwrap();
+        std::os::unix::fs::symlink("new.sqlite", state.join("dangling.sqlite")).unwrap();
+        let pair = |a: &str, b: &str| format!("[tenants.a]\nkv = {a:?}\n[tenants.b]\nkv = {b:?}");
         for (a, b, why) in [
-            ("state/a.sqlite", "link/a.sqlite", "the same file"),
-            ("state/a.sqlite", "hard.sqlite", "on disk"),
-            ("state/a.sqlite", "nowhere/../state/a.sqlite", "the same file"),
-            ("state/a.sqlite", "link/../state/./a.sqlite", "the same file"),
-            ("state/a.sqlite", "STATE/A.sqlite", "letter case"),
-            ("state/a.sqlite", "state/a.sqlite-wal", "side file"),
-            // a link to a file that does not exist yet
-            ("state/new.sqlite", "dangling.sqlite", "the same file"),
+            ("a.sqlite", "a.sqlite", "the same file"),
+            ("a.sqlite", "hard.sqlite", "on disk"),
+            ("a.sqlite", "A.sqlite", "letter case"),
+            ("a.sqlite", "a.sqlite-journal", "side file"),
         ] {
             let e = parse(&pair(a, b), &base, |_| None).unwrap_err();
             let text = format!("{e:#}");
             assert!(text.contains("tenants a and b use the same kv store") && text.contains(why), "{a} {b}: {text}");
         }
-        // an absolute path through the link is another name too
-        let absolute = base.join("link/a.sqlite");
-        let e = parse(&pair("state/a.sqlite", absolute.to_str().unwrap()), &base, |_| None).unwrap_err();
-        assert!(format!("{e:#}").contains("the same file"), "{e:#}");
-        // (a relative kv is relative to the config file's folder)
-        assert!(parse(&pair("state/a.sqlite", absolute.to_str().unwrap()), Path::new("/elsewhere"), |_| None).is_ok());
-        // the stored path is the resolved one
-        let t = parse("[tenants.a]\nkv = \"link/./x/../a.sqlite\"", &base, |_| None).unwrap();
-        assert_eq!(t[0].kv.sqlite_path().unwrap(), base.join("state/a.sqlite"));
-        assert!(parse(&pair("state/a.sqlite", "state/b.sqlite"), &base, |_| None).is_ok());
+        // a link is no store, whether it leads to a store or nowhere
+        for link in ["link.sqlite", "dangling.sqlite"] {
+            let e = parse(&pair("a.sqlite", link), &base, |_| None).unwrap_err();
+            assert!(format!("{e:#}").contains("not a regular file"), "{link}: {e:#}");
+        }
+        assert!(parse(&pair("a.sqlite", "b.sqlite"), &base, |_| None).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_operators_file_in_the_state_folder_is_no_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("notes.txt"), b"").unwrap();
+        std::os::unix::fs::symlink("/dev/stdout", state.join("out.sqlite")).unwrap();
+        for kv in ["notes.txt", "out.sqlite"] {
+            let e = parse(&format!("[tenants.a]\nkv = {kv:?}"), dir.path(), |_| None).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(text.contains("not a SQLite store") || text.contains("not a regular file"), "{kv}: {text}");
+        }
+        assert_eq!(std::fs::metadata(state.join("notes.txt")).unwrap().len(), 0, "the file was not touched");
     }
 
     #[test]
@@ -561,12 +607,7 @@ mod tests {
 
     #[test]
     fn tenants_cannot_share_a_kv_file() {
-        let text = r#"
-            [tenants.a]
-            kv = "state/x.sqlite"
-            [tenants.b]
-            kv = "state/../state/./x.sqlite"
-        "#;
+        let text = "[tenants.a]\nkv = \"x.sqlite\"\n[tenants.b]\nkv = \"x.sqlite\"";
         let e = parse(text, Path::new("/h"), |_| None).unwrap_err();
         assert!(format!("{e:#}").contains("same kv store"), "{e:#}");
         // the default file names are distinct per tenant
@@ -575,36 +616,81 @@ mod tests {
     }
 
     #[test]
-    fn a_redis_kv_gets_a_prefix_of_its_own_and_keeps_its_password_out_of_sight() {
+    fn a_redis_kv_is_an_operators_server_and_a_prefix_of_the_tenants_name() {
         let text = r#"
+            [host.redis]
+            main = "${REDIS_URL}"
+            spare = "redis://127.0.0.1:6379/3"
             [tenants.a]
-            kv = "${REDIS_URL}"
+            kv = "redis:main"
             [tenants.b]
-            kv = "${REDIS_URL}"
+            kv = "redis:main"
             [tenants.c]
-            kv = "redis://127.0.0.1:6379/0"
-            kv_prefix = "custom:"
+            kv = "redis:spare"
+            kv_prefix = "onepassword-collector/c/narrower/"
         "#;
         let env = |n: &str| (n == "REDIS_URL").then(|| "redis://:hunter2@cache:6379/1".to_string());
         let t = parse(text, Path::new("/h"), env).unwrap();
         let KvLocation::Redis(a) = &t[0].kv else { panic!("not redis: {:?}", t[0].kv) };
         assert_eq!(a.prefix(), "onepassword-collector/a/");
-        assert_ne!(t[0].kv, t[1].kv);
+        assert_eq!(a.server().name(), "main");
+        let KvLocation::Redis(b) = &t[1].kv else { panic!() };
+        assert_eq!(b.prefix(), "onepassword-collector/b/");
         let KvLocation::Redis(c) = &t[2].kv else { panic!() };
-        assert_eq!(c.prefix(), "custom:");
+        assert_eq!(c.prefix(), "onepassword-collector/c/narrower/");
         for tenant in &t {
             let shown = format!("{:?} {}", tenant.kv, tenant.kv.describe());
             assert!(!shown.contains("hunter2"), "{shown}");
         }
-        // prefixes that nest would share keys
-        let nested = "[tenants.a]\nkv = \"redis://h/0\"\nkv_prefix = \"x/\"\n[tenants.b]\nkv = \"redis://h/0\"\nkv_prefix = \"x/y/\"";
-        let e = parse(nested, Path::new("/h"), |_| None).unwrap_err();
-        assert!(format!("{e:#}").contains("same kv store"), "{e:#}");
-        // the same prefix on another database is another store
-        let other_db = nested.replacen("redis://h/0", "redis://h/1", 1);
-        assert!(parse(&other_db, Path::new("/h"), |_| None).is_ok());
+        // a tenant cannot take another's prefix, nor widen its own
+        for prefix in ["onepassword-collector/a/", "onepassword-collector/", "x/", ""] {
+            let bad = format!(
+                "[host.redis]\nmain = \"redis://h/0\"\n[tenants.b]\nkv = \"redis:main\"\nkv_prefix = {prefix:?}"
+            );
+            let e = parse(&bad, Path::new("/h"), |_| None).unwrap_err();
+            assert!(format!("{e:#}").contains("must start with \"onepassword-collector/b/\""), "{prefix}: {e:#}");
+        }
         let e = parse("[tenants.a]\nkv_prefix = \"p\"", Path::new("/h"), |_| None).unwrap_err();
         assert!(format!("{e:#}").contains("kv_prefix"), "{e:#}");
+        // the server's URL comes from the operator's environment, checked
+        let e = parse("[host.redis]\nmain = \"${NOPE}\"\n[tenants.a]", Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("[host.redis] main refers to environment variable NOPE"), "{e:#}");
+        let bad_url = |_: &str| Some("http://:hunter2@cache/".to_string());
+        let e = parse("[host.redis]\nmain = \"${URL}\"\n[tenants.a]", Path::new("/h"), bad_url).unwrap_err();
+        assert!(!format!("{e:#}").contains("hunter2") && format!("{e:#}").contains("not a Redis URL"), "{e:#}");
+    }
+
+    #[test]
+    fn a_tenant_reads_only_its_own_and_the_shared_environment() {
+        let text = r#"
+            [host]
+            shared_variables = ["DEVO_TOKEN"]
+            [tenants.acme.variables]
+            token = "${ACME_OP_TOKEN}"
+            devo_token = "${DEVO_TOKEN}"
+            [tenants.mallory.variables]
+            token = "${MALLORY_OP_TOKEN}"
+            devo_token = "${DEVO_TOKEN}"
+        "#;
+        let env = |n: &str| Some(format!("value-of-{n}-0123456789"));
+        let t = parse(text, Path::new("/h"), env).unwrap();
+        assert_eq!(t[0].variables["devo_token"], "value-of-DEVO_TOKEN-0123456789");
+        assert_eq!(t[1].variables["token"], "value-of-MALLORY_OP_TOKEN-0123456789");
+        for (key, victim) in
+            [("devo_url", "${ACME_OP_TOKEN}"), ("page_size", "${ACME_OP_TOKEN}"), ("base_url", "${HOME}")]
+        {
+            let hostile = format!("{text}{key} = {victim:?}\n");
+            let e = parse(&hostile, Path::new("/h"), env).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(text.contains("which tenant mallory may not read") && text.contains("MALLORY_"), "{key}: {text}");
+            assert!(!text.contains("value-of"), "no value is shown: {text}");
+        }
+        // tenants whose prefixes nest are refused
+        let e = parse("[tenants.acme]\n[tenants.acme_eu]", Path::new("/h"), |_| None).unwrap_err();
+        assert!(format!("{e:#}").contains("could read"), "{e:#}");
+        // values that came from the environment are hidden by name
+        let p = &t[0].environment;
+        assert_eq!(p.hide("raw value-of-ACME_OP_TOKEN-0123456789"), "raw ${ACME_OP_TOKEN}");
     }
 
     #[test]

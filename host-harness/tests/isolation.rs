@@ -78,6 +78,7 @@ impl Services {
             schedule: "* * * * * *".into(),
             kv: dir.join(format!("{name}.sqlite")).into(),
             variables,
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: TenantLimits::default(),
         }

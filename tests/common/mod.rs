@@ -55,6 +55,7 @@ impl Fixture {
             schedule: "* * * * * *".into(),
             kv: state.path().join("e2e.sqlite").into(),
             variables: tenant_variables(&op, OP_TOKEN, &devo, DEVO_DOMAIN, DEVO_TOKEN),
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: Default::default(),
         };

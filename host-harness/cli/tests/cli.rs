@@ -43,7 +43,7 @@ fn setup(seed: u64, events: usize, tenant: &str, variables: &str, devo_token: &s
     let path = dir.path().join("harness.toml");
     // The emulators are plain http on loopback, refused unless allowed.
     let text = format!(
-        "{}\n[tenants.acme]\n{tenant}\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n{variables}\n",
+        "{}shared_variables = [\"CLI_OP_TOKEN\", \"CLI_DEVO_TOKEN\"]\n[tenants.acme]\n{tenant}\n[tenants.acme.variables]\nbase_url = \"{}\"\ntoken = \"${{CLI_OP_TOKEN}}\"\ndevo_url = \"{}\"\ndevo_domain = \"cli\"\ndevo_token = \"{devo_token}\"\n{variables}\n",
         harness_test_kit::loopback::HOST_SECTION,
         op.base_url(),
         devo.base_url()
@@ -74,7 +74,7 @@ fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
     let Setup { dataset, op: _op, devo, dir, config } = setup(
         3,
         30,
-        "kv = \"state/acme.sqlite\"",
+        "kv = \"acme.sqlite\"",
         "page_size = 20\nservices = \"audit,sign_in_attempts\"\n\n[tenants.broken.variables]\ntoken = \"x\"",
         ENV_DEVO_TOKEN,
     );
@@ -113,14 +113,14 @@ fn tick_prints_a_line_per_tenant_and_state_survives_the_process() {
 fn a_bad_config_file_is_reported_without_a_tick() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[tenants.a.variables]\ntoken = \"${CLI_UNSET_VARIABLE}\"\n[tenants.b]\n").unwrap();
+    std::fs::write(&config, "[tenants.a.variables]\ntoken = \"${A_UNSET_VARIABLE}\"\n[tenants.b]\n").unwrap();
     let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap()]);
     assert!(!ok && lines.is_empty());
-    assert!(stderr.contains("CLI_UNSET_VARIABLE"), "{stderr}");
+    assert!(stderr.contains("A_UNSET_VARIABLE"), "{stderr}");
     // A command for tenant b alone needs none of a's secrets: b ticks (and
     // fails on its own missing base_url, error 1).
     let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap(), "--tenant", "b"]);
-    assert!(!ok && !stderr.contains("CLI_UNSET_VARIABLE"), "{stderr}");
+    assert!(!ok && !stderr.contains("A_UNSET_VARIABLE"), "{stderr}");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!((&lines[0]["tenant"], &lines[0]["error"]["id"]), (&serde_json::json!("b"), &serde_json::json!(1)));
 }

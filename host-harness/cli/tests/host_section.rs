@@ -23,9 +23,10 @@ const TOKEN: &str = "host-section-op-token-secret";
 fn tenant(name: &str, schedule: &str, extra: &str) -> String {
     format!(
         "[tenants.{name}]\nschedule = \"{schedule}\"\n{extra}\n[tenants.{name}.variables]\n\
-         base_url = \"http://127.0.0.1:9\"\ntoken = \"${{HOST_SECTION_TOKEN}}\"\n\
+         base_url = \"http://127.0.0.1:9\"\ntoken = \"${{{}_TOKEN}}\"\n\
          devo_url = \"http://127.0.0.1:9\"\ndevo_domain = \"d\"\ndevo_token = \"x\"\nservices = \"audit\"\n\
-         hostile_mode = \"memory\"\n"
+         hostile_mode = \"memory\"\n",
+        name.to_uppercase()
     )
 }
 
@@ -38,7 +39,7 @@ fn memory_hog() -> String {
 
 fn harness(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_host-harness"));
-    c.args(args).env("HOST_SECTION_TOKEN", TOKEN).current_dir(dir);
+    c.args(args).env("ACME_TOKEN", TOKEN).env("BETA_TOKEN", TOKEN).current_dir(dir);
     c
 }
 

@@ -59,7 +59,8 @@ impl World {
     /// Writes the config: `text` under the `[host]` keys that let the
     /// tenants reach the emulators (plain http on loopback).
     fn write(&self, text: &str) {
-        std::fs::write(&self.config, format!("{}\n{text}", harness_test_kit::loopback::HOST_SECTION)).unwrap();
+        let shared = "shared_variables = [\"LIFE_OP_TOKEN\", \"LIFE_DEVO_TOKEN\"]\n";
+        std::fs::write(&self.config, format!("{}{shared}\n{text}", harness_test_kit::loopback::HOST_SECTION)).unwrap();
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -404,13 +405,15 @@ fn a_shard_needs_only_its_own_tenants_secrets() {
     let names: Vec<String> = (0..).map(|n| format!("t{n}")).take(40).collect();
     let ours = names.iter().find(|n| host_harness::shard::shard_of(n, 2) == 0).unwrap();
     let theirs = names.iter().find(|n| host_harness::shard::shard_of(n, 2) == 1).unwrap();
-    let other = world.tenant(theirs, 10, "").replace("${LIFE_OP_TOKEN}", "${LIFE_UNSET_OTHER_SHARD_TOKEN}");
+    // (Its own variable: a tenant reads only those named after it.)
+    let unset = format!("{}_UNSET_OTHER_SHARD_TOKEN", theirs.to_uppercase());
+    let other = world.tenant(theirs, 10, "").replace("${LIFE_OP_TOKEN}", &format!("${{{unset}}}"));
     world.write(&format!("{}\n{other}", world.tenant(ours, 10, "")));
 
     // Every shard at once needs every secret: the load fails naming it.
     let out = world.command(&["tick"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("LIFE_UNSET_OTHER_SHARD_TOKEN"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&unset));
 
     // Shard 0 of 2 runs its tenant without the other's.
     let run = Running::start(&world, &["--shard", "0/2"]);

@@ -102,10 +102,14 @@ fn three_replicas_on_one_redis_deliver_every_event_once_through_a_kill() {
     let config = dir.path().join("replicas.toml");
     // The emulators are plain http on loopback, refused unless allowed.
     let mut text = String::from(harness_test_kit::loopback::HOST_SECTION);
+    // Every tenant reads the same tokens, which the operator shares, and
+    // keeps its state on the operator's Redis.
+    text += "shared_variables = [\"REPLICA_OP_TOKEN\", \"REPLICA_DEVO_TOKEN\"]\n";
+    text += "[host.redis]\nreplicas = \"${REPLICA_REDIS_URL}\"\n";
     for n in 0..TENANTS {
         let t = tenant(n);
         text += &format!(
-            "[tenants.{t}]\nschedule = \"*/2 * * * * *\"\nkv = \"${{REPLICA_REDIS_URL}}\"\n\
+            "[tenants.{t}]\nschedule = \"*/2 * * * * *\"\nkv = \"redis:replicas\"\n\
              [tenants.{t}.variables]\nbase_url = \"{}\"\ntoken = \"${{REPLICA_OP_TOKEN}}\"\ndevo_url = \"{}\"\n\
              devo_domain = \"replicas\"\ndevo_token = \"${{REPLICA_DEVO_TOKEN}}\"\npage_size = {PAGE}\n\
              max_requests_per_minute = {CEILING}\ntick_deadline_ms = 2000\nrequest_timeout_ms = 1000\n\

@@ -13,7 +13,7 @@
 pub mod redis;
 pub mod sqlite;
 
-pub use self::redis::{RedisBucket, RedisLocation};
+pub use self::redis::{RedisBucket, RedisLocation, RedisServer};
 pub use self::sqlite::{SqliteBucket, SqliteStore};
 
 use std::collections::HashMap;

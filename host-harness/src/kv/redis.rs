@@ -10,8 +10,13 @@
 //! lost race — for success; `tests/redis.rs` plays that exact race against
 //! this backend.)
 //!
-//! The URL may carry a password (`redis://:secret@host:6379/0`), so it is
-//! never shown: errors and `describe` name the server without credentials.
+//! Redis servers are the operator's: the `[host.redis]` table names them
+//! (`main = "${REDIS_URL}"`) and a tenant picks one by name
+//! (`kv = "redis:main"`); it never writes an address. The URL may carry a
+//! password (`redis://:secret@host:6379/0`), so it is never shown: errors
+//! and `describe` name the server without credentials, and an error never
+//! carries bytes the peer sent (only the kind of failure and, for a Redis
+//! error reply, its code word).
 
 use super::KvBackend;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -37,38 +42,71 @@ redis.call('SET', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// The name a `kv` that stands for the store at no declared server takes
+/// (tests and embedders that build a [`RedisLocation`] from a URL).
+const UNNAMED_SERVER: &str = "redis";
+
+/// A Redis server the operator declared: its name in `[host.redis]` and its
+/// URL. `Debug` shows the URL without credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisServer {
+    name: String,
+    url: String,
+}
+
+impl RedisServer {
+    /// `url` is `redis://[user:password@]host[:port][/db]` or `rediss://…`
+    /// (TLS). The error names the server, never the URL's credentials.
+    pub fn new(name: &str, url: &str) -> Result<RedisServer, String> {
+        redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|_| format!("{} is not a Redis URL (redis://host:port/db or rediss://…)", redact(url)))?;
+        Ok(RedisServer { name: name.to_string(), url: url.to_string() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL without credentials, query or fragment.
+    pub fn shown_url(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, redact(&self.url))
+    }
+}
+
 /// A Redis database and the prefix of one tenant's keys in it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisLocation {
-    url: String,
+    server: RedisServer,
     prefix: String,
 }
 
 impl RedisLocation {
-    /// `url` is `redis://[user:password@]host[:port][/db]` or `rediss://…`
-    /// (TLS); `prefix` goes in front of every key.
+    /// The store at `url` (a server of no declared name); `prefix` goes in
+    /// front of every key.
     pub fn new(url: &str, prefix: &str) -> Result<RedisLocation, String> {
-        let info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|_| format!("{} is not a Redis URL (redis://host:port/db or rediss://…)", redact(url)))?;
-        drop(info);
+        RedisLocation::on(RedisServer::new(UNNAMED_SERVER, url)?, prefix)
+    }
+
+    /// Keys under `prefix` on a declared server.
+    pub fn on(server: RedisServer, prefix: &str) -> Result<RedisLocation, String> {
         if prefix.is_empty() {
             return Err("the Redis key prefix must not be empty: tenants sharing a Redis need their own".into());
         }
-        Ok(RedisLocation { url: url.to_string(), prefix: prefix.to_string() })
-    }
-
-    /// True for values of a tenant's `kv` that name a Redis store.
-    pub fn is_redis_url(kv: &str) -> bool {
-        kv.starts_with("redis://") || kv.starts_with("rediss://")
+        Ok(RedisLocation { server, prefix: prefix.to_string() })
     }
 
     pub(crate) fn url(&self) -> &str {
-        &self.url
+        &self.server.url
     }
 
-    /// True when both name the same server and database (credentials aside).
-    pub fn same_server(&self, other: &RedisLocation) -> bool {
-        redact(&self.url) == redact(&other.url)
+    pub fn server(&self) -> &RedisServer {
+        &self.server
     }
 
     pub fn prefix(&self) -> &str {
@@ -77,12 +115,16 @@ impl RedisLocation {
 
     /// The server and the prefix, without credentials.
     pub fn describe(&self) -> String {
-        format!("redis {} prefix {:?}", redact(&self.url), self.prefix)
+        if self.server.name == UNNAMED_SERVER {
+            format!("redis {} prefix {:?}", redact(&self.server.url), self.prefix)
+        } else {
+            format!("redis {} ({}) prefix {:?}", self.server.name, redact(&self.server.url), self.prefix)
+        }
     }
 
     /// A connection that reconnects by itself after a failure.
     pub(crate) async fn connect(&self) -> Result<ConnectionManager, String> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| self.error("cannot use", &e))?;
+        let client = redis::Client::open(self.server.url.as_str()).map_err(|e| self.error("cannot use", &e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
@@ -91,14 +133,36 @@ impl RedisLocation {
     }
 
     fn error(&self, what: &str, e: &redis::RedisError) -> String {
-        format!("{what} Redis {}: {}", redact(&self.url), describe_error(e))
+        format!("{what} Redis {}: {}", redact(&self.server.url), describe_error(e))
     }
 }
 
-/// A Redis error's text, bounded: it names the failure (refused, timed
-/// out, a server message), never the URL it was given.
+/// What failed, in the host's words: the kind of failure and, for an error
+/// reply, its code word (`NOAUTH`, `WRONGTYPE`), never the rest of what
+/// the peer sent (a port that is not Redis must not be read back through
+/// an error) nor the URL.
 fn describe_error(e: &redis::RedisError) -> String {
-    e.to_string().chars().filter(|c| !c.is_control()).take(300).collect()
+    use redis::ErrorKind;
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    if e.is_connection_refusal() {
+        return "connection refused".into();
+    }
+    if e.is_connection_dropped() {
+        return "the server closed the connection".into();
+    }
+    let kind = match e.kind() {
+        ErrorKind::AuthenticationFailed => "authentication failed (check the password in the server's URL)",
+        ErrorKind::Io => "a network error",
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => "the server's answer is not what Redis sends",
+        ErrorKind::InvalidClientConfig => "the URL is not usable",
+        _ => "the server answered an error",
+    };
+    match e.code().filter(|c| c.len() <= 24 && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')) {
+        Some(code) => format!("{kind} ({code})"),
+        None => kind.into(),
+    }
 }
 
 /// `scheme://host:port/db` of a Redis URL, credentials and query left out.
@@ -120,7 +184,11 @@ pub struct RedisBucket {
 
 impl RedisBucket {
     pub(crate) fn new(connection: ConnectionManager, location: &RedisLocation, bucket: &str) -> RedisBucket {
-        RedisBucket { connection, prefix: format!("{}{bucket}/", location.prefix), server: redact(&location.url) }
+        RedisBucket {
+            connection,
+            prefix: format!("{}{bucket}/", location.prefix),
+            server: redact(&location.server.url),
+        }
     }
 
     fn key(&self, key: &str) -> String {

@@ -176,6 +176,7 @@ mod tests {
             schedule: "* * * * * *".into(),
             kv: std::path::PathBuf::from("/nowhere/t.sqlite").into(),
             variables: Default::default(),
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: TenantLimits::default(),
         };

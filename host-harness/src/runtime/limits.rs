@@ -309,6 +309,7 @@ mod tests {
             schedule: "* * * * * *".into(),
             kv: std::path::PathBuf::from("/nowhere/t.sqlite").into(),
             variables: variables.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: own,
         }

@@ -241,7 +241,10 @@ impl Inner {
         // Why the host refused requests: the component only learns that it
         // was refused, the operator needs to know which setting allows it.
         let refusals = store.data().outbound_refusals();
-        Ok(result.map(|r| with_warnings(from_wit_report(r), refusals)).map_err(from_wit_error))
+        let result = result.map(|r| with_warnings(from_wit_report(r), refusals)).map_err(from_wit_error);
+        // The component quotes bad values; one that came from the
+        // environment is shown by its variable's name instead.
+        Ok(tenant.environment.hide_in_tick(result))
     }
 
     async fn validate(&self, tenant: &Tenant, limits: &EffectiveLimits) -> anyhow::Result<Vec<Check>> {
@@ -258,7 +261,7 @@ impl Inner {
             let detail = crate::guest_text::message(&refusals.join("; "));
             checks.push(Check { name: "outbound".into(), status: Status::Fail, detail });
         }
-        Ok(checks)
+        Ok(tenant.environment.hide_in_checks(checks))
     }
 
     fn new_store(

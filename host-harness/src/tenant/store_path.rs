@@ -13,6 +13,12 @@
 //!
 //! So are a store and another's SQLite side file (`-wal`, `-shm`,
 //! `-journal`), which SQLite writes beside the database.
+//!
+//! The files are the operator's: a tenant's `kv` is a plain file name inside
+//! `[host] state_dir` ([`file_name`]), and a file that is there already
+//! must be a SQLite database with Spin's table ([`check_existing`]), so a
+//! tenant can neither reach a file elsewhere nor turn one of the operator's
+//! (an empty file, a device, a link to either) into its store.
 
 use std::ffi::OsString;
 use std::io;
@@ -24,6 +30,70 @@ const MAX_LINKS: usize = 40;
 
 /// The files SQLite keeps beside a database, by suffix.
 const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// The longest `kv` file name.
+const MAX_FILE_NAME: usize = 128;
+
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
+
+/// Checks a tenant's `kv` as a file name inside the state folder: letters,
+/// digits, `-`, `_` and `.`, not starting with `.`; no folder, no `..`, no
+/// absolute path. The error says what the operator writes instead.
+pub(crate) fn file_name(kv: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !kv.is_empty() && kv.len() <= MAX_FILE_NAME && !kv.starts_with('.') && kv.chars().all(allowed) {
+        return Ok(());
+    }
+    let hint = match Path::new(kv).file_name().and_then(|n| n.to_str()) {
+        Some(name) if name != kv && file_name(name).is_ok() => format!(" (e.g. kv = {name:?})"),
+        _ => String::new(),
+    };
+    Err(format!(
+        "kv {kv:?} is not a file name: a tenant's SQLite store is a file inside [host] state_dir (default \"state\" \
+         beside the config file), named with letters, digits, '-', '_' and '.'{hint}; a Redis store is \
+         kv = \"redis:NAME\" with NAME declared in [host.redis]"
+    ))
+}
+
+/// A store file that exists already must be a regular file (not a link, a
+/// device or a folder) holding a SQLite database with Spin's
+/// `spin_key_value` table; a missing one will be created.
+pub(crate) fn check_existing(path: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot look at {}: {}", path.display(), e.kind())),
+        Ok(meta) => meta,
+    };
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "{} is not a regular file (a link, device or folder): a store is a file the harness creates",
+            path.display()
+        ));
+    }
+    let not_a_store = || {
+        format!(
+            "{} exists but is not a SQLite store of the collector (Spin's spin_key_value table): move it away, or name \
+             a new file",
+            path.display()
+        )
+    };
+    let mut header = [0u8; 16];
+    let read = std::fs::File::open(path).and_then(|mut f| io::Read::read_exact(&mut f, &mut header));
+    if read.is_err() || header != SQLITE_HEADER {
+        return Err(not_a_store());
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let has_table = rusqlite::Connection::open_with_flags(path, flags).and_then(|db| {
+        db.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'spin_key_value'", [], |row| {
+            row.get::<_, i64>(0)
+        })
+    });
+    match has_table {
+        Ok(1) => Ok(()),
+        _ => Err(not_a_store()),
+    }
+}
 
 /// `path` made absolute (against the current folder), with `.`, `..` and
 /// every symbolic link resolved as far as the path exists; the rest is kept
@@ -179,5 +249,45 @@ mod tests {
         std::fs::create_dir(root.join("one")).unwrap();
         let two = StoreFile { path: root.join("two/c.sqlite"), on_disk: identity(&root.join("one/c.sqlite")) };
         assert!(file(&root.join("one/c.sqlite")).clash(&two).is_some());
+    }
+
+    #[test]
+    fn a_kv_is_a_plain_file_name() {
+        for good in ["acme.sqlite", "a", "acme-eu_2.db", "x.y.z"] {
+            assert!(file_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "../x.sqlite", "/etc/passwd", "state/acme.sqlite", ".hidden", "a b", "a\\b", "..", "${X}"] {
+            let e = file_name(bad).unwrap_err();
+            assert!(e.contains("[host] state_dir"), "{bad}: {e}");
+        }
+        assert!(file_name("state/acme.sqlite").unwrap_err().contains("kv = \"acme.sqlite\""));
+        assert!(file_name(&"a".repeat(MAX_FILE_NAME + 1)).is_err());
+    }
+
+    #[test]
+    fn an_existing_file_must_be_a_collector_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(check_existing(&root.join("new.sqlite")).is_ok());
+        std::fs::write(root.join("empty"), b"").unwrap();
+        std::fs::write(root.join("text"), b"operator's notes, not a database").unwrap();
+        let other = rusqlite::Connection::open(root.join("other.db")).unwrap();
+        other.execute("CREATE TABLE t (x)", []).unwrap();
+        drop(other);
+        symlink("/dev/null", root.join("device")).unwrap();
+        symlink(root.join("store.sqlite"), root.join("link.sqlite")).unwrap();
+        crate::kv::SqliteStore::open(&root.join("store.sqlite")).unwrap();
+        assert!(check_existing(&root.join("store.sqlite")).is_ok());
+        for (bad, says) in [
+            ("empty", "not a SQLite store"),
+            ("text", "not a SQLite store"),
+            ("other.db", "not a SQLite store"),
+            ("device", "not a regular file"),
+            ("link.sqlite", "not a regular file"),
+        ] {
+            let e = check_existing(&root.join(bad)).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(check_existing(Path::new("/dev/null")).unwrap_err().contains("not a regular file"));
     }
 }

@@ -47,6 +47,7 @@ pub async fn run(
         schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
         kv: state.join("demo.sqlite").into(),
         variables,
+        environment: Default::default(),
         allowed_outbound_hosts: None,
         limits: Default::default(),
     };

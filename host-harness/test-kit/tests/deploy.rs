@@ -21,7 +21,9 @@
 //!   an emptyDir, `--config` a key of the mounted ConfigMap, the uid the
 //!   image's;
 //! * the tenants file in that ConfigMap: valid TOML, required keys, secrets and
-//!   the Redis URL only as `${VAR}`, every `${VAR}` provided to the container;
+//!   the Redis URL only as `${VAR}`, every `${VAR}` provided to the container,
+//!   every tenant's `kv` a server of `[host.redis]`, and the file as the
+//!   harness loads it (each tenant reads only its own variables);
 //! * the SpinApp: its variables are spin.toml's, cover the required ones,
 //!   secrets from `secretKeyRef`; `default` store on Redis with its URL from a
 //!   Secret; a known executor;
@@ -1081,20 +1083,28 @@ fn tenants_problems(text: &str, provided: &BTreeSet<String>) -> Vec<String> {
         return vec!["no [tenants.NAME]".into()];
     };
     let mut refs = BTreeSet::new();
+    // The operator's Redis servers: their URLs (with the password) come from
+    // the environment.
+    let servers = file.get("host").and_then(|h| h.get("redis")).and_then(|r| r.as_table());
+    for (server, url) in servers.into_iter().flatten() {
+        match url.as_str().and_then(env_ref) {
+            Some(var) => {
+                refs.insert(var.to_string());
+            }
+            None => p.push(format!("[host.redis] {server} must be \"${{VAR}}\" (the Redis URL from a Secret)")),
+        }
+    }
     for (name, t) in tenants {
         if let Some(s) = t.get("schedule").and_then(|s| s.as_str()) {
             if let Err(e) = host_harness::schedule::parse(s) {
                 p.push(format!("tenant {name}: schedule {s:?}: {e}"));
             }
         }
-        // State lives in the shared Redis; its URL (with the password) comes
-        // from the environment. A file path would sit on a read-only or
-        // throw-away filesystem.
-        match t.get("kv").and_then(|k| k.as_str()) {
-            Some(kv) if env_ref(kv).is_some() => {
-                refs.insert(env_ref(kv).unwrap().to_string());
-            }
-            other => p.push(format!("tenant {name}: kv {other:?} must be \"${{VAR}}\" (the Redis URL from a Secret)")),
+        // State lives in the shared Redis the operator declares. A file
+        // would sit on a read-only or throw-away filesystem.
+        match t.get("kv").and_then(|k| k.as_str()).and_then(|kv| kv.strip_prefix("redis:")) {
+            Some(server) if servers.is_some_and(|s| s.contains_key(server)) => {}
+            _ => p.push(format!("tenant {name}: kv must be \"redis:NAME\", a server of [host.redis]")),
         }
         let vars = t.get("variables").and_then(|v| v.as_table());
         for key in REQUIRED_KEYS {
@@ -1121,7 +1131,22 @@ fn tenants_problems(text: &str, provided: &BTreeSet<String>) -> Vec<String> {
     for var in refs.difference(provided) {
         p.push(format!("${{{var}}} is not in the container's environment"));
     }
+    // What the harness itself refuses (a tenant naming another's variable,
+    // a store of the old forms), with every variable set to a stand-in.
+    if let Err(e) = host_harness::tenant::parse(text, Path::new("/etc/host-harness"), stand_in) {
+        p.push(format!("the harness refuses it: {e:#}"));
+    }
     p
+}
+
+/// A value for every `${VAR}` (a Redis URL for the Redis ones), for loading
+/// a tenants file with the harness's parser.
+fn stand_in(name: &str) -> Option<String> {
+    Some(if name.contains("REDIS") {
+        "redis://:stand-in@redis.invalid:6379/0".to_string()
+    } else {
+        format!("stand-in-{}", name.to_ascii_lowercase())
+    })
 }
 
 /// The SpinApp: spin.toml's variables, the required ones, secrets from
@@ -1409,15 +1434,13 @@ fn tenants_file_loads_with_the_harness_parser() {
     let text = cm.y["data"][key.as_str()].as_str().unwrap();
     let provided = provided_env(&d, w.doc.namespace(), c);
     let tenants = host_harness::tenant::parse(text, Path::new("/etc/host-harness"), |name| {
-        provided.contains(name).then(|| {
-            if name.contains("REDIS") {
-                "redis://:stand-in@redis.invalid:6379/0".to_string()
-            } else {
-                format!("stand-in-{}", name.to_ascii_lowercase())
-            }
-        })
+        provided.contains(name).then(|| stand_in(name)).flatten()
     })
     .expect("the harness loads the tenants file");
+    assert!(
+        tenants.iter().all(|t| matches!(&t.kv, host_harness::kv::KvLocation::Redis(r) if r.server().name() == "main")),
+        "every tenant on the operator's Redis"
+    );
     let file: toml::Table = toml::from_str(text).unwrap();
     assert_eq!(tenants.len(), file["tenants"].as_table().unwrap().len());
     assert!(tenants.len() >= 2, "the example shows several tenants on one Redis");
@@ -1524,7 +1547,11 @@ fn every_check_catches_what_it_is_for() {
         (HARNESS, "literal token", r("token = \"${ACME_OP_TOKEN}\"", "token = \"op-token\""), "token is a secret"),
         (HARNESS, "unprovided var", r("\"${GLOBEX_DEVO_TOKEN}\"", "\"${GLOBEX_DEVO_TOKN}\""), "GLOBEX_DEVO_TOKN"),
         (HARNESS, "missing required", r("devo_domain = \"initech\"\n", ""), "devo_domain is missing"),
-        (HARNESS, "kv file", r("kv = \"${REDIS_URL}\"", "kv = \"state/acme.sqlite\""), "kv"),
+        (HARNESS, "kv file", r("kv = \"redis:main\"", "kv = \"acme.sqlite\""), "kv must be \"redis:NAME\""),
+        (HARNESS, "kv Redis URL", r("kv = \"redis:main\"", "kv = \"${REDIS_URL}\""), "kv no longer reads the environment"),
+        (HARNESS, "kv undeclared server", r("kv = \"redis:main\"", "kv = \"redis:other\""), "names no Redis server"),
+        (HARNESS, "Redis URL literal", r("main = \"${REDIS_URL}\"", "main = \"redis://redis:6379/0\""), "[host.redis] main must be"),
+        (HARNESS, "another tenant's token", r("token = \"${GLOBEX_OP_TOKEN}\"", "token = \"${ACME_OP_TOKEN}\""), "which tenant globex may not read"),
         (HARNESS, "bad TOML", r("[tenants.acme]", "[tenants.acme"), "not valid TOML"),
         (HARNESS, "bad schedule", r("schedule = \"20 * * * * *\"", "schedule = \"every minute\""), "schedule"),
         // spinapp

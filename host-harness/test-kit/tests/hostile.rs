@@ -145,6 +145,7 @@ impl Neighbours {
                     variables,
                     name,
                     schedule: "* * * * * *".into(),
+                    environment: Default::default(),
                     allowed_outbound_hosts: None,
                     limits: Default::default(),
                 }
@@ -168,6 +169,7 @@ impl Neighbours {
             schedule: "* * * * * *".into(),
             kv: self.dir.path().join("hostile.sqlite").into(),
             variables: all,
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: Default::default(),
         }

@@ -703,6 +703,7 @@ impl Bench<'_> {
             schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
             kv: dir.path.join(format!("{name}.sqlite")).into(),
             variables,
+            environment: Default::default(),
             allowed_outbound_hosts: None,
             limits: Default::default(),
         }
