@@ -93,9 +93,11 @@ fn port_of(authority: &str) -> Option<&str> {
     after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
+/// The URL as a message shows it: a Devo token in the base path
+/// (`…/token!…`) is redacted, as in every URL the collector shows.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme.as_str(), self.authority, self.base_path)
+        write!(f, "{}://{}{}", self.scheme.as_str(), self.authority, crate::http::redact_path(&self.base_path))
     }
 }
 
@@ -111,6 +113,13 @@ mod tests {
         assert_eq!(e.host(), "http-us.devo.io");
         assert_eq!(e.path("/stream/x"), "/relay/stream/x");
         assert_eq!(e.to_string(), "https://http-us.devo.io:443/relay");
+    }
+
+    #[test]
+    fn a_devo_token_in_the_base_path_is_not_shown() {
+        let e = Endpoint::parse("https://http-us.devo.io/stream/acme/token!S3cretDevoToken").unwrap();
+        assert_eq!(e.path("/x"), "/stream/acme/token!S3cretDevoToken/x", "requests keep it");
+        assert_eq!(e.to_string(), "https://http-us.devo.io/stream/acme/token!<redacted>");
     }
 
     #[test]

@@ -68,6 +68,39 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{authority}{}", crate::http::redact_path(path))
 }
 
+/// `text` with the value of every Devo token it shows replaced: whatever
+/// follows `token!` (the form of Devo's URL path, matched in any case) up to
+/// the next `/`, whitespace, quote, `?`, `#`, `&`, `\` or control character
+/// becomes `<redacted>`. For free text, which may quote a URL anywhere: the
+/// marker is looked for everywhere, not only at the start of a path segment
+/// as [`redact_url`] does, since redacting too much is safe.
+pub fn redact_tokens(text: &str) -> String {
+    const MARK: &[u8] = b"token!";
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut kept, mut i) = (0, 0);
+    while i + MARK.len() <= bytes.len() {
+        if !bytes[i..i + MARK.len()].eq_ignore_ascii_case(MARK) {
+            i += 1;
+            continue;
+        }
+        // The mark is ASCII: right after it is a character boundary.
+        let start = i + MARK.len();
+        let ends = |c: char| {
+            c == '/' || c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '?' | '#' | '&' | '\\')
+        };
+        let end = text[start..].find(ends).map_or(text.len(), |n| start + n);
+        if end > start {
+            out.push_str(&text[kept..start]);
+            out.push_str("<redacted>");
+            kept = end;
+        }
+        i = start.max(end);
+    }
+    out.push_str(&text[kept..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +135,25 @@ mod tests {
         assert_eq!(redact_url("https://h/stream/d/token!SECRET/x"), "https://h/stream/d/token!<redacted>/x");
         assert_eq!(redact_url("pw@host?q=1"), "host");
         assert_eq!(redact_url("https://events.1password.com"), "https://events.1password.com");
+    }
+
+    #[test]
+    fn devo_tokens_in_free_text_are_redacted() {
+        assert_eq!(
+            redact_tokens("https://h/stream/acme/token!SECRET/x accepted domain acme"),
+            "https://h/stream/acme/token!<redacted>/x accepted domain acme"
+        );
+        assert_eq!(redact_tokens("at h/Token!S3cr3t: refused"), "at h/Token!<redacted> refused");
+        assert_eq!(
+            redact_tokens("\"https://h/token!a?b\", token!c\nnext"),
+            "\"https://h/token!<redacted>?b\", token!<redacted>\nnext"
+        );
+        assert_eq!(redact_tokens("token!"), "token!");
+        assert_eq!(redact_tokens("token!/x token!"), "token!/x token!");
+        assert_eq!(redact_tokens("ünïcode token!sécret€ ok"), "ünïcode token!<redacted> ok");
+        // Already redacted text stays as it is.
+        let once = redact_tokens("/token!SECRET/");
+        assert_eq!(redact_tokens(&once), once);
+        assert_eq!(redact_tokens(&redact_url("https://h/token!SECRET")), "https://h/token!<redacted>");
     }
 }

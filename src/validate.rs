@@ -292,6 +292,20 @@ mod tests {
     }
 
     #[test]
+    fn a_devo_token_in_devo_urls_path_is_shown_in_no_check() {
+        let mut m = minimal();
+        m.insert("devo_url", "https://http-us.devo.io/stream/acme/token!devoUrlS3cret0123".into());
+        let body = r#"{"features":["auditevents","itemusages","signinattempts"],"account_uuid":"ACC"}"#;
+        for devo in [answer(200, ""), answer(404, ""), Err(HttpFailure::Transport("refused".into()))] {
+            let (checks, sent) = run_with(load(&m), answer(200, body), devo);
+            assert!(sent[1].path.contains("token!devoUrlS3cret0123"), "the request keeps it");
+            let text = serde_json::to_string(&checks).unwrap();
+            assert!(!text.contains("devoUrlS3cret0123"), "{text}");
+            assert!(text.contains("/stream/acme/token!<redacted>"), "{text}");
+        }
+    }
+
+    #[test]
     fn the_checklist_shows_times_in_utc() {
         let mut m = minimal();
         m.insert("token", jwt(&format!(r#"{{"features":["auditevents"],"exp":{}}}"#, 1_800_000_000 + 3600)));

@@ -246,3 +246,30 @@ fn run_ticks_every_tenant_on_its_schedule_and_logs_each_service() {
         assert!(!text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN));
     }
 }
+
+#[test]
+fn validate_shows_no_devo_token_that_sits_in_devo_urls_path() {
+    const IN_PATH: &str = "devoUrlPathS3cret0123";
+    let setup = setup(7, 10, "", "", ENV_DEVO_TOKEN);
+    let url = format!("{}/stream/cli/token!{IN_PATH}", setup.devo.base_url());
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| if l.starts_with("devo_url") { format!("devo_url = \"{url}\"") } else { l.to_string() })
+        .collect();
+    std::fs::write(&setup.config, text.join("\n")).unwrap();
+    for format in ["table", "json"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+            .args(["validate", "--config", &setup.config, "--output", format])
+            .env("CLI_OP_TOKEN", OP_TOKEN)
+            .env("CLI_DEVO_TOKEN", DEVO_TOKEN)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+        for text in [&stdout, &stderr] {
+            assert!(!text.contains(IN_PATH) && !text.contains(DEVO_TOKEN), "{format}: token shown in {text}");
+        }
+        // The configuration check shows the URL, its token redacted.
+        assert!(stdout.contains("/stream/cli/token!<redacted>"), "{format}: {stdout}");
+    }
+}

@@ -658,3 +658,24 @@ fn a_tenant_opening_many_connections_at_once_gets_only_the_requests_in_flight_ca
     assert!(accepted > 0, "the requests within the cap did connect");
     n.assert_unaffected(&good, 1);
 }
+
+#[test]
+fn a_devo_token_a_tenant_quotes_from_its_devo_url_is_redacted_in_what_the_host_shows() {
+    let n = Neighbours::start(11);
+    // The guest says every variable it has, its devo_url with a token in
+    // the path among them, in a tick's error and in a validate check.
+    const IN_PATH: &str = "devoUrlPathS3cret0123";
+    let url = format!("https://http-us.devo.io/stream/hostile/token!{IN_PATH}");
+    let tenant = n.hostile("keys", &[("devo_url", &url), ("keys", "devo_url")]);
+    let tick = block_on(hostile().tick(&tenant));
+    let checks = block_on(hostile().validate(&tenant));
+    let seen = attempts(&tick).join("\n");
+    assert!(
+        seen.contains("config devo_url => Some(\"https://http-us.devo.io/stream/hostile/token!<redacted>"),
+        "{seen}"
+    );
+    for text in [tick.to_json().to_string(), serde_json::to_string(&checks).unwrap()] {
+        assert!(!text.contains(IN_PATH), "the token is shown: {text}");
+        assert!(text.contains("/stream/hostile/token!<redacted>"), "{text}");
+    }
+}
