@@ -62,6 +62,16 @@ fn inert(text: &str, max: usize) -> String {
     shown
 }
 
+/// A host error as a guest or a report may show it: its message and its
+/// causes (`{:#}`), never the backtrace that its `{:?}` ends with when
+/// `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` is set (wasmtime's and anyhow's
+/// errors capture one then): host frames, the host's file paths, are not a
+/// tenant's to read. Bounded and inert like a guest's text, since what the
+/// host says about a tenant's request may quote the tenant's input.
+pub fn host_error(e: &(impl std::fmt::Display + ?Sized)) -> String {
+    message(&format!("{e:#}"))
+}
+
 /// A service name as a log key and a metric label can hold it: letters,
 /// digits, `_` and `-`, anything else replaced by `_`.
 pub fn name(text: &str) -> String {

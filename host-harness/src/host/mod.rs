@@ -7,8 +7,11 @@
 //! * [`outbound`]: every outgoing `wasi:http` request: the allow-list
 //!   (scheme, host, port), the operator's `allow_http` and
 //!   `allow_private_networks` checked on the address connected to, capped
-//!   timeouts and a bounded response body.
+//!   timeouts and a bounded response body;
+//! * [`io_error`]: `wasi:io/error` in place of wasmtime-wasi's, so that a
+//!   stream's error reaches the guest without the host's backtrace.
 
 pub mod config;
+pub(crate) mod io_error;
 pub mod keyvalue;
 pub mod outbound;

@@ -94,10 +94,13 @@ impl TickState {
 impl bindings::fermyon::spin_cron::cron_types::Host for TickState {}
 
 /// Links every import the component may use: WASI and wasi-http from
-/// wasmtime's crates, key-value and config from [`crate::host`].
+/// wasmtime's crates (`wasi:io/error` from [`crate::host::io_error`]),
+/// key-value and config from [`crate::host`].
 pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
     let mut linker = Linker::<TickState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // Its `wasi:io/error` hands the guest the host's backtraces.
+    crate::host::io_error::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     keyvalue::add_to_linker(&mut linker, |s| KeyValue { ctx: &mut s.kv, table: &mut s.table })?;
     config::add_to_linker(&mut linker, |s| &mut s.config)?;
