@@ -4,7 +4,7 @@
 use harness_test_kit::emulator::{
     tenant_variables, Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
 };
-use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick};
+use host_harness::runtime::{default_component_path, Limits, Runtime, TenantTick, TickOptions};
 use host_harness::tenant::Tenant;
 use onepassword_collector::service::{ApiVersion, Service};
 use std::sync::OnceLock;
@@ -37,6 +37,9 @@ pub struct Fixture {
     /// How far ahead of the real clock the component's clock is, in
     /// seconds: tests move time past back-offs and leases without sleeping.
     pub clock: std::cell::Cell<u64>,
+    /// What every tick of the fixture runs with besides its clock (the
+    /// store's backend: [`Fixture::on_spin_redis`]).
+    pub options: TickOptions,
 }
 
 impl Fixture {
@@ -59,7 +62,7 @@ impl Fixture {
             allowed_outbound_hosts: None,
             limits: Default::default(),
         };
-        Fixture { dataset, op, devo, state, tenant, clock: std::cell::Cell::new(0) }
+        Fixture { dataset, op, devo, state, tenant, clock: std::cell::Cell::new(0), options: TickOptions::default() }
     }
 
     pub fn set(&mut self, key: &str, value: &str) {
@@ -73,7 +76,12 @@ impl Fixture {
 
     /// One tick at the fixture's clock on `runtime`.
     pub fn tick_on(&self, runtime: &Runtime) -> TenantTick {
-        block_on(runtime.tick_with(&self.tenant, &later(self.clock.get())))
+        block_on(runtime.tick_with(&self.tenant, &self.options_at(self.clock.get())))
+    }
+
+    /// The fixture's options, with the clock `seconds` ahead.
+    pub fn options_at(&self, seconds: u64) -> TickOptions {
+        TickOptions { clock_offset: std::time::Duration::from_secs(seconds), ..self.options.clone() }
     }
 
     /// Moves the component's clock forward.
@@ -172,10 +180,12 @@ pub fn later(seconds: u64) -> host_harness::runtime::TickOptions {
 }
 
 impl Fixture {
-    /// A tick with faults; the clock is the fixture's.
+    /// A tick with faults; the clock is the fixture's, and so is the
+    /// store's backend unless `options` has one.
     pub fn tick_with(&self, options: &host_harness::runtime::TickOptions) -> TenantTick {
         let options = host_harness::runtime::TickOptions {
             clock_offset: std::time::Duration::from_secs(self.clock.get()),
+            kv_backend: options.kv_backend.clone().or_else(|| self.options.kv_backend.clone()),
             ..options.clone()
         };
         tick_with(&self.tenant, &options)
@@ -197,5 +207,27 @@ impl Fixture {
         let prefix = format!("onepassword-collector/{}/", self.tenant.name);
         let location = host_harness::kv::RedisLocation::new(&server.url(0), &prefix).unwrap();
         self.tenant.kv = host_harness::kv::KvLocation::Redis(location);
+    }
+
+    /// Like [`Fixture::on_redis`], but every tick's store behaves exactly
+    /// like Spin's Redis store (`harness_test_kit::spin_redis`: every swap
+    /// answers "failed", also those that wrote). The records are where
+    /// `on_redis` keeps them (the harness's Redis store keeps bucket
+    /// `default` under `<prefix>default/`), so `state` and `status` read
+    /// them as usual. Returns what the swaps did.
+    pub fn on_spin_redis(
+        &mut self,
+        server: &harness_test_kit::redis_server::RedisServer,
+    ) -> std::sync::Arc<harness_test_kit::spin_redis::SwapCounts> {
+        self.on_redis(server);
+        let counts = std::sync::Arc::default();
+        let prefix = format!("onepassword-collector/{}/default/", self.tenant.name);
+        let factory = harness_test_kit::spin_redis::SpinRedisStore::factory(
+            &server.url(0),
+            &prefix,
+            std::sync::Arc::clone(&counts),
+        );
+        self.options.kv_backend = Some(factory);
+        counts
     }
 }

@@ -17,7 +17,7 @@
 
 use crate::bindings::wasi::keyvalue::atomics as wit_atomics;
 use crate::bindings::wasi::keyvalue::store as wit_store;
-use crate::kv::{KvBackend, KvLocation, Stores};
+use crate::kv::{KvBackend, KvBackendFactory, KvLocation, Stores};
 use crate::runtime::StateLimits;
 use std::collections::HashSet;
 use std::future::Future;
@@ -77,6 +77,8 @@ pub type KvFaultHook = Arc<dyn Fn(KvOp, &str) -> Option<KvFault> + Send + Sync>;
 pub struct KeyValueCtx {
     stores: Arc<Stores>,
     location: KvLocation,
+    /// Opens the store instead of `location` (tests: [`KvBackendFactory`]).
+    opener: Option<KvBackendFactory>,
     backend: Option<Box<dyn KvBackend>>,
     faults: Option<KvFaultHook>,
     limits: StateLimits,
@@ -100,6 +102,7 @@ impl KeyValueCtx {
         KeyValueCtx {
             stores,
             location,
+            opener: None,
             backend: None,
             faults,
             limits,
@@ -110,11 +113,22 @@ impl KeyValueCtx {
         }
     }
 
+    /// Opens the store with `opener` instead of the tenant's location (a
+    /// test's own backend); `None` keeps the location.
+    pub fn with_backend(mut self, opener: Option<KvBackendFactory>) -> KeyValueCtx {
+        self.opener = opener;
+        self
+    }
+
     /// The tenant's store, opened (and created) on first use: a tick that
     /// never reaches the store never creates it.
     async fn backend(&mut self) -> Result<&mut dyn KvBackend, Error> {
         if self.backend.is_none() {
-            self.backend = Some(self.stores.open(&self.location, BUCKET).await.map_err(Error::Other)?);
+            let opened = match &self.opener {
+                Some(open) => open().await,
+                None => self.stores.open(&self.location, BUCKET).await,
+            };
+            self.backend = Some(opened.map_err(Error::Other)?);
         }
         Ok(self.backend.as_deref_mut().expect("just opened"))
     }
@@ -129,6 +143,15 @@ impl KeyValueCtx {
 
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let value = self.run(|kv| kv.get(key)).await?;
+        if value.is_some() {
+            self.present.insert(key.to_string());
+        }
+        Ok(value)
+    }
+
+    /// A compare-and-swap handle's read ([`KvBackend::watch`]).
+    async fn watch(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let value = self.run(|kv| kv.watch(key)).await?;
         if value.is_some() {
             self.present.insert(key.to_string());
         }
@@ -308,7 +331,7 @@ impl wit_atomics::HostCas for KeyValue<'_> {
                 "too many compare-and-swap handles open: the host allows {MAX_OPEN_HANDLES} at once; drop one first"
             ))));
         }
-        match self.ctx.get(&key).await {
+        match self.ctx.watch(&key).await {
             Ok(seen) => {
                 let cas = self.table.push(CasHandle { key, seen })?;
                 self.ctx.open_swaps += 1;
@@ -368,7 +391,7 @@ impl wit_atomics::Host for KeyValue<'_> {
             }
             Ok(false) if lies => Ok(Ok(())),
             // Hand back a fresh handle on the current value, as the interface asks.
-            Ok(false) => match self.ctx.get(&key).await {
+            Ok(false) => match self.ctx.watch(&key).await {
                 Ok(seen) => {
                     let cas = self.table.push(CasHandle { key, seen })?;
                     self.ctx.open_swaps += 1;

@@ -38,7 +38,27 @@ pub trait KvBackend: Send {
     /// Adds `delta` to a counter stored as decimal text (absent counts as
     /// 0), atomically; returns the new value.
     async fn increment(&mut self, key: &str, delta: i64) -> Result<i64, String>;
+    /// Starts a compare-and-swap of `key` and reads its current value: a
+    /// guest's `wasi:keyvalue/atomics` handle (`cas.new`, whose value the
+    /// swap is checked against). By default a plain [`KvBackend::get`]:
+    /// [`KvBackend::compare_and_swap`] checks atomically by itself. A
+    /// backend whose transactions are scoped to a connection overrides it
+    /// (the test kit's copy of Spin's Redis store, `WATCH` then `GET`).
+    async fn watch(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.get(key).await
+    }
 }
+
+/// Opens a tenant's store some other way than its [`KvLocation`]: how a
+/// test plugs a backend of its own into a tick
+/// (`runtime::TickOptions::kv_backend`; the test kit's `spin_redis` store,
+/// which behaves as Spin's Redis store, is one). Called once per tick, at
+/// the instance's first store call; its error is the guest's store error.
+pub type KvBackendFactory = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<dyn KvBackend>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Where one tenant's store is.
 #[derive(Clone, PartialEq, Eq)]

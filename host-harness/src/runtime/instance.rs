@@ -9,7 +9,7 @@ use crate::bindings;
 use crate::host::config::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
 use crate::host::outbound::{OutboundPolicy, OutboundSettings};
-use crate::kv::Stores;
+use crate::kv::{KvBackendFactory, Stores};
 use crate::tenant::Tenant;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,9 @@ pub const MAX_FIELDS_BYTES: usize = 16 << 10;
 #[derive(Clone, Default)]
 pub struct TickOptions {
     pub kv_faults: Option<KvFaultHook>,
+    /// Opens the tenant's store instead of its `kv`: a test's own backend
+    /// (the test kit's `spin_redis`, which behaves as Spin's Redis store).
+    pub kv_backend: Option<KvBackendFactory>,
     /// Added to the wall clock the component sees, so tests can move time
     /// forward (past a back-off or a lease) without sleeping.
     pub clock_offset: Duration,
@@ -137,7 +140,8 @@ pub(crate) fn new_store(
         },
         table,
         outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, host.limits.request_timeout),
-        kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.limits.state, options.kv_faults.clone()),
+        kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.limits.state, options.kv_faults.clone())
+            .with_backend(options.kv_backend.clone()),
         config: ConfigVars(tenant.variables.clone()),
         guard: Guard::new(meter, limits),
     };

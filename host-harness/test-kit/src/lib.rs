@@ -8,6 +8,9 @@
 //! * [`loopback`]: the outbound rules that let a runtime reach the
 //!   emulators (plain http on 127.0.0.1), as settings and as `[host]` keys;
 //! * [`redis_server`]: a real `redis-server` on a free loopback port;
+//! * [`spin_redis`]: a key-value store that behaves exactly like Spin's
+//!   Redis store (its compare-and-swap answers "failed" to every swap), for
+//!   the end-to-end tests of the component under it;
 //! * [`spin_check`]: the static Spin compatibility checker behind
 //!   `tests/spin_compat.rs`;
 //! * [`tls`]: a test CA made in memory and a TLS front before an emulator,
@@ -19,5 +22,6 @@ pub mod demo;
 pub mod emulator;
 pub mod loopback;
 pub mod redis_server;
+pub mod spin_redis;
 pub mod spin_check;
 pub mod tls;
