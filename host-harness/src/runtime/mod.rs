@@ -183,9 +183,17 @@ impl Runtime {
     pub async fn validate(&self, tenant: &Tenant) -> Vec<Check> {
         let _slot = self.inner.slots.acquire().await.expect("the slot semaphore is never closed");
         let limits = self.effective_limits(tenant);
-        match tokio::time::timeout(limits.wall_deadline, self.inner.validate(tenant, &limits)).await {
+        let meter = Arc::new(Meter::default());
+        let run = self.inner.validate(tenant, &limits, Arc::clone(&meter));
+        match tokio::time::timeout(limits.wall_deadline, run).await {
             Ok(Ok(checks)) => checks,
-            Ok(Err(trap)) => vec![Check { name: "host".into(), status: Status::Fail, detail: format!("{trap:#}") }],
+            // Named as a tick's failure is: the limit, if one was hit. What
+            // a trap says spans lines (its wasm backtrace) and names the
+            // guest's functions: made one inert line, as the guest's text.
+            Ok(Err(trap)) => {
+                let detail = crate::guest_text::message(&meter.explain(&trap, &limits));
+                vec![Check { name: "host".into(), status: Status::Fail, detail }]
+            }
             Err(_) => {
                 vec![Check { name: "host".into(), status: Status::Fail, detail: "wall deadline exceeded".into() }]
             }
@@ -247,8 +255,12 @@ impl Inner {
         Ok(tenant.environment.hide_in_tick(result))
     }
 
-    async fn validate(&self, tenant: &Tenant, limits: &EffectiveLimits) -> anyhow::Result<Vec<Check>> {
-        let meter = Arc::new(Meter::default());
+    async fn validate(
+        &self,
+        tenant: &Tenant,
+        limits: &EffectiveLimits,
+        meter: Arc<Meter>,
+    ) -> anyhow::Result<Vec<Check>> {
         let options = TickOptions::default();
         let mut store = self.new_store(tenant, &options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;

@@ -679,3 +679,18 @@ fn a_devo_token_a_tenant_quotes_from_its_devo_url_is_redacted_in_what_the_host_s
         assert!(text.contains("/stream/hostile/token!<redacted>"), "{text}");
     }
 }
+
+#[test]
+fn a_tenant_stopped_in_validate_fails_one_host_check_naming_the_limit_on_one_line() {
+    let n = Neighbours::start(12);
+    let tenant = n.hostile("spin", &[]);
+    let started = Instant::now();
+    let checks = block_on(hostile().validate(&tenant));
+    assert!(started.elapsed() < CPU + MARGIN + WALL, "{:?}", started.elapsed());
+    let [check] = checks.as_slice() else { panic!("one check: {checks:?}") };
+    assert_eq!((check.name.as_str(), check.status), ("host", onepassword_collector::validate::Status::Fail));
+    assert!(check.detail.contains("CPU deadline exceeded") && check.detail.contains("cpu_ms"), "{check:?}");
+    // What the host says of a trap spans lines (its wasm backtrace) and
+    // names the guest's functions: one inert line, as the guest's own text.
+    assert!(!check.detail.chars().any(onepassword_collector::text::is_unsafe), "{:?}", check.detail);
+}
