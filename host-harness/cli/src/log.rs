@@ -172,9 +172,18 @@ fn first_line(text: &str) -> String {
     crate::output::first_line(text, usize::MAX)
 }
 
-/// One line: `time`, `level`, then the fields in order.
+/// One line: `time`, `level`, then the fields in order. Every text value is
+/// shown as [`host_harness::guest_text`] makes it, one bounded inert line:
+/// a tick's values were cleaned as they entered the host, but a lifecycle
+/// line may quote the tenants file (why a reload failed), which holds the
+/// tenants' variables. A bidi override would pass both formats' own
+/// escaping (logfmt drops control characters only, JSON escapes them only).
 pub fn render(format: LogFormat, now: chrono::DateTime<Utc>, level: Level, fields: Fields) -> String {
     let time = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let fields = fields.into_iter().map(|(key, value)| match value {
+        Value::String(text) => (key, Value::String(host_harness::guest_text::message(&text))),
+        other => (key, other),
+    });
     match format {
         LogFormat::Json => {
             // Written by hand to keep the order: time, level, then the fields.
@@ -267,6 +276,19 @@ mod tests {
             "time=2026-11-27T00:29:42.000Z level=info tenant=acme msg=tick ok=true fetched=20 sent=20 \
              audit=\"delivered sent=20 total=40 lag=12s\" elapsed_ms=9 guest_cpu_ms=3"
         );
+    }
+
+    #[test]
+    fn a_lifecycle_line_quoting_the_tenants_file_stays_one_inert_line() {
+        // What a failed reload's error may quote from a tenant's variables.
+        let quoted = "bad value \"\u{202e}gnp.exe\x1b[2J\nlevel=info msg=reloaded\"";
+        let fields: Fields = vec![("msg".into(), format!("reload failed, nothing changed: {quoted}").into())];
+        for format in [LogFormat::Logfmt, LogFormat::Json] {
+            let line = render(format, at(), Level::Error, fields.clone());
+            assert!(!line.chars().any(onepassword_collector::text::is_unsafe), "{format:?}: {line:?}");
+            // Escaped (the format then escapes the backslash), not dropped.
+            assert!(line.contains(r"u{202e}gnp.exe") && line.contains("[2J level=info"), "{format:?}: {line}");
+        }
     }
 
     #[test]
