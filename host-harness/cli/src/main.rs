@@ -147,10 +147,20 @@ async fn main() -> ExitCode {
     match dispatch(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("host-harness: {e:#}");
+            eprintln!("host-harness: {}", fatal(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// A fatal error as stderr shows it, line by line: a parse error quotes the
+/// tenants file, which holds tenants' variables, so each line is made inert
+/// as a guest's text is (a caret diagram keeps its lines).
+fn fatal(e: &anyhow::Error) -> String {
+    const MAX_LINES: usize = 64;
+    let text = format!("{e:#}");
+    let lines: Vec<String> = text.lines().take(MAX_LINES).map(host_harness::guest_text::message).collect();
+    lines.join("\n")
 }
 
 fn exit(ok: bool) -> ExitCode {

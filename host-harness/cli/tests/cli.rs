@@ -273,3 +273,17 @@ fn validate_shows_no_devo_token_that_sits_in_devo_urls_path() {
         assert!(stdout.contains("/stream/cli/token!<redacted>"), "{format}: {stdout}");
     }
 }
+
+#[test]
+fn a_config_error_quoting_a_tenants_value_shows_it_inert() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    // A screen clear and a bidi override in a tenant's value, which the
+    // parser's error quotes with the line it is on.
+    std::fs::write(&config, "[tenants.a.variables]\nbase_url = \"https://x\u{202e}gnp\x1b[2J\"\n").unwrap();
+    let (ok, lines, stderr) = harness(&["tick", "--config", config.to_str().unwrap()]);
+    assert!(!ok && lines.is_empty());
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(!stderr.chars().any(|c| c != '\n' && onepassword_collector::text::is_unsafe(c)), "{stderr:?}");
+    assert!(stderr.contains(r"https://x\u{202e}gnp\u{1b}[2J"), "{stderr}");
+}
