@@ -77,7 +77,10 @@ pub fn introspection_failure(failure: &HttpFailure) -> CollectorError {
     CollectorError::new(
         ErrorKind::PullError,
         id,
-        format!("1Password's token introspection failed: {failure}; check base_url, the network and the host's allowed outbound hosts"),
+        format!(
+            "1Password's token introspection failed: {}; check base_url, the network and the host's allowed outbound hosts",
+            failure.for_setting("base_url")
+        ),
     )
 }
 

@@ -27,13 +27,15 @@ impl Guest for Component {
     fn handle_cron_event(_metadata: cron_types::Metadata) -> Result<(), cron_types::Error> {
         let report = run_tick().map_err(|e| cron_types::Error::Other(e.to_string()))?;
         let mut failures = Vec::new();
+        // Spin collects component stderr as the log, a record per write:
+        // each line is one write, its newline included.
+        let mut stderr = std::io::stderr().lock();
         for w in &report.warnings {
-            eprintln!("warning: {w}");
+            let _ = crate::report::write_line(&mut stderr, &format!("warning: {w}"));
         }
         for s in &report.services {
-            // One line per service, Devo's sender statistics and more: Spin
-            // collects component stderr as the log.
-            eprintln!("{}", s.log_line());
+            // One line per service, Devo's sender statistics and more.
+            let _ = crate::report::write_line(&mut stderr, &s.log_line());
             if let Some(e) = &s.error {
                 failures.push(format!("{}: {e}", s.service));
             }

@@ -204,8 +204,9 @@ pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorErro
         ErrorKind::DeliveryError,
         DEVO_UNREACHABLE,
         format!(
-            "Devo could not be reached for {service} events: {failure}; check devo_url and the host's \
-             allowed outbound hosts. The checkpoint was not advanced, so the page is sent again next tick"
+            "Devo could not be reached for {service} events: {}; check devo_url and the host's \
+             allowed outbound hosts. The checkpoint was not advanced, so the page is sent again next tick",
+            failure.for_setting("devo_url")
         ),
     )
 }

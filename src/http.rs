@@ -101,6 +101,22 @@ pub enum HttpFailure {
     TooLarge { limit: u64 },
 }
 
+impl HttpFailure {
+    /// The failure as an error says it, for a request to the host of
+    /// setting `variable` (`base_url` or `devo_url`). A refusal says which
+    /// setting's host was refused and what makes a host refuse it, Spin's
+    /// way included: there, one `allowed_outbound_hosts` entry it cannot
+    /// read (a URL with a path) refuses every request, to either host.
+    pub fn for_setting(&self, variable: &str) -> String {
+        match self {
+            HttpFailure::Denied => format!(
+                "the host refused the request to the host of {variable} (destination not allowed): the host's allowed outbound hosts must include it. Under Spin, allowed_outbound_hosts must hold base_url and devo_url as scheme://host[:port] without a path; one entry Spin cannot read makes it refuse every request, to both"
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for HttpFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -117,6 +133,21 @@ impl fmt::Display for HttpFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_request_names_the_setting_whose_host_it_was_for() {
+        use crate::service::Service;
+        let op = crate::onepassword::transport_error(Service::Audit, &HttpFailure::Denied).message;
+        let introspection = crate::account::introspection_failure(&HttpFailure::Denied).message;
+        let devo = crate::devo::transport_error(Service::Audit, &HttpFailure::Denied).message;
+        for (message, setting) in [(&op, "base_url"), (&introspection, "base_url"), (&devo, "devo_url")] {
+            assert!(message.contains(&format!("the host refused the request to the host of {setting}")), "{message}");
+            assert!(message.contains("one entry Spin cannot read makes it refuse every request"), "{message}");
+            assert!(message.chars().count() <= crate::text::MAX_MESSAGE_CHARS, "{message}");
+        }
+        // Other failures read as before.
+        assert_eq!(HttpFailure::Timeout.for_setting("base_url"), "the request timed out");
+    }
 
     #[test]
     fn debug_and_url_hide_tokens() {

@@ -183,8 +183,9 @@ pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorErro
         ErrorKind::PullError,
         ONEPASSWORD_UNREACHABLE,
         format!(
-            "1Password could not be reached for {service}: {failure}; check base_url, the network and \
-             the host's allowed outbound hosts. Nothing was lost: the page is retried next tick"
+            "1Password could not be reached for {service}: {}; check base_url, the network and \
+             the host's allowed outbound hosts. Nothing was lost: the page is retried next tick",
+            failure.for_setting("base_url")
         ),
     )
 }

@@ -128,9 +128,49 @@ impl TickReport {
     }
 }
 
+/// Writes `text` and its newline in one write (a log line). Spin makes a
+/// log record of each write to stderr: `eprintln!` writes the text and the
+/// newline separately, which gave two records per line, the second empty.
+/// (A line longer than a stream's single write, 4 KiB in wasi:cli, is still
+/// cut by the host.)
+pub fn write_line(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text);
+    line.push('\n');
+    out.write_all(line.as_bytes())?;
+    out.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the writes it is given, as Spin counts log records.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl std::io::Write for Writes {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_log_line_is_one_write_with_its_newline() {
+        let mut out = Writes::default();
+        write_line(&mut out, "service=audit outcome=Idle").unwrap();
+        write_line(&mut out, "warning: x").unwrap();
+        assert_eq!(out.0, [b"service=audit outcome=Idle\n".to_vec(), b"warning: x\n".to_vec()]);
+        // What eprintln! does with a line made at run time: the text, then
+        // the newline.
+        let (mut split, text) = (Writes::default(), String::from("service=audit"));
+        std::io::Write::write_fmt(&mut split, format_args!("{text}\n")).unwrap();
+        assert_eq!(split.0, [b"service=audit".to_vec(), b"\n".to_vec()], "the reason for write_line");
+    }
 
     #[test]
     fn log_lines_carry_the_sender_statistics() {

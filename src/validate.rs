@@ -149,6 +149,7 @@ impl Validation {
         }
         let features = match result {
             Err(f) => {
+                let f = f.for_setting("base_url");
                 self.checks.push(fail("1Password", format!("{} could not be reached: {f}", config.base_url)));
                 claims.and_then(|c| c.features)
             }
