@@ -9,9 +9,12 @@
 //!   `allow_private_networks` checked on the address connected to, capped
 //!   timeouts and a bounded response body;
 //! * [`io_error`]: `wasi:io/error` in place of wasmtime-wasi's, so that a
-//!   stream's error reaches the guest without the host's backtrace.
+//!   stream's error reaches the guest without the host's backtrace;
+//! * [`stderr`]: the guest's `wasi:cli/stderr`, kept for the host to show
+//!   cleaned, never written to the host's own stderr.
 
 pub mod config;
 pub(crate) mod io_error;
 pub mod keyvalue;
 pub mod outbound;
+pub mod stderr;

@@ -132,7 +132,9 @@ pub(crate) fn new_store(
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_RESOURCES);
     let state = TickState {
-        wasi: WasiCtx::builder().inherit_stderr().wall_clock(OffsetClock(options.clock_offset)).build(),
+        // Not the host's stderr: what the guest writes is kept, and shown
+        // cleaned with the tick's result (host/stderr.rs).
+        wasi: WasiCtx::builder().stderr(meter.stderr.clone()).wall_clock(OffsetClock(options.clock_offset)).build(),
         http: {
             let mut http = WasiHttpCtx::new();
             http.set_field_size_limit(MAX_FIELDS_BYTES);

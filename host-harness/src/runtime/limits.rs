@@ -154,6 +154,8 @@ pub(crate) struct Meter {
     pub memory_refused: AtomicU64,
     pub cpu_used_us: AtomicU64,
     pub cpu_exceeded: AtomicBool,
+    /// What the guest wrote to its stderr.
+    pub stderr: crate::host::stderr::GuestStderr,
 }
 
 impl Meter {

@@ -33,7 +33,7 @@ pub use crate::host::keyvalue::{KvFault, KvFaultHook, KvOp};
 pub use crate::host::outbound::{OutboundSettings, TlsTrust};
 
 use self::limits::Meter;
-use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure, with_warnings};
+use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure, with_stderr, with_warnings};
 use crate::bindings::CollectorHostPre;
 use crate::kv::Stores;
 use crate::tenant::Tenant;
@@ -159,13 +159,19 @@ impl Runtime {
         let meter = Arc::new(Meter::default());
         let started = Instant::now();
         let run = self.inner.run(tenant, options, &limits, Arc::clone(&meter));
+        let stopped = |message: String| {
+            // What the guest wrote before it was stopped (a panic's message)
+            // says why; hidden like the guest's own messages.
+            let result = with_stderr(Err(host_failure(message)), meter.stderr.text());
+            tenant.environment.hide_in_tick(result)
+        };
         let result = match tokio::time::timeout(limits.wall_deadline, run).await {
             Ok(Ok(result)) => result,
-            Ok(Err(trap)) => Err(host_failure(meter.explain(&trap, &limits))),
-            Err(_) => Err(host_failure(format!(
+            Ok(Err(trap)) => stopped(meter.explain(&trap, &limits)),
+            Err(_) => stopped(format!(
                 "wall deadline exceeded: the tick did not finish within {} ms of wall-clock time (limit wall_ms)",
                 limits.wall_deadline.as_millis()
-            ))),
+            )),
         };
         TenantTick {
             tenant: tenant.name.clone(),
@@ -191,8 +197,12 @@ impl Runtime {
             // a trap says spans lines (its wasm backtrace) and names the
             // guest's functions: made one inert line, as the guest's text.
             Ok(Err(trap)) => {
-                let detail = crate::guest_text::message(&meter.explain(&trap, &limits));
-                vec![Check { name: "host".into(), status: Status::Fail, detail }]
+                let mut detail = meter.explain(&trap, &limits);
+                if let Some(stderr) = meter.stderr.text() {
+                    detail = format!("{detail}; the component wrote to stderr: {stderr}");
+                }
+                let detail = crate::guest_text::message(&detail);
+                tenant.environment.hide_in_checks(vec![Check { name: "host".into(), status: Status::Fail, detail }])
             }
             Err(_) => {
                 vec![Check { name: "host".into(), status: Status::Fail, detail: "wall deadline exceeded".into() }]
@@ -243,6 +253,7 @@ impl Inner {
         limits: &EffectiveLimits,
         meter: Arc<Meter>,
     ) -> anyhow::Result<Result<TickReport, CollectorError>> {
+        let stderr = meter.stderr.clone();
         let mut store = self.new_store(tenant, options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let result = instance.onepassword_collector_runner().call_tick(&mut store).await?;
@@ -250,6 +261,7 @@ impl Inner {
         // was refused, the operator needs to know which setting allows it.
         let refusals = store.data().outbound_refusals();
         let result = result.map(|r| with_warnings(from_wit_report(r), refusals)).map_err(from_wit_error);
+        let result = with_stderr(result, stderr.text());
         // The component quotes bad values; one that came from the
         // environment is shown by its variable's name instead.
         Ok(tenant.environment.hide_in_tick(result))
@@ -262,6 +274,7 @@ impl Inner {
         meter: Arc<Meter>,
     ) -> anyhow::Result<Vec<Check>> {
         let options = TickOptions::default();
+        let stderr = meter.stderr.clone();
         let mut store = self.new_store(tenant, &options, limits, meter);
         let instance = self.pre.instantiate_async(&mut store).await?;
         let checks = instance.onepassword_collector_runner().call_validate(&mut store).await?;
@@ -272,6 +285,10 @@ impl Inner {
         if !refusals.is_empty() {
             let detail = crate::guest_text::message(&refusals.join("; "));
             checks.push(Check { name: "outbound".into(), status: Status::Fail, detail });
+        }
+        if let Some(text) = stderr.text() {
+            let detail = crate::guest_text::message(&format!("the component wrote to stderr: {text}"));
+            checks.push(Check { name: "stderr".into(), status: Status::Warn, detail });
         }
         Ok(tenant.environment.hide_in_checks(checks))
     }

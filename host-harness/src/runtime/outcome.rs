@@ -80,6 +80,26 @@ pub(crate) fn with_warnings(mut report: TickReport, warnings: Vec<String>) -> Ti
     report
 }
 
+/// `result` with what the guest wrote to its stderr (`stderr`, cleaned
+/// already), if anything: a warning of a report, or the end of an error's
+/// message (a panicking component's message says why its tick failed).
+pub(crate) fn with_stderr(
+    result: Result<TickReport, CollectorError>,
+    stderr: Option<String>,
+) -> Result<TickReport, CollectorError> {
+    let Some(text) = stderr else { return result };
+    match result {
+        Ok(mut report) => {
+            report.warnings.push(guest_text::message(&format!("the component wrote to stderr: {text}")));
+            Ok(report)
+        }
+        Err(e) => {
+            let message = guest_text::message(&format!("{}; the component wrote to stderr: {text}", e.message));
+            Err(CollectorError { message, ..e })
+        }
+    }
+}
+
 /// The error of a tick the host ended.
 pub(crate) fn host_failure(message: String) -> CollectorError {
     CollectorError::new(ErrorKind::PrePullError, HOST_FAILURE, format!("the host stopped the tick: {message}"))

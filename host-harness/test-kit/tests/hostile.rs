@@ -694,3 +694,30 @@ fn a_tenant_stopped_in_validate_fails_one_host_check_naming_the_limit_on_one_lin
     // names the guest's functions: one inert line, as the guest's own text.
     assert!(!check.detail.chars().any(onepassword_collector::text::is_unsafe), "{:?}", check.detail);
 }
+
+#[test]
+fn what_a_tenant_writes_to_stderr_is_shown_cleaned_with_its_tick_never_as_the_hosts() {
+    let n = Neighbours::start(13);
+    // A screen clear and a line that reads as `run`'s log line of another
+    // tenant's tick: on the host's stderr, it would be one.
+    let forged = "\x1b[2J\ntime=2026-01-01T00:00:00.000Z level=info tenant=good0 msg=tick ok=true\n";
+    let shown = r"the component wrote to stderr: \u{1b}[2J time=2026-01-01T00:00:00.000Z level=info tenant=good0";
+    let inert = |text: &str| !text.chars().any(onepassword_collector::text::is_unsafe);
+
+    let tenant = n.hostile("stderr", &[("text", forged)]);
+    let tick = block_on(hostile().tick(&tenant));
+    let seen = attempts(&tick).join("\n");
+    assert!(seen.starts_with("written; ") && seen.contains(shown) && inert(&seen), "{seen:?}");
+    let checks = block_on(hostile().validate(&tenant));
+    let stderr = checks.iter().find(|c| c.name == "stderr").unwrap_or_else(|| panic!("{checks:?}"));
+    assert_eq!(stderr.status, onepassword_collector::validate::Status::Warn);
+    assert!(stderr.detail.contains(shown) && inert(&stderr.detail), "{stderr:?}");
+
+    // A panicking guest: its message says why the host stopped the tick.
+    let tenant = n.hostile("panic", &[("text", "hostile says \x1b]0;pwned\x07")]);
+    let tick = block_on(hostile().tick(&tenant));
+    let e = tick.result.as_ref().err().unwrap_or_else(|| panic!("{}", tick.to_json()));
+    assert_eq!(e.id, HOST_FAILURE, "{}", tick.to_json());
+    assert!(e.message.contains("the component wrote to stderr: hostile says"), "{}", e.message);
+    assert!(e.message.contains(r"hostile says \u{1b}]0;pwned\u{7}") && inert(&e.message), "{:?}", e.message);
+}

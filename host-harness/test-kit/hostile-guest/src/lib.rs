@@ -13,6 +13,8 @@
 //! | `many-requests` | starts `requests` (100) GETs to its `base_url` at once, keeping every handle and reading no answer, waits `wait_ms` (300) and counts what became of them | returning `refused:N`, `pending:N`, `other:N` |
 //! | `hold-open` | sends GETs to the first of `targets` asking for hour-long timeouts, again and again | the host's wall deadline |
 //! | `keys` | opens every bucket of `buckets`, lists it, reads every key of `keys` from it and from `wasi:config`, writes `hostile/marker` | returning everything it saw |
+//! | `stderr` | writes `text` to its stderr | returning `written` |
+//! | `panic` | writes `text` to its stderr and panics with it | a trap |
 //!
 //! Modes that return do so with a tick error of id [`HOSTILE`] whose message
 //! holds one entry per thing tried (`what => result`, separated by
@@ -83,6 +85,14 @@ fn run() -> Result<String, String> {
         "many-requests" => many_requests(),
         "hold-open" => hold_open(),
         "keys" => Ok(keys()),
+        "stderr" => {
+            eprint!("{}", var("text"));
+            Ok("written".into())
+        }
+        "panic" => {
+            eprint!("{}", var("text"));
+            panic!("{}", var("text"))
+        }
         other => Err(format!("unknown hostile_mode {other:?}")),
     }
 }
