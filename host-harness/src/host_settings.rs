@@ -13,6 +13,7 @@
 //! max_concurrent_instances = 32   # instances alive at once (the pool)
 //! state_value_bytes = 1048576     # largest value a tenant may store
 //! state_keys = 1000               # most keys in a tenant's store
+//! state_host_bytes = 8388608      # host memory one instance's store handles and values may hold
 //! response_body_bytes = 8388608   # largest response body a tenant may read
 //! allow_http = true               # plain http:// outbound (default: false)
 //! allow_private_networks = ["127.0.0.0/8"]   # default: none
@@ -101,6 +102,7 @@ pub(crate) struct HostFile {
     max_concurrent_instances: Option<u64>,
     state_value_bytes: Option<u64>,
     state_keys: Option<u64>,
+    state_host_bytes: Option<u64>,
     response_body_bytes: Option<u64>,
     allow_http: Option<bool>,
     allow_private_networks: Option<Vec<String>>,
@@ -189,8 +191,23 @@ impl HostFile {
                     d.state.value_bytes as u64,
                 )? as usize,
                 keys: within("state_keys", self.state_keys, 1, 1_000_000, d.state.keys as u64)? as usize,
+                instance_bytes: within(
+                    "state_host_bytes",
+                    self.state_host_bytes,
+                    65_536,
+                    4 << 30,
+                    d.state.instance_bytes as u64,
+                )? as usize,
             },
         };
+        if limits.state.instance_bytes < limits.state.value_bytes {
+            bail!(
+                "[host] state_host_bytes = {} is below state_value_bytes = {}: an instance could never hold its \
+                 largest value; raise state_host_bytes",
+                limits.state.instance_bytes,
+                limits.state.value_bytes
+            );
+        }
         let d = OutboundSettings::default();
         let allow_private_networks = match self.allow_private_networks {
             None => d.allow_private_networks,
@@ -330,6 +347,7 @@ mod tests {
         let h = host(
             "wall_ms = 60000\ncpu_ms = 2000\nmemory_mib = 32\nrequest_timeout_ms = 10000\n\
              max_concurrent_instances = 4\nstate_value_bytes = 4096\nstate_keys = 10\nallow_http = true\n\
+             state_host_bytes = 1048576\n\
              response_body_bytes = 65536\n\
              allow_private_networks = [\"10.0.0.0/8\", \"fd00::/8\", \"192.168.1.7/32\"]",
         )
@@ -342,7 +360,7 @@ mod tests {
                 cpu_time: Duration::from_secs(2),
                 wall_deadline: Duration::from_secs(60),
                 max_concurrent_instances: 4,
-                state: StateLimits { value_bytes: 4096, keys: 10 },
+                state: StateLimits { value_bytes: 4096, keys: 10, instance_bytes: 1 << 20 },
             }
         );
         assert!(h.outbound.allow_http);
@@ -360,6 +378,8 @@ mod tests {
             ("max_concurrent_instances = 0", "max_concurrent_instances"),
             ("state_value_bytes = 0", "state_value_bytes"),
             ("state_keys = 0", "state_keys"),
+            ("state_host_bytes = 1024", "state_host_bytes must be from 65536"),
+            ("state_value_bytes = 2097152\nstate_host_bytes = 1048576", "is below state_value_bytes"),
             ("response_body_bytes = 10", "response_body_bytes must be from 1024"),
             ("allow_private_networks = [\"10.0.0.0\"]", "ADDRESS/PREFIX"),
             ("allow_private_networks = [\"10.0.0.0/33\"]", "0 to 32"),

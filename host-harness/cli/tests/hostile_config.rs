@@ -52,6 +52,16 @@ impl Spy {
     }
 }
 
+/// A `run` process, killed if the test fails before it stops it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct World {
     dataset: Dataset,
     _op: OnePasswordEmulator,
@@ -268,11 +278,12 @@ fn without_allow_private_networks_nothing_reaches_loopback() {
 fn run_keeps_the_victim_when_a_reload_brings_a_hostile_table() {
     let w = World::new(305);
     w.write(true, &w.victim);
-    let mut child =
+    let child =
         w.command(&["run", "--log-format", "json"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = KillOnDrop(child);
     let log = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&log);
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let mut log = sink.lock().unwrap();
@@ -291,7 +302,7 @@ fn run_keeps_the_victim_when_a_reload_brings_a_hostile_table() {
     let hostile = w.mallory("kv = \"redis:main\"", "token = \"${ACME_OP_TOKEN}\"\ndevo_token = \"${ACME_DEVO_TOKEN}\"");
     w.write(true, &format!("{}\n{hostile}", w.victim));
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) }, 0);
+    assert_eq!(unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGHUP) }, 0);
     wait("reload failed, nothing changed");
     let until = Instant::now() + Duration::from_secs(20);
     while w.devo.event_values(Service::Audit.default_tag()).len() < w.dataset.values(Service::Audit).len() {
@@ -299,8 +310,8 @@ fn run_keeps_the_victim_when_a_reload_brings_a_hostile_table() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
-    child.wait().unwrap();
+    assert_eq!(unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    child.0.wait().unwrap();
     let log = log.lock().unwrap().clone();
     assert!(log.contains("which tenant mallory may not read"), "{log}");
     for secret in [ACME_OP_TOKEN, ACME_DEVO_TOKEN] {

@@ -10,7 +10,11 @@
 //! `[host]` `state_value_bytes` and `state_keys`): a larger value, a longer
 //! key or a key beyond the store's limit is refused with a store error that
 //! names the limit, and nothing is written. So are the handles an instance
-//! may hold open at once (buckets, swaps: [`MAX_OPEN_HANDLES`] of each).
+//! may hold open at once (buckets, swaps: [`MAX_OPEN_HANDLES`] of each), and
+//! the bytes the host holds for them and for the values calls carry:
+//! [`StateLimits::instance_bytes`] for the whole instance (`state_host_bytes`),
+//! whatever the number of handles; a handle's bytes are given back when it
+//! is dropped or swapped.
 //!
 //! Tests can make any operation fail or stop the instance ([`KvFaultHook`]),
 //! which is how the fault matrix reaches the store without a broken disk.
@@ -44,6 +48,14 @@ pub struct Bucket;
 pub struct CasHandle {
     key: String,
     seen: Option<Vec<u8>>,
+}
+
+impl CasHandle {
+    /// What it holds in the host, as counted against
+    /// [`StateLimits::instance_bytes`].
+    fn bytes(&self) -> usize {
+        self.key.len() + self.seen.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// Key-value operations a test can make fail.
@@ -90,6 +102,8 @@ pub struct KeyValueCtx {
     listed: Option<HashSet<String>>,
     open_buckets: usize,
     open_swaps: usize,
+    /// Bytes the open compare-and-swap handles hold (their [`CasHandle::bytes`]).
+    held_bytes: usize,
 }
 
 impl KeyValueCtx {
@@ -110,7 +124,50 @@ impl KeyValueCtx {
             listed: None,
             open_buckets: 0,
             open_swaps: 0,
+            held_bytes: 0,
         }
+    }
+
+    /// Whether the host may hold `bytes` more for this instance (a value a
+    /// call carries, or a new handle) beside what its handles already hold:
+    /// the store error naming [`StateLimits::instance_bytes`] if not.
+    fn fits(&self, bytes: usize, what: &str) -> Result<(), Error> {
+        let limit = self.limits.instance_bytes;
+        if self.held_bytes.saturating_add(bytes) <= limit {
+            return Ok(());
+        }
+        Err(Error::Other(format!(
+            "{what} of {bytes} bytes refused: the instance's compare-and-swap handles already hold {} bytes in the \
+             host, which holds at most {limit} bytes per instance (raise `[host] state_host_bytes`, or drop a handle \
+             first)",
+            self.held_bytes
+        )))
+    }
+
+    /// A new compare-and-swap handle, its bytes counted; refused past
+    /// [`StateLimits::instance_bytes`].
+    fn hold(
+        &mut self,
+        table: &mut ResourceTable,
+        cas: CasHandle,
+    ) -> wasmtime::Result<Result<Resource<CasHandle>, Error>> {
+        let bytes = cas.bytes();
+        if let Err(e) = self.fits(bytes, "compare-and-swap handle") {
+            return Ok(Err(e));
+        }
+        let handle = table.push(cas)?;
+        self.held_bytes += bytes;
+        self.open_swaps += 1;
+        Ok(Ok(handle))
+    }
+
+    /// A compare-and-swap handle taken out of the table (dropped or
+    /// swapped): its bytes are free again.
+    fn release(&mut self, table: &mut ResourceTable, cas: Resource<CasHandle>) -> wasmtime::Result<CasHandle> {
+        let cas = table.delete(cas)?;
+        self.held_bytes = self.held_bytes.saturating_sub(cas.bytes());
+        self.open_swaps = self.open_swaps.saturating_sub(1);
+        Ok(cas)
     }
 
     /// Opens the store with `opener` instead of the tenant's location (a
@@ -155,6 +212,14 @@ impl KeyValueCtx {
         if value.is_some() {
             self.present.insert(key.to_string());
         }
+        Ok(value)
+    }
+
+    /// [`get`](Self::get) for the guest: the value read must fit beside what
+    /// the instance's handles hold.
+    async fn get_out(&mut self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let value = self.get(key).await?;
+        self.fits(value.as_ref().map_or(0, Vec::len), "value read")?;
         Ok(value)
     }
 
@@ -275,7 +340,7 @@ impl wit_store::HostBucket for KeyValue<'_> {
         if let Some(e) = self.ctx.fault(KvOp::Get, &key)? {
             return Ok(Err(e));
         }
-        Ok(self.ctx.get(&key).await)
+        Ok(self.ctx.get_out(&key).await)
     }
 
     async fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
@@ -283,6 +348,9 @@ impl wit_store::HostBucket for KeyValue<'_> {
             return Ok(Err(e));
         }
         if let Err(e) = self.ctx.admit(&key, value.len()).await {
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.ctx.fits(value.len(), "value") {
             return Ok(Err(e));
         }
         let result = self.ctx.run(|kv| kv.set(&key, &value)).await;
@@ -332,22 +400,22 @@ impl wit_atomics::HostCas for KeyValue<'_> {
             ))));
         }
         match self.ctx.watch(&key).await {
-            Ok(seen) => {
-                let cas = self.table.push(CasHandle { key, seen })?;
-                self.ctx.open_swaps += 1;
-                Ok(Ok(cas))
-            }
+            Ok(seen) => self.ctx.hold(self.table, CasHandle { key, seen }),
             Err(e) => Ok(Err(e)),
         }
     }
 
     async fn current(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+        let seen = &self.table.get(&cas)?.seen;
+        // The copy handed out is held too, while it is.
+        if let Err(e) = self.ctx.fits(seen.as_ref().map_or(0, Vec::len), "copy of the value seen") {
+            return Ok(Err(e));
+        }
+        Ok(Ok(seen.clone()))
     }
 
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
-        self.table.delete(cas)?;
-        self.ctx.open_swaps = self.ctx.open_swaps.saturating_sub(1);
+        self.ctx.release(self.table, cas)?;
         Ok(())
     }
 }
@@ -374,12 +442,16 @@ impl wit_atomics::Host for KeyValue<'_> {
     }
 
     async fn swap(&mut self, cas: Resource<CasHandle>, value: Vec<u8>) -> wasmtime::Result<Result<(), CasError>> {
-        let CasHandle { key, seen } = self.table.delete(cas)?;
-        self.ctx.open_swaps = self.ctx.open_swaps.saturating_sub(1);
+        let CasHandle { key, seen } = self.ctx.release(self.table, cas)?;
         if let Some(e) = self.ctx.fault(KvOp::Swap, &key)? {
             return Ok(Err(CasError::StoreError(e)));
         }
         if let Err(e) = self.ctx.admit(&key, value.len()).await {
+            return Ok(Err(CasError::StoreError(e)));
+        }
+        // The value written, beside the value seen (no longer a handle's).
+        let carried = value.len() + seen.as_ref().map_or(0, Vec::len);
+        if let Err(e) = self.ctx.fits(carried, "swap") {
             return Ok(Err(CasError::StoreError(e)));
         }
         let lies = self.ctx.injected(KvOp::Swap, &key) == Some(KvFault::SwapReportsOk);
@@ -391,14 +463,16 @@ impl wit_atomics::Host for KeyValue<'_> {
             }
             Ok(false) if lies => Ok(Ok(())),
             // Hand back a fresh handle on the current value, as the interface asks.
-            Ok(false) => match self.ctx.watch(&key).await {
-                Ok(seen) => {
-                    let cas = self.table.push(CasHandle { key, seen })?;
-                    self.ctx.open_swaps += 1;
-                    Ok(Err(CasError::CasFailed(cas)))
+            Ok(false) => {
+                drop(value);
+                match self.ctx.watch(&key).await {
+                    Ok(seen) => match self.ctx.hold(self.table, CasHandle { key, seen })? {
+                        Ok(cas) => Ok(Err(CasError::CasFailed(cas))),
+                        Err(e) => Ok(Err(CasError::StoreError(e))),
+                    },
+                    Err(e) => Ok(Err(CasError::StoreError(e))),
                 }
-                Err(e) => Ok(Err(CasError::StoreError(e))),
-            },
+            }
         }
     }
 }
@@ -442,7 +516,7 @@ mod tests {
     #[tokio::test]
     async fn values_over_the_hosts_limit_are_refused_and_not_written() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ctx = ctx_in(dir.path(), StateLimits { value_bytes: 100, keys: 10 });
+        let mut ctx = ctx_in(dir.path(), StateLimits { value_bytes: 100, keys: 10, ..StateLimits::default() });
         let mut table = ResourceTable::new();
         let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
         let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
@@ -467,7 +541,7 @@ mod tests {
         // two keys already in the store, written before this tick
         SqliteStore::open(&dir.path().join("t.sqlite")).unwrap().set(BUCKET, "old/1", b"v").unwrap();
         SqliteStore::open(&dir.path().join("t.sqlite")).unwrap().set(BUCKET, "old/2", b"v").unwrap();
-        let mut ctx = ctx_in(dir.path(), StateLimits { value_bytes: 100, keys: 3 });
+        let mut ctx = ctx_in(dir.path(), StateLimits { value_bytes: 100, keys: 3, ..StateLimits::default() });
         let mut table = ResourceTable::new();
         let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
         let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
@@ -515,5 +589,109 @@ mod tests {
         let again = wit_atomics::HostCas::new(&mut s, borrow(&bucket), "k".into()).await.unwrap().unwrap();
         wit_atomics::HostCas::drop(&mut s, again).await.unwrap();
         wit_atomics::HostCas::new(&mut s, borrow(&bucket), "k".into()).await.unwrap().unwrap();
+    }
+
+    async fn new_cas(s: &mut KeyValue<'_>, bucket: &Resource<Bucket>, key: &str) -> Result<Resource<CasHandle>, Error> {
+        wit_atomics::HostCas::new(s, borrow(bucket), key.into()).await.unwrap()
+    }
+
+    fn limit_error(e: &Error) -> bool {
+        matches!(e, Error::Other(m) if m.contains("`[host] state_host_bytes`"))
+    }
+
+    #[tokio::test]
+    async fn many_handles_on_big_values_hit_the_instances_ceiling_and_drops_free_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // the attack: as many handles as allowed, each on a value of the
+        // largest size, under the default limits
+        let limits = StateLimits::default();
+        let mut ctx = ctx_in(dir.path(), limits);
+        let mut table = ResourceTable::new();
+        let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
+        let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
+        s.set(borrow(&bucket), "big".into(), vec![7; limits.value_bytes]).await.unwrap().unwrap();
+        let mut handles = Vec::new();
+        let refused = loop {
+            match wit_atomics::HostCas::new(&mut s, borrow(&bucket), "big".into()).await.unwrap() {
+                Ok(cas) => handles.push(cas),
+                Err(e) => break e,
+            }
+            assert!(handles.len() <= MAX_OPEN_HANDLES, "no ceiling");
+        };
+        assert!(limit_error(&refused), "{refused:?}");
+        let Error::Other(message) = &refused else { unreachable!() };
+        assert!(message.contains(&format!("at most {} bytes per instance", limits.instance_bytes)), "{message}");
+        let held = handles.len() * (3 + limits.value_bytes);
+        assert_eq!(handles.len(), limits.instance_bytes / (3 + limits.value_bytes), "{held} bytes held");
+        assert!(held <= limits.instance_bytes && handles.len() < MAX_OPEN_HANDLES);
+        assert_eq!(s.ctx.held_bytes, held);
+        // nothing else that carries a big value fits beside them
+        let e = s.get(borrow(&bucket), "big".into()).await.unwrap().unwrap_err();
+        assert!(limit_error(&e), "{e:?}");
+        let e = s.set(borrow(&bucket), "other".into(), vec![1; limits.value_bytes]).await.unwrap().unwrap_err();
+        assert!(limit_error(&e), "{e:?}");
+        // small values still do
+        s.set(borrow(&bucket), "small".into(), b"v".to_vec()).await.unwrap().unwrap();
+
+        // dropping the handles gives their bytes back, all of them
+        for cas in handles.drain(..) {
+            wit_atomics::HostCas::drop(&mut s, cas).await.unwrap();
+        }
+        assert_eq!(s.ctx.held_bytes, 0);
+        let again = s.get(borrow(&bucket), "big".into()).await.unwrap().unwrap();
+        assert_eq!(again.map(|v| v.len()), Some(limits.value_bytes));
+        let mut count = 0;
+        while wit_atomics::HostCas::new(&mut s, borrow(&bucket), "big".into()).await.unwrap().is_ok() {
+            count += 1;
+        }
+        assert_eq!(count, limits.instance_bytes / (3 + limits.value_bytes), "the whole budget is free again");
+    }
+
+    #[tokio::test]
+    async fn every_call_carrying_a_value_counts_beside_the_handles_and_a_swap_frees_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StateLimits { value_bytes: 1000, keys: 100, instance_bytes: 4096 };
+        let mut ctx = ctx_in(dir.path(), limits);
+        let mut table = ResourceTable::new();
+        let mut s = KeyValue { ctx: &mut ctx, table: &mut table };
+        let bucket = s.open(BUCKET.into()).await.unwrap().unwrap();
+        for i in 0..5 {
+            s.set(borrow(&bucket), format!("k{i}"), vec![i; 1000]).await.unwrap().unwrap();
+        }
+        // two handles: 2 × 1002 bytes; a copy of a value seen and a value
+        // written still fit (2004 + 1000 + 1000)
+        let a = new_cas(&mut s, &bucket, "k0").await.unwrap();
+        let b = new_cas(&mut s, &bucket, "k1").await.unwrap();
+        assert_eq!(s.ctx.held_bytes, 2004);
+        let seen = wit_atomics::HostCas::current(&mut s, Resource::new_borrow(a.rep())).await.unwrap().unwrap();
+        assert_eq!(seen, Some(vec![0; 1000]));
+        s.set(borrow(&bucket), "k2".into(), vec![2; 1000]).await.unwrap().unwrap();
+        // four handles (4008 bytes): no value of 1000 bytes fits beside them
+        let c = new_cas(&mut s, &bucket, "k2").await.unwrap();
+        let d = new_cas(&mut s, &bucket, "k3").await.unwrap();
+        assert_eq!(s.ctx.held_bytes, 4008);
+        assert!(limit_error(&new_cas(&mut s, &bucket, "k4").await.unwrap_err()));
+        let e = wit_atomics::HostCas::current(&mut s, Resource::new_borrow(a.rep())).await.unwrap().unwrap_err();
+        assert!(limit_error(&e), "{e:?}");
+        assert!(limit_error(&s.set(borrow(&bucket), "k4".into(), vec![9; 1000]).await.unwrap().unwrap_err()));
+        assert!(limit_error(&s.get(borrow(&bucket), "k4".into()).await.unwrap().unwrap_err()));
+        assert_eq!(s.get(borrow(&bucket), "absent".into()).await.unwrap().unwrap(), None, "nothing to carry");
+        // a swap gives its handle's bytes back and carries its own value
+        wit_atomics::Host::swap(&mut s, d, vec![3; 10]).await.unwrap().unwrap();
+        assert_eq!(s.ctx.held_bytes, 3006);
+        assert_eq!(s.get(borrow(&bucket), "k3".into()).await.unwrap().unwrap(), Some(vec![3; 10]));
+        // a failed swap hands back a handle on the current value, counted
+        s.set(borrow(&bucket), "k2".into(), vec![4; 20]).await.unwrap().unwrap();
+        match wit_atomics::Host::swap(&mut s, c, vec![5; 30]).await.unwrap() {
+            Err(CasError::CasFailed(fresh)) => {
+                assert_eq!(s.ctx.held_bytes, 2004 + 22);
+                wit_atomics::HostCas::drop(&mut s, fresh).await.unwrap();
+            }
+            other => panic!("the swap did not fail: {:?}", other.map_err(|_| "not CasFailed")),
+        }
+        wit_atomics::HostCas::drop(&mut s, a).await.unwrap();
+        wit_atomics::HostCas::drop(&mut s, b).await.unwrap();
+        assert_eq!(s.ctx.held_bytes, 0);
+        s.set(borrow(&bucket), "k4".into(), vec![9; 1000]).await.unwrap().unwrap();
     }
 }

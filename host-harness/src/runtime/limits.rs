@@ -78,6 +78,15 @@ pub struct StateLimits {
     pub value_bytes: usize,
     /// The most keys the store may hold (`state_keys`).
     pub keys: usize,
+    /// The most bytes the host holds at once for one instance's key-value
+    /// use (`state_host_bytes`): the key and expected value of every
+    /// compare-and-swap handle it holds open, plus the value a call is
+    /// carrying (being written, read, or copied out of a handle). A call
+    /// that would go past it fails with a store error naming the limit;
+    /// dropping or swapping a handle gives its bytes back. One ceiling per
+    /// instance, whatever the number of handles: without it, 64 handles on a
+    /// 1 MiB value each held 64 MiB of host memory for an instance of 2 MiB.
+    pub instance_bytes: usize,
 }
 
 /// Default largest stored value: a service's checkpoint is well under a
@@ -86,10 +95,18 @@ pub const DEFAULT_STATE_VALUE_BYTES: usize = 1 << 20;
 /// Default most keys in a tenant's store: the collector keeps one per
 /// service and one per account (token).
 pub const DEFAULT_STATE_KEYS: usize = 1000;
+/// Default most bytes the host holds for one instance's key-value handles
+/// and values: eight values of the default largest size; the collector
+/// holds a few handles of well under a kilobyte each.
+pub const DEFAULT_STATE_INSTANCE_BYTES: usize = 8 << 20;
 
 impl Default for StateLimits {
     fn default() -> Self {
-        StateLimits { value_bytes: DEFAULT_STATE_VALUE_BYTES, keys: DEFAULT_STATE_KEYS }
+        StateLimits {
+            value_bytes: DEFAULT_STATE_VALUE_BYTES,
+            keys: DEFAULT_STATE_KEYS,
+            instance_bytes: DEFAULT_STATE_INSTANCE_BYTES,
+        }
     }
 }
 
