@@ -22,6 +22,7 @@ pub mod guest_text;
 pub mod host;
 pub mod host_settings;
 pub mod kv;
+pub mod limits;
 pub mod runtime;
 pub mod schedule;
 pub mod shard;

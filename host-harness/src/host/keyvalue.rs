@@ -22,7 +22,7 @@
 use crate::bindings::wasi::keyvalue::atomics as wit_atomics;
 use crate::bindings::wasi::keyvalue::store as wit_store;
 use crate::kv::{KvBackend, KvBackendFactory, KvLocation, Stores};
-use crate::runtime::StateLimits;
+use crate::limits::StateLimits;
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;

@@ -4,7 +4,7 @@
 //! interruption driven by a thread of its own, so guest code that never
 //! calls the host still yields and has its CPU time checked.
 
-use super::limits::Limits;
+use crate::limits::Limits;
 use anyhow::Context;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};

@@ -4,12 +4,13 @@
 //! is set up (limits, CPU accounting hooks, clock), and the linker that wires
 //! every import to its host module.
 
-use super::limits::{EffectiveLimits, Guard, Limits, Meter};
+use super::limits::{EffectiveLimits, Guard, Meter};
 use crate::bindings;
 use crate::host::config::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
 use crate::host::outbound::{OutboundPolicy, OutboundSettings};
 use crate::kv::{KvBackendFactory, Stores};
+use crate::limits::{Limits, MAX_FIELDS_BYTES, MAX_RESOURCES};
 use crate::tenant::Tenant;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,24 +18,6 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-/// Entries the resource table of one instance may hold at once: key-value
-/// buckets and swap handles, HTTP requests, responses, bodies, streams and
-/// pollables. A tick of the collector holds a dozen or so at a time; a
-/// guest that leaks handles is stopped (a trap, reported as the resource
-/// limit) rather than growing the host's memory. Each entry may hold host
-/// memory of its own — a request up to [`MAX_FIELDS_BYTES`] of headers and
-/// two 64 KiB URI parts, a body up to two chunks of
-/// [`OUTGOING_BODY_CHUNK_BYTES`](crate::host::outbound::OUTGOING_BODY_CHUNK_BYTES)
-/// — so this bounds what one instance can make the host hold to tens of
-/// MiB (the hostile-tenant suite, test-kit/tests/hostile.rs, measures it).
-pub const MAX_RESOURCES: usize = 256;
-
-/// The most bytes of headers a guest may put in one `wasi:http` `fields`
-/// (wasi-http's default is 128 KiB, which times [`MAX_RESOURCES`] would let
-/// a guest park 32 MiB in the host). The collector sends a handful of short
-/// headers, the longest a bearer token of a few KiB.
-pub const MAX_FIELDS_BYTES: usize = 16 << 10;
 
 /// How a tick runs beyond its tenant's config: the knobs of the
 /// fault-injection tests.

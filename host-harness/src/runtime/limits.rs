@@ -7,31 +7,12 @@
 //! [`Meter`], readable after a wall-clock timeout dropped the store, so a
 //! host failure can name the limit that was hit.
 
+use crate::limits::*;
 use crate::tenant::Tenant;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
-
-/// Default linear memory of one instance. A tick with three 1000-event
-/// pages peaks at about 5–6 MiB (6.5 MiB with five pages per service,
-/// without gzip), so this leaves more than twice that for larger events.
-pub const DEFAULT_MEMORY_BYTES: usize = 16 << 20;
-/// Default guest CPU time of one tick.
-pub const DEFAULT_CPU_TIME: Duration = Duration::from_secs(5);
-/// Default floor of a tick's wall-clock deadline: the component's default
-/// tick deadline (30 s) plus four default request timeouts (30 s each: the
-/// connect and first-byte waits of the last page's 1Password and Devo
-/// requests). Never above the ceiling, [`Limits::wall_deadline`].
-pub const DEFAULT_WALL_DEADLINE: Duration = Duration::from_secs(150);
-/// Default ceiling of a tick's wall-clock deadline: what no tenant's tick
-/// may exceed, whatever its `tick_deadline_ms` and `request_timeout_ms`.
-pub const DEFAULT_MAX_WALL_DEADLINE: Duration = Duration::from_secs(15 * 60);
-/// Default upper bound of each outbound request's connect, first-byte and
-/// between-bytes waits.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default size of the instance pool.
-pub const DEFAULT_MAX_CONCURRENT_INSTANCES: usize = 32;
 
 /// An instance may create this many core instances, tables and memories,
 /// and grow a table to this many elements.
@@ -39,89 +20,6 @@ const MAX_INSTANCES_PER_STORE: usize = 32;
 const MAX_TABLES_PER_STORE: usize = 32;
 const MAX_MEMORIES_PER_STORE: usize = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
-
-/// Limits of every instance and the size of the instance pool: the
-/// operator's ceilings (the config's `[host]` section, see
-/// [`crate::host_settings`]). A tenant's `[tenants.NAME.limits]` table may
-/// lower memory, CPU and wall time for that tenant (see
-/// [`crate::tenant::TenantLimits`]), never raise them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Linear memory one instance may hold, all its memories together.
-    pub memory_bytes: usize,
-    /// Upper bound of each of an outbound request's connect, first-byte and
-    /// between-bytes waits.
-    pub request_timeout: Duration,
-    /// Time the guest may spend running WebAssembly during one tick,
-    /// instantiation included. Time in host calls (waiting on the network,
-    /// the key-value store) does not count. Checked at every host call and
-    /// every epoch tick in between.
-    pub cpu_time: Duration,
-    /// Ceiling of the wall-clock deadline of a whole tick, instantiation to
-    /// result. A tenant without its own `wall_ms` gets its component's tick
-    /// deadline plus four request timeouts, at least
-    /// [`DEFAULT_WALL_DEADLINE`], but never more than this (see
-    /// [`Limits::for_tenant`]).
-    pub wall_deadline: Duration,
-    /// Instances alive at once (sizes the pooling allocator); ticks beyond
-    /// it wait for a free slot.
-    pub max_concurrent_instances: usize,
-    /// What a tenant may keep in its key-value store.
-    pub state: StateLimits,
-}
-
-/// The size of a tenant's stored state, enforced by the host's
-/// `wasi:keyvalue` ([`crate::host::keyvalue`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateLimits {
-    /// The largest value one key may hold (`state_value_bytes`).
-    pub value_bytes: usize,
-    /// The most keys the store may hold (`state_keys`).
-    pub keys: usize,
-    /// The most bytes the host holds at once for one instance's key-value
-    /// use (`state_host_bytes`): the key and expected value of every
-    /// compare-and-swap handle it holds open, plus the value a call is
-    /// carrying (being written, read, or copied out of a handle). A call
-    /// that would go past it fails with a store error naming the limit;
-    /// dropping or swapping a handle gives its bytes back. One ceiling per
-    /// instance, whatever the number of handles: without it, 64 handles on a
-    /// 1 MiB value each held 64 MiB of host memory for an instance of 2 MiB.
-    pub instance_bytes: usize,
-}
-
-/// Default largest stored value: a service's checkpoint is well under a
-/// kilobyte.
-pub const DEFAULT_STATE_VALUE_BYTES: usize = 1 << 20;
-/// Default most keys in a tenant's store: the collector keeps one per
-/// service and one per account (token).
-pub const DEFAULT_STATE_KEYS: usize = 1000;
-/// Default most bytes the host holds for one instance's key-value handles
-/// and values: eight values of the default largest size; the collector
-/// holds a few handles of well under a kilobyte each.
-pub const DEFAULT_STATE_INSTANCE_BYTES: usize = 8 << 20;
-
-impl Default for StateLimits {
-    fn default() -> Self {
-        StateLimits {
-            value_bytes: DEFAULT_STATE_VALUE_BYTES,
-            keys: DEFAULT_STATE_KEYS,
-            instance_bytes: DEFAULT_STATE_INSTANCE_BYTES,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_bytes: DEFAULT_MEMORY_BYTES,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            cpu_time: DEFAULT_CPU_TIME,
-            wall_deadline: DEFAULT_MAX_WALL_DEADLINE,
-            max_concurrent_instances: DEFAULT_MAX_CONCURRENT_INSTANCES,
-            state: StateLimits::default(),
-        }
-    }
-}
 
 /// The limits one tenant's ticks run under: its own (lower) values, else
 /// the runtime's.
@@ -197,7 +95,7 @@ impl Meter {
             return format!(
                 "resource limit exceeded: the instance held more than {} host resources at once (HTTP requests, \
                  bodies, streams, headers, buckets…) and asked for another; {}",
-                super::instance::MAX_RESOURCES,
+                crate::limits::MAX_RESOURCES,
                 trap.root_cause()
             );
         }
@@ -206,7 +104,7 @@ impl Meter {
 }
 
 /// True when a host call failed because the instance's resource table was
-/// full ([`MAX_RESOURCES`](super::instance::MAX_RESOURCES)): wasi-http and
+/// full ([`MAX_RESOURCES`](crate::limits::MAX_RESOURCES)): wasi-http and
 /// wasi-io turn that into a trap, with wasmtime's own error somewhere in the
 /// chain (by type, or as its text once converted between error types).
 fn resource_table_full(trap: &anyhow::Error) -> bool {
@@ -411,7 +309,7 @@ mod tests {
         let full = anyhow::Error::from(wasmtime::component::ResourceTableError::Full).context("[new_fields] pushing");
         let said = Meter::default().explain(&full, &limits);
         assert!(said.starts_with("resource limit exceeded"), "{said}");
-        assert!(said.contains(&super::super::instance::MAX_RESOURCES.to_string()), "{said}");
+        assert!(said.contains(&crate::limits::MAX_RESOURCES.to_string()), "{said}");
         let other = anyhow::Error::from(wasmtime::component::ResourceTableError::NotPresent);
         assert!(!Meter::default().explain(&other, &limits).contains("resource limit"));
     }

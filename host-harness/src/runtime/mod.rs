@@ -22,15 +22,17 @@ pub mod limits;
 pub mod outcome;
 
 pub use self::compile_cache::CompileCache;
-pub use self::instance::{TickOptions, TickState, MAX_FIELDS_BYTES, MAX_RESOURCES};
-pub use self::limits::{
-    EffectiveLimits, Limits, StateLimits, DEFAULT_CPU_TIME, DEFAULT_MAX_CONCURRENT_INSTANCES,
-    DEFAULT_MAX_WALL_DEADLINE, DEFAULT_MEMORY_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_INSTANCE_BYTES,
-    DEFAULT_STATE_KEYS, DEFAULT_STATE_VALUE_BYTES, DEFAULT_WALL_DEADLINE,
-};
+pub use self::instance::{TickOptions, TickState};
+pub use self::limits::EffectiveLimits;
 pub use self::outcome::{TenantTick, HOST_FAILURE};
 pub use crate::host::keyvalue::{KvFault, KvFaultHook, KvOp};
 pub use crate::host::outbound::{OutboundSettings, TlsTrust};
+pub use crate::limits::{
+    Limits, StateLimits, DEFAULT_CPU_TIME, DEFAULT_MAX_CONCURRENT_INSTANCES, DEFAULT_MAX_WALL_DEADLINE,
+    DEFAULT_MEMORY_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STATE_INSTANCE_BYTES, DEFAULT_STATE_KEYS,
+    DEFAULT_STATE_VALUE_BYTES, DEFAULT_WALL_DEADLINE,
+};
+pub use crate::limits::{MAX_FIELDS_BYTES, MAX_RESOURCES};
 
 use self::limits::Meter;
 use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure, with_stderr, with_warnings};

@@ -13,9 +13,11 @@
 pub mod body;
 pub mod connect;
 pub mod interfaces;
+pub mod network;
 pub mod policy;
 pub mod tls;
 
+pub use self::network::IpNetwork;
 pub use self::policy::{
     OutboundPolicy, OutboundSettings, Refusal, DEFAULT_RESPONSE_BODY_BYTES, MAX_REQUESTS_IN_FLIGHT,
 };

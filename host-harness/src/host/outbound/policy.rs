@@ -14,8 +14,8 @@
 //! `allow_private_networks` lists it.
 
 use super::interfaces;
+use super::network::IpNetwork;
 use super::tls::TlsTrust;
-use crate::host_settings::IpNetwork;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock, Mutex};
