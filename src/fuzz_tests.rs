@@ -289,6 +289,8 @@ const KEY_WORDS: &[&str] = &[
     "minute_count",
     "hour",
     "hour_count",
+    "seconds",
+    "minutes",
     "email",
     "client",
     "ip_address",
@@ -531,6 +533,9 @@ fn budget_json() -> BoxedStrategy<Value> {
         ("minute_count", count()),
         ("hour", or_junk(prop_oneof![Just(json!(minute / 60)), any::<i64>().prop_map(|n| json!(n))].boxed())),
         ("hour_count", count()),
+        // Buckets (second or minute, count): around now, anywhere, or junk.
+        ("seconds", or_junk(buckets(now().timestamp()))),
+        ("minutes", or_junk(buckets(minute))),
         (
             "backoff",
             or_junk(object(vec![
@@ -539,6 +544,13 @@ fn budget_json() -> BoxedStrategy<Value> {
             ])),
         ),
     ])
+}
+
+/// A budget record's buckets: pairs of a second or minute (near `now`, or
+/// any) and a count, sometimes far more than a record ever holds.
+fn buckets(now: i64) -> BoxedStrategy<Value> {
+    let bucket = (prop_oneof![now - 120..now + 600, any::<i64>()], any::<u32>()).prop_map(|(t, n)| json!([t, n]));
+    prop_oneof![3 => vec(bucket.clone(), 0..80), 1 => vec(bucket, 500..2000)].prop_map(Value::Array).boxed()
 }
 
 fn account_json() -> BoxedStrategy<Value> {
@@ -650,6 +662,7 @@ const REAL_STATES: &[&str] = &[
     r#"{"version":1,"checkpoint":{"cursor":"audit:5:1000","start_time_value":null,"newest_event":"2026-03-02T03:01:30-07:00","total_sent":5,"recent_uuids":["AUDITEVENTS00000000","AUDITEVENTS00000001"]},"partial":null,"lease":{"holder":"00000000000000a1","expires":"2026-03-02T12:02:30.010Z"},"backoff":{"until":"2026-03-02T12:00:01.500Z","attempts":1},"initial_start":"2026-03-01T12:00:00Z","stats":{"created_at":"2026-03-02T12:00:00Z","last_success_at":"2026-03-02T12:00:00.050Z","last_error":{"id":503,"message":"1Password answered audit with HTTP 503","at":"2026-03-02T12:00:00Z"},"bytes_sent":512,"pages":1}}"#,
     r#"{"version":1,"checkpoint":null,"partial":{"page":"time:2026-03-01T12:00:00Z","delivered":["A","B"]},"lease":null,"backoff":null,"stats":{"created_at":null,"last_success_at":null,"last_error":null,"bytes_sent":0,"pages":0}}"#,
     r#"{"minute":29543520,"minute_count":3,"hour":492392,"hour_count":40,"backoff":{"until":"2026-03-02T12:00:40Z","attempts":1}}"#,
+    r#"{"minute":29540880,"minute_count":3,"hour":492348,"hour_count":40,"seconds":[[1772452799,1],[1772452800,2]],"minutes":[[29540879,37],[29540880,3]],"backoff":null,"writer":"00000000000000a1-7"}"#,
     r#"{"account_uuid":"ACCOUNT1","features":["auditevents"],"fetched_at":"2026-03-02T11:30:00Z"}"#,
 ];
 

@@ -310,7 +310,7 @@ fn the_budget_defers_services_once_the_minute_is_spent() {
     let deferred: Vec<_> = report.services.iter().filter(|s| s.outcome == Outcome::Deferred).collect();
     assert_eq!(deferred.len(), 1);
     let s = deferred[0];
-    assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:00Z"));
+    assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:01Z"));
     assert!(s.deferred_reason.as_ref().unwrap().contains("minute"));
     assert_eq!(sim.op_requests.len(), 2);
     sim.now = t("2026-03-02T12:01:00Z");
@@ -492,11 +492,11 @@ fn reports_show_every_time_in_utc_and_devo_gets_the_events_as_written() {
     assert_eq!((s.outcome, s.sent, s.has_more), (Outcome::Delivered, 2, true));
     assert_eq!(s.checkpoint.as_deref(), Some("2026-03-02T10:01:30Z"));
     assert_eq!(s.lag_seconds, Some(7110), "lag is counted from the event's own instant");
-    assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:00Z"));
-    assert!(s.deferred_reason.as_ref().unwrap().ends_with("more from 2026-03-02T12:01:00Z"), "{s:?}");
+    assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:01Z"));
+    assert!(s.deferred_reason.as_ref().unwrap().ends_with("more from 2026-03-02T12:01:01Z"), "{s:?}");
     let line = s.log_line();
     assert!(line.contains("checkpoint=2026-03-02T10:01:30Z"), "{line}");
-    assert!(line.contains("deferred_until=2026-03-02T12:01:00Z"), "{line}");
+    assert!(line.contains("deferred_until=2026-03-02T12:01:01Z"), "{line}");
     assert_eq!(
         report.warnings,
         [
@@ -516,14 +516,14 @@ fn reports_show_every_time_in_utc_and_devo_gets_the_events_as_written() {
     assert_eq!(offsets, ["2026-03-02T03:01:30-07:00"], "{record}");
 
     // A refused cursor: the next page is read again from the newest event's time.
-    sim.now = t("2026-03-02T12:01:00Z");
+    sim.now = t("2026-03-02T12:01:01Z");
     sim.scripted.push_back(Fault::OpStatus(400, None));
     let report = sim.tick(c.clone()).unwrap();
     assert_times_in_utc(&report);
     assert_eq!(svc(&report, "audit").outcome, Outcome::Failed);
     assert_eq!(svc(&report, "audit").checkpoint.as_deref(), Some("2026-03-02T10:01:30Z"));
 
-    sim.now = t("2026-03-02T12:02:00Z");
+    sim.now = t("2026-03-02T12:02:02Z");
     drain(&mut sim, &c, 10, TimeDelta::minutes(1));
     let report = sim.tick(c).unwrap();
     assert_times_in_utc(&report);
