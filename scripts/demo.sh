@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 cargo build --release --target wasm32-wasip2 -p onepassword-collector
 # The harness shares the test build (dev profile with optimised dependencies).
-cargo run -q -p host-harness-cli -- demo "$@"
+cargo run -q -p harness-test-kit --bin demo -- "$@"

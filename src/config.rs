@@ -13,6 +13,10 @@ use crate::service::{ApiVersion, Service};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
+/// Devo takes at most 32 MB per request; batches stay a little below it
+/// (the default and the ceiling of `devo_max_batch_bytes`).
+pub const MAX_BATCH_BYTES: usize = 32_000_000;
+
 /// Every key the collector reads, in the order they are read.
 pub const KEYS: &[&str] = &[
     "base_url",
@@ -201,7 +205,7 @@ impl Config {
             devo_token: Secret::new(devo_token),
             devo_host,
             tags,
-            devo_max_batch_bytes: crate::devo::MAX_BATCH_BYTES,
+            devo_max_batch_bytes: MAX_BATCH_BYTES,
             devo_max_batch_events,
             devo_gzip,
             ceilings,

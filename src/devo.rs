@@ -8,8 +8,7 @@ use crate::json;
 use crate::service::Service;
 use std::borrow::Cow;
 
-/// Devo takes at most 32 MB per request; stay a little below it.
-pub const MAX_BATCH_BYTES: usize = 32_000_000;
+pub use crate::config::MAX_BATCH_BYTES;
 
 /// An event's JSON text on one line. 1Password's JSON is normally compact,
 /// but a raw value may contain whitespace (even newlines) between tokens;

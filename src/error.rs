@@ -45,6 +45,48 @@ pub const DEVO_UNREACHABLE: u32 = 701;
 /// Devo's answer is larger than `max_response_bytes`.
 pub const DEVO_TOO_LARGE: u32 = 702;
 
+/// The host stopped the tick (a limit, a trap, the wall deadline). Reported
+/// by hosts, never by the collector itself.
+pub const HOST_FAILURE: u32 = 900;
+/// A component reported one of the host's ids (900 and up) about itself:
+/// hosts show such an error under this id, naming the id it claimed, so
+/// that only the host's own stops read as [`HOST_FAILURE`].
+pub const CLAIMED_HOST_ID: u32 = 901;
+
+/// Every error id with what an operator does about it: the one table the
+/// core, the hosts and the command line read (the README's Errors table
+/// says the same in more words). An entry may cover a range.
+pub const REMEDIES: &[(std::ops::RangeInclusive<u32>, &str)] = &[
+    (MISSING_SETTING..=MISSING_SETTING, "set the key named in the message"),
+    (INVALID_SETTING..=INVALID_SETTING, "fix the value named in the message"),
+    (EMPTY_SETTING..=EMPTY_SETTING, "give the key a value or remove it"),
+    (CONFIG_SOURCE..=CONFIG_SOURCE, "check the host's variables"),
+    (PERSISTENCE..=PERSISTENCE, "check the key-value store named in the message"),
+    (CHECKPOINT_UNREADABLE..=CHECKPOINT_UNREADABLE, "delete the key named in the message to restart that service"),
+    (LEASE_LOST..=LEASE_LOST, "nothing to do; raise tick_deadline_ms or request_timeout_ms if ticks are that slow"),
+    (401..=401, "issue a 1Password token with the feature named in the message"),
+    (429..=429, "nothing to do: the account backs off; lower max_requests_per_minute if it recurs"),
+    (400..=599, "retried next tick; check 1Password's status if it persists"),
+    (ONEPASSWORD_UNREACHABLE..=ONEPASSWORD_UNREACHABLE, "check base_url and the allowed outbound hosts"),
+    (ONEPASSWORD_BAD_BODY..=ONEPASSWORD_BAD_BODY, "check that base_url is the 1Password Events API, not a proxy"),
+    (
+        ONEPASSWORD_UNEXPECTED_STATUS..=ONEPASSWORD_UNEXPECTED_STATUS,
+        "check that base_url is the 1Password Events API, not a proxy; retried next tick",
+    ),
+    (ONEPASSWORD_TOO_LARGE..=ONEPASSWORD_TOO_LARGE, "lower page_size or raise max_response_bytes; retried next tick"),
+    (SCOPE_MISSING..=SCOPE_MISSING, "issue a token with the named feature, or remove the service from services"),
+    (DEVO_REJECTED..=DEVO_REJECTED, "check devo_domain and devo_token; the page is sent again next tick"),
+    (DEVO_UNREACHABLE..=DEVO_UNREACHABLE, "check devo_url and the allowed outbound hosts"),
+    (DEVO_TOO_LARGE..=DEVO_TOO_LARGE, "check devo_url (Devo's answers are small) or raise max_response_bytes"),
+    (HOST_FAILURE..=HOST_FAILURE, "raise the limit named in the message, or see the message"),
+    (CLAIMED_HOST_ID..=CLAIMED_HOST_ID, "the component claimed a host's id: see the message, and check the component"),
+];
+
+/// What to do about error `id` ([`REMEDIES`]; the first entry that covers it).
+pub fn remedy(id: u32) -> &'static str {
+    REMEDIES.iter().find(|(ids, _)| ids.contains(&id)).map_or("see the message", |(_, remedy)| remedy)
+}
+
 /// The id of an error for a 1Password answer with this (non-200) status:
 /// the status itself for 400-599, as Devo's collector reports them, and
 /// [`ONEPASSWORD_UNEXPECTED_STATUS`] for anything else, so that no status a

@@ -44,13 +44,7 @@ impl fmt::Debug for HttpRequest {
     }
 }
 
-/// Replaces the value of a `token!...` path segment (Devo's URL form).
-pub fn redact_path(path: &str) -> String {
-    path.split('/')
-        .map(|seg| if seg.starts_with("token!") { "token!<redacted>" } else { seg })
-        .collect::<Vec<_>>()
-        .join("/")
-}
+pub use crate::text::redact_path;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpResponse {

@@ -22,6 +22,19 @@ pub enum Outcome {
     Deferred,
 }
 
+impl Outcome {
+    /// The outcome's name as reports, logs, tables and metric labels spell it
+    /// (the same as its JSON form).
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Idle => "idle",
+            Outcome::Failed => "failed",
+            Outcome::Deferred => "deferred",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceReport {
     pub service: String,

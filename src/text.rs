@@ -65,7 +65,7 @@ pub fn redact_url(url: &str) -> String {
     // holding a `/`: dropping too much is safe, keeping a password is not.
     let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    format!("{scheme}{authority}{}", crate::http::redact_path(path))
+    format!("{scheme}{authority}{}", redact_path(path))
 }
 
 /// `text` with the value of every Devo token it shows replaced: whatever
@@ -99,6 +99,14 @@ pub fn redact_tokens(text: &str) -> String {
     }
     out.push_str(&text[kept..]);
     out
+}
+
+/// Replaces the value of a `token!...` path segment (Devo's URL form).
+pub fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with("token!") { "token!<redacted>" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]

@@ -13,10 +13,10 @@
 //! [`onepassword_collector::text::redact_tokens`]): one definition of
 //! "clean".
 
-use crate::runtime::HOST_FAILURE;
 use onepassword_collector::backoff::Backoff;
 use onepassword_collector::checkpoint::Checkpoint;
 use onepassword_collector::error::CollectorError;
+use onepassword_collector::error::HOST_FAILURE;
 use onepassword_collector::report::{ServiceReport, TickReport};
 use onepassword_collector::state::{Lease, Partial, ServiceState, Stats, StoredError};
 use onepassword_collector::text::{clean, redact_tokens};
@@ -92,7 +92,7 @@ pub fn name(text: &str) -> String {
 /// is, it would read as the host's in logs, `status` and the operator's
 /// alerts on host failures; under this id its message says what was
 /// claimed.
-pub const CLAIMED_HOST_ID: u32 = 901;
+pub use onepassword_collector::error::CLAIMED_HOST_ID;
 
 /// A guest's id and message, moved to [`CLAIMED_HOST_ID`] when the id is
 /// the host's.

@@ -85,7 +85,7 @@ pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
             r.push(("fetched".into(), total(report.services.iter().map(|s| s.fetched)).into()));
             r.push(("sent".into(), total(report.services.iter().map(|s| s.sent)).into()));
             for s in &report.services {
-                let mut summary = outcome_name(s.outcome).to_string();
+                let mut summary = s.outcome.name().to_string();
                 if s.outcome == Outcome::Delivered {
                     summary.push_str(&format!(" sent={} total={}", s.sent, s.total_sent));
                 }
@@ -132,39 +132,9 @@ fn insert_error(r: &mut Fields, e: &CollectorError) {
     r.push(("fix".into(), remedy(e.id).into()));
 }
 
-pub fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Delivered => "delivered",
-        Outcome::Idle => "idle",
-        Outcome::Failed => "failed",
-        Outcome::Deferred => "deferred",
-    }
-}
-
 /// What to do about an error id (the README's error table, in short).
 pub fn remedy(id: u32) -> &'static str {
-    match id {
-        1 => "set the key named in the message",
-        2 => "fix the value named in the message",
-        3 => "give the key a value or remove it",
-        4 => "check the host's variables",
-        200 => "check the key-value store named in the message",
-        201 => "delete the key named in the message to restart that service",
-        202 => "nothing to do; raise tick_deadline_ms or request_timeout_ms if ticks are that slow",
-        401 => "issue a 1Password token with the feature named in the message",
-        429 => "nothing to do: the account backs off; lower max_requests_per_minute if it recurs",
-        400..=599 => "retried next tick; check 1Password's status if it persists",
-        600 => "check base_url and the allowed outbound hosts",
-        601 => "check that base_url is the 1Password Events API, not a proxy",
-        602 => "check that base_url is the 1Password Events API, not a proxy; retried next tick",
-        603 => "lower page_size or raise max_response_bytes; retried next tick",
-        610 => "issue a token with the named feature, or remove the service from services",
-        700 => "check devo_domain and devo_token; the page is sent again next tick",
-        701 => "check devo_url and the allowed outbound hosts",
-        702 => "check devo_url (Devo's answers are small) or raise max_response_bytes",
-        900 => "raise the limit named in the message, or see the message",
-        _ => "see the message",
-    }
+    onepassword_collector::error::remedy(id)
 }
 
 /// The first line of a message, without control characters.

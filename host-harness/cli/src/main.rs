@@ -1,7 +1,8 @@
 //! `host-harness`: run the onepassword-collector component locally, once
-//! (`tick`), on each tenant's schedule (`run`), or against built-in
-//! emulators (`demo`); check a setup (`validate`) or read what was collected
-//! (`status`).
+//! (`tick`) or on each tenant's schedule (`run`); check a setup
+//! (`validate`) or read what was collected (`status`). The offline demo
+//! against emulators is the test kit's `demo` binary (`scripts/demo.sh`),
+//! so this command links none of the emulators.
 //!
 //! This file holds the arguments and the dispatch; `run.rs` the scheduler
 //! (reload, graceful stop, skipped firings), `log.rs` its log lines,
@@ -118,17 +119,6 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
         output: OutputFormat,
     },
-    /// Start emulators of 1Password and Devo on loopback and collect everything.
-    Demo {
-        /// The component (.wasm); defaults to the workspace's release build.
-        #[arg(long)]
-        component: Option<PathBuf>,
-        /// Events generated per service.
-        #[arg(long, default_value_t = 2500)]
-        events: usize,
-        #[arg(long, default_value_t = 500)]
-        page_size: u16,
-    },
 }
 
 /// The config's `[host]` section and its tenants (or only `only`); only
@@ -236,11 +226,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => print!("{}", host_harness::status::table(&rows, now)),
             }
             Ok(exit(rows.iter().all(|r| r.state.is_ok())))
-        }
-        Command::Demo { component, events, page_size } => {
-            let component = component.unwrap_or_else(default_component_path);
-            let summary = harness_test_kit::demo::run(&component, events, page_size, &mut std::io::stdout()).await?;
-            Ok(exit(summary.complete()))
         }
     }
 }

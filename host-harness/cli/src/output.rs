@@ -106,7 +106,7 @@ pub fn validate_json(tenant: &str, store: &str, checks: &[Check]) -> serde_json:
 fn outcome(o: Outcome) -> &'static str {
     match o {
         Outcome::Failed => "FAILED",
-        other => crate::log::outcome_name(other),
+        other => other.name(),
     }
 }
 

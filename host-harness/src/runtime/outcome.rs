@@ -9,9 +9,7 @@ use onepassword_collector::error::{CollectorError, ErrorKind};
 use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
 use onepassword_collector::validate::{Check, Status};
 
-/// Id reported when the host, not the collector, ended a tick (trap,
-/// exceeded limit, component missing an import).
-pub const HOST_FAILURE: u32 = 900;
+pub use onepassword_collector::error::HOST_FAILURE;
 
 /// How one tenant's tick ended.
 #[derive(Clone, Debug)]

@@ -32,8 +32,9 @@ use self::labels::{
 };
 use self::metrics::Metrics;
 use self::readiness::Health;
-use crate::runtime::{TenantTick, HOST_FAILURE};
+use crate::runtime::TenantTick;
 use chrono::{DateTime, Utc};
+use onepassword_collector::error::HOST_FAILURE;
 use onepassword_collector::report::{Outcome, ServiceReport};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
@@ -153,12 +154,7 @@ impl Telemetry {
         let failed_request = error_id.is_some_and(is_onepassword_error);
         m.onepassword_requests.get(sl.clone()).inc_by(u64::from(s.pages) + u64::from(failed_request));
         m.onepassword_rate_limited.get(sl.clone()).inc_by(u64::from(error_id == Some(RATE_LIMITED)));
-        let outcome = match s.outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Idle => "idle",
-            Outcome::Failed => "failed",
-            Outcome::Deferred => "deferred",
-        };
+        let outcome = s.outcome.name();
         let ol = ServiceOutcomeLabels { tenant: tenant.to_string(), service: service.clone(), outcome: outcome.into() };
         m.service_ticks.get(ol).inc();
         if let Some(id) = error_id {

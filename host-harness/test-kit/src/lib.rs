@@ -22,6 +22,6 @@ pub mod demo;
 pub mod emulator;
 pub mod loopback;
 pub mod redis_server;
-pub mod spin_redis;
 pub mod spin_check;
+pub mod spin_redis;
 pub mod tls;
