@@ -17,39 +17,72 @@ use std::collections::BTreeMap;
 /// (the default and the ceiling of `devo_max_batch_bytes`).
 pub const MAX_BATCH_BYTES: usize = 32_000_000;
 
+/// The name of every setting the collector reads: the one list the
+/// component, the hosts (limits, the tenants loader, `status`) and Spin's
+/// manifest checks use.
+pub mod key {
+    pub const BASE_URL: &str = "base_url";
+    pub const TOKEN: &str = "token";
+    pub const API_VERSION: &str = "api_version";
+    pub const SERVICES: &str = "services";
+    pub const START_TIME_VALUE: &str = "start_time_value";
+    pub const PAGE_SIZE: &str = "page_size";
+    pub const DEVO_URL: &str = "devo_url";
+    pub const DEVO_DOMAIN: &str = "devo_domain";
+    pub const DEVO_TOKEN: &str = "devo_token";
+    pub const DEVO_HOST: &str = "devo_host";
+    pub const TAG_AUDIT: &str = "tag_audit";
+    pub const TAG_ITEM_USAGE: &str = "tag_item_usage";
+    pub const TAG_SIGN_IN_ATTEMPTS: &str = "tag_sign_in_attempts";
+    pub const MAX_REQUESTS_PER_MINUTE: &str = "max_requests_per_minute";
+    pub const MAX_REQUESTS_PER_HOUR: &str = "max_requests_per_hour";
+    pub const MAX_PAGES_PER_TICK: &str = "max_pages_per_tick";
+    pub const TICK_DEADLINE_MS: &str = "tick_deadline_ms";
+    pub const REQUEST_TIMEOUT_MS: &str = "request_timeout_ms";
+    pub const DEVO_MAX_BATCH_EVENTS: &str = "devo_max_batch_events";
+    pub const DEVO_GZIP: &str = "devo_gzip";
+    pub const MAX_RESPONSE_BYTES: &str = "max_response_bytes";
+    pub const OBFUSCATE_FIELDS: &str = "obfuscate_fields";
+    pub const OBFUSCATION_MODE: &str = "obfuscation_mode";
+    pub const OBFUSCATION_KEY: &str = "obfuscation_key";
+}
+
 /// Every key the collector reads, in the order they are read.
 pub const KEYS: &[&str] = &[
-    "base_url",
-    "token",
-    "api_version",
-    "services",
-    "start_time_value",
-    "page_size",
-    "devo_url",
-    "devo_domain",
-    "devo_token",
-    "devo_host",
-    "tag_audit",
-    "tag_item_usage",
-    "tag_sign_in_attempts",
-    "max_requests_per_minute",
-    "max_requests_per_hour",
-    "max_pages_per_tick",
-    "tick_deadline_ms",
-    "request_timeout_ms",
-    "devo_max_batch_events",
-    "devo_gzip",
-    "max_response_bytes",
-    "obfuscate_fields",
-    "obfuscation_mode",
-    "obfuscation_key",
+    key::BASE_URL,
+    key::TOKEN,
+    key::API_VERSION,
+    key::SERVICES,
+    key::START_TIME_VALUE,
+    key::PAGE_SIZE,
+    key::DEVO_URL,
+    key::DEVO_DOMAIN,
+    key::DEVO_TOKEN,
+    key::DEVO_HOST,
+    key::TAG_AUDIT,
+    key::TAG_ITEM_USAGE,
+    key::TAG_SIGN_IN_ATTEMPTS,
+    key::MAX_REQUESTS_PER_MINUTE,
+    key::MAX_REQUESTS_PER_HOUR,
+    key::MAX_PAGES_PER_TICK,
+    key::TICK_DEADLINE_MS,
+    key::REQUEST_TIMEOUT_MS,
+    key::DEVO_MAX_BATCH_EVENTS,
+    key::DEVO_GZIP,
+    key::MAX_RESPONSE_BYTES,
+    key::OBFUSCATE_FIELDS,
+    key::OBFUSCATION_MODE,
+    key::OBFUSCATION_KEY,
 ];
 
 /// Keys whose values are secrets: never echoed in an error.
-pub const SECRET_KEYS: &[&str] = &["token", "devo_token", "obfuscation_key"];
+pub const SECRET_KEYS: &[&str] = &[key::TOKEN, key::DEVO_TOKEN, key::OBFUSCATION_KEY];
 
 pub const DEFAULT_PAGE_SIZE: u16 = 1000;
-pub const DEFAULT_MAX_PAGES_PER_TICK: u32 = 1;
+/// The largest `max_pages_per_tick` accepted. Without the setting there is
+/// no cap: a tick pages while there is more, its deadline leaves room for
+/// another page and the account's budget allows one.
+pub const MAX_PAGES_PER_TICK: u64 = 1_000_000;
 pub const DEFAULT_TICK_DEADLINE_MS: u64 = 30_000;
 /// The longest `tick_deadline_ms` accepted.
 pub const MAX_TICK_DEADLINE_MS: u64 = 3_600_000;

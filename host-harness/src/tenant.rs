@@ -101,7 +101,8 @@ impl Tenant {
         match &self.allowed_outbound_hosts {
             Some(urls) => urls.iter().map(String::as_str).collect(),
             None => {
-                ["base_url", "devo_url"].iter().filter_map(|k| self.variables.get(*k).map(String::as_str)).collect()
+                use onepassword_collector::config::key;
+                [key::BASE_URL, key::DEVO_URL].iter().filter_map(|k| self.variables.get(*k).map(String::as_str)).collect()
             }
         }
     }

@@ -41,15 +41,15 @@ impl Limits {
     /// tick the component itself would have finished — up to the wall
     /// ceiling: the tenant's variables cannot raise its deadline above it.
     pub fn for_tenant(&self, tenant: &Tenant) -> EffectiveLimits {
-        use onepassword_collector::config::{DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_TICK_DEADLINE_MS};
+        use onepassword_collector::config::{key, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_TICK_DEADLINE_MS};
         let own = &tenant.limits;
         let wall_deadline = own.wall_deadline.unwrap_or_else(|| {
             let millis = |key: &str, default: u64| {
                 let value = tenant.variables.get(key).and_then(|v| v.trim().parse::<u64>().ok());
                 Duration::from_millis(value.unwrap_or(default))
             };
-            let tick_deadline = millis("tick_deadline_ms", DEFAULT_TICK_DEADLINE_MS);
-            let request = millis("request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS).min(self.request_timeout);
+            let tick_deadline = millis(key::TICK_DEADLINE_MS, DEFAULT_TICK_DEADLINE_MS);
+            let request = millis(key::REQUEST_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS).min(self.request_timeout);
             DEFAULT_WALL_DEADLINE.max(tick_deadline.saturating_add(request.saturating_mul(4)))
         });
         EffectiveLimits {
