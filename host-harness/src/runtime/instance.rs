@@ -10,7 +10,8 @@ use crate::host::config::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
 use crate::host::outbound::{OutboundPolicy, OutboundSettings};
 use crate::kv::{KvBackendFactory, Stores};
-use crate::limits::{Limits, MAX_FIELDS_BYTES, MAX_RESOURCES};
+#[cfg(test)]
+use crate::limits::{Limits, MAX_RESOURCES};
 use crate::tenant::Tenant;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// fault-injection tests.
 #[derive(Clone, Default)]
 pub struct TickOptions {
+    /// Faults to inject into the tenant's key-value calls.
     pub kv_faults: Option<KvFaultHook>,
     /// Opens the tenant's store instead of its `kv`: a test's own backend
     /// (the test kit's `spin_redis`, which behaves as Spin's Redis store).
@@ -94,10 +96,9 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
     Ok(linker)
 }
 
-/// What the operator set for every tenant alike: the runtime's limits
-/// (request timeouts and stored state are read here) and outbound rules.
-pub(crate) struct HostRules<'a> {
-    pub limits: &'a Limits,
+/// What the operator set for every tenant alike besides the limits: the
+/// outbound rules.
+pub(crate) struct HostRules {
     pub outbound: Arc<OutboundSettings>,
 }
 
@@ -108,24 +109,24 @@ pub(crate) fn new_store(
     tenant: &Tenant,
     options: &TickOptions,
     limits: &EffectiveLimits,
-    host: HostRules<'_>,
+    host: HostRules,
     stores: Arc<Stores>,
     meter: Arc<Meter>,
 ) -> Store<TickState> {
     let mut table = ResourceTable::new();
-    table.set_max_capacity(MAX_RESOURCES);
+    table.set_max_capacity(limits.resources);
     let state = TickState {
         // Not the host's stderr: what the guest writes is kept, and shown
         // cleaned with the tick's result (host/stderr.rs).
         wasi: WasiCtx::builder().stderr(meter.stderr.clone()).wall_clock(OffsetClock(options.clock_offset)).build(),
         http: {
             let mut http = WasiHttpCtx::new();
-            http.set_field_size_limit(MAX_FIELDS_BYTES);
+            http.set_field_size_limit(limits.fields_bytes);
             http
         },
         table,
-        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, host.limits.request_timeout),
-        kv: KeyValueCtx::new(stores, tenant.kv.clone(), host.limits.state, options.kv_faults.clone())
+        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, limits.request_timeout),
+        kv: KeyValueCtx::new(stores, tenant.kv.clone(), limits.state, options.kv_faults.clone())
             .with_backend(options.kv_backend.clone()),
         config: ConfigVars(tenant.variables.clone()),
         guard: Guard::new(meter, limits),
@@ -174,7 +175,7 @@ mod tests {
         };
         let limits = host.for_tenant(&tenant);
         let meter = Arc::new(Meter::default());
-        let rules = HostRules { limits: &host, outbound: Arc::default() };
+        let rules = HostRules { outbound: Arc::default() };
         let mut store = new_store(&engine, &tenant, &TickOptions::default(), &limits, rules, Arc::default(), meter);
         let table = &mut store.data_mut().table;
         for _ in 0..MAX_RESOURCES {

@@ -21,13 +21,28 @@ const MAX_TABLES_PER_STORE: usize = 32;
 const MAX_MEMORIES_PER_STORE: usize = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// The limits one tenant's ticks run under: its own (lower) values, else
-/// the runtime's.
+/// Every cap one tenant's ticks run under, computed in one place
+/// ([`Limits::for_tenant`]) and read from here by whatever enforces it: the
+/// tenant's own (lower) memory, CPU and wall time, else the runtime's; and
+/// the host's own, the same for every tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EffectiveLimits {
+    /// Linear memory of the instance (the [`Guard`]).
     pub memory_bytes: usize,
+    /// Guest CPU time of a tick (the [`Guard`], at host calls and epochs).
     pub cpu_time: Duration,
+    /// Wall-clock time of a tick (the runtime's timeout around it).
     pub wall_deadline: Duration,
+    /// Each outbound connect, first-byte and between-bytes wait
+    /// (`host::outbound`'s policy caps the guest's own timeouts at it).
+    pub request_timeout: Duration,
+    /// Stored value size, key count and host bytes of the key-value store
+    /// (`host::keyvalue`).
+    pub state: StateLimits,
+    /// Host resources alive at once (the instance's resource table).
+    pub resources: usize,
+    /// Header bytes of one `wasi:http` `fields`.
+    pub fields_bytes: usize,
 }
 
 impl Limits {
@@ -56,6 +71,10 @@ impl Limits {
             memory_bytes: own.memory_bytes.map_or(self.memory_bytes, |m| m.min(self.memory_bytes)),
             cpu_time: own.cpu_time.map_or(self.cpu_time, |c| c.min(self.cpu_time)),
             wall_deadline: wall_deadline.min(self.wall_deadline),
+            request_timeout: self.request_timeout,
+            state: self.state,
+            resources: MAX_RESOURCES,
+            fields_bytes: MAX_FIELDS_BYTES,
         }
     }
 }
@@ -217,7 +236,12 @@ mod tests {
     use crate::tenant::TenantLimits;
 
     fn limits(memory_bytes: usize) -> EffectiveLimits {
-        EffectiveLimits { memory_bytes, cpu_time: Duration::from_millis(50), wall_deadline: Duration::from_secs(1) }
+        EffectiveLimits {
+            memory_bytes,
+            cpu_time: Duration::from_millis(50),
+            wall_deadline: Duration::from_secs(1),
+            ..Limits::default().for_tenant(&tenant(&[], TenantLimits::default()))
+        }
     }
 
     fn tenant(variables: &[(&str, &str)], own: TenantLimits) -> Tenant {
@@ -269,7 +293,11 @@ mod tests {
             EffectiveLimits {
                 memory_bytes: 8 << 20,
                 cpu_time: Duration::from_secs(1),
-                wall_deadline: Duration::from_secs(60)
+                wall_deadline: Duration::from_secs(60),
+                request_timeout: ceilings.request_timeout,
+                state: ceilings.state,
+                resources: MAX_RESOURCES,
+                fields_bytes: MAX_FIELDS_BYTES,
             }
         );
         let modest = TenantLimits {
@@ -283,7 +311,8 @@ mod tests {
             EffectiveLimits {
                 memory_bytes: 4 << 20,
                 cpu_time: Duration::from_millis(500),
-                wall_deadline: Duration::from_secs(5)
+                wall_deadline: Duration::from_secs(5),
+                ..got
             }
         );
     }

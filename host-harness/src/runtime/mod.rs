@@ -52,7 +52,10 @@ use wasmtime::Engine;
 /// Everything [`Runtime::with_options`] takes besides the component.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeOptions {
+    /// The host's ceilings, which every tenant's own limits stay under.
     pub limits: Limits,
+    /// Where the compiled component is cached (beside the `.wasm` by
+    /// default).
     pub cache: CompileCache,
     /// Where tenants' requests may go; the default is https to public
     /// addresses only (see [`OutboundSettings`]).
@@ -118,6 +121,7 @@ impl Runtime {
         })
     }
 
+    /// The host's ceilings this runtime was built with.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
@@ -303,7 +307,7 @@ impl Inner {
         meter: Arc<Meter>,
     ) -> wasmtime::Store<TickState> {
         let stores = Arc::clone(&self.stores);
-        let host = instance::HostRules { limits: &self.limits, outbound: Arc::clone(&self.outbound) };
+        let host = instance::HostRules { outbound: Arc::clone(&self.outbound) };
         instance::new_store(&self.engine, tenant, options, limits, host, stores, meter)
     }
 }
