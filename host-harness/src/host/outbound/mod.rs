@@ -24,6 +24,7 @@ pub use self::policy::{
 pub use self::tls::TlsTrust;
 
 use self::connect::Failure;
+use self::policy::Destination;
 use std::future::Future;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -99,13 +100,27 @@ impl WasiHttpHooks for OutboundPolicy {
                     Err(wasmtime_wasi_http::Error::HttpRequestDenied)
                 }
                 Err(Failure::Handshake(e)) => {
-                    policy.refusals.record(&tls::handshake_warning(&destination, &e));
+                    policy.refusals.record(&handshake_warning(&destination, &e));
                     Err(wasmtime_wasi_http::Error::Tls(e))
                 }
                 Err(Failure::Http(e)) => Err(e),
             }
         })
     }
+}
+
+/// What the tick's warnings say when the TLS handshake with `destination`
+/// failed: the guest only learns "TLS protocol error", the operator needs
+/// the reason (an unknown issuer, an expired certificate, a name mismatch).
+fn handshake_warning(destination: &Destination, error: &std::io::Error) -> Refusal {
+    let reason = crate::guest_text::message(&error.to_string());
+    let hint = if reason.contains("UnknownIssuer") {
+        "; if the server's certificate comes from a private CA, the operator's \
+         `[host] extra_ca_certificates` names a PEM file of CA certificates to trust"
+    } else {
+        ""
+    };
+    Refusal::new(format!("TLS handshake with {destination} failed: {reason}{hint}"))
 }
 
 #[cfg(test)]

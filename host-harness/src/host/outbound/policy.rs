@@ -68,7 +68,7 @@ impl OutboundSettings {
 }
 
 /// Why the host refused a request, or could not complete its TLS handshake
-/// ([`super::tls::handshake_warning`]): what the tick's warnings show. Names
+/// (`handshake_warning` in `outbound/mod.rs`): what the tick's warnings show. Names
 /// scheme, host and port only, never the path (a Devo URL may carry its
 /// token there).
 #[derive(Clone, Debug, PartialEq, Eq)]

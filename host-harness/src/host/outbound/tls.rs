@@ -5,7 +5,6 @@
 //! a certificate of a private CA. Only the operator adds trust; a tenant
 //! cannot.
 
-use super::policy::{Destination, Refusal};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::fmt;
@@ -96,20 +95,6 @@ fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Arc::new(config)
-}
-
-/// What the tick's warnings say when the TLS handshake with `destination`
-/// failed: the guest only learns "TLS protocol error", the operator needs
-/// the reason (an unknown issuer, an expired certificate, a name mismatch).
-pub(crate) fn handshake_warning(destination: &Destination, error: &std::io::Error) -> Refusal {
-    let reason = crate::guest_text::message(&error.to_string());
-    let hint = if reason.contains("UnknownIssuer") {
-        "; if the server's certificate comes from a private CA, the operator's \
-         `[host] extra_ca_certificates` names a PEM file of CA certificates to trust"
-    } else {
-        ""
-    };
-    Refusal::new(format!("TLS handshake with {destination} failed: {reason}{hint}"))
 }
 
 #[cfg(test)]
