@@ -269,6 +269,7 @@ fn key_value_errors_on_get_set_and_swap_send_nothing() {
                     (o == KvOp::Get && k.starts_with("budget/")).then(|| KvFault::Error("disk full".into()))
                 })),
                 clock_offset: Duration::from_secs(1),
+                ..Default::default()
             }
         } else {
             kv_fault(op, key)
