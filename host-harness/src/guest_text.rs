@@ -104,11 +104,16 @@ fn guest_id(id: u32, text: &str) -> (u32, String) {
     }
 }
 
+/// A guest's error as the host keeps it: its message bounded and inert,
+/// an id of the host's moved to [`CLAIMED_HOST_ID`].
 pub fn error(e: CollectorError) -> CollectorError {
     let (id, message) = guest_id(e.id, &e.message);
     CollectorError { id, message, ..e }
 }
 
+/// A guest's tick report as the host keeps it: every string bounded and
+/// inert, service names made [`name`]s, at most [`MAX_SERVICES`] services and
+/// [`MAX_WARNINGS`] warnings (and one that counts the rest).
 pub fn report(r: TickReport) -> TickReport {
     let mut warnings: Vec<String> = r.warnings.iter().take(MAX_WARNINGS).map(|w| message(w)).collect();
     if r.warnings.len() > MAX_WARNINGS {
@@ -133,6 +138,8 @@ fn service(s: ServiceReport) -> ServiceReport {
     }
 }
 
+/// A validate check as the host shows it: its name a short field, its
+/// detail a message.
 pub fn check(c: Check) -> Check {
     Check { name: field(&c.name), detail: message(&c.detail), ..c }
 }

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
 
+/// A cron expression of 6 or 7 fields, seconds first; fewer (a 5-field
+/// Unix cron line) is an error rather than a schedule read one field off.
 pub fn parse(expression: &str) -> anyhow::Result<cron::Schedule> {
     if expression.split_whitespace().count() < 6 {
         anyhow::bail!("a cron expression needs 6 fields, seconds first (e.g. \"0 * * * * *\")");

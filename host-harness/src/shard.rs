@@ -17,6 +17,8 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Shard `index` of `count`; an error unless `count >= 1` and
+    /// `index < count`.
     pub fn new(index: u32, count: u32) -> Result<Shard, String> {
         if count == 0 || index >= count {
             return Err(format!("shard {index}/{count}: K/N needs N >= 1 and K from 0 to N-1"));

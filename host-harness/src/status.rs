@@ -8,9 +8,15 @@ use onepassword_collector::service::Service;
 use onepassword_collector::state::{ServiceState, BUCKET};
 use onepassword_collector::time::{shown, utc};
 
+/// One tenant's service, as [`read`] found it.
 pub struct Row {
+    /// The tenant's name.
     pub tenant: String,
+    /// The service whose record this is.
     pub service: Service,
+    /// Its stored state, cleaned ([`crate::guest_text::stored_state`]);
+    /// `None` when it never ran, `Err` (cleaned too) when the store or the
+    /// record could not be read.
     pub state: Result<Option<ServiceState>, String>,
 }
 

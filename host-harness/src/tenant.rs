@@ -47,6 +47,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+/// The schedule of a tenant that names none: every minute, at second 0.
 pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 
 /// The longest tenant name.
@@ -56,6 +57,8 @@ pub const MAX_NAME_LEN: usize = 64;
 /// replaced (see [`Tenant::is_secret_variable`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Tenant {
+    /// The `NAME` of its `[tenants.NAME]` table: letters, digits, `-` and
+    /// `_`, at most [`MAX_NAME_LEN`].
     pub name: String,
     /// Cron expression with a seconds field, as Spin's cron trigger takes.
     pub schedule: String,

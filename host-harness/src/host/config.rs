@@ -18,6 +18,8 @@ impl wit::Host for ConfigVars {
     }
 }
 
+/// Links `wasi:config/store`; `get` picks the variables out of the store's
+/// data.
 pub fn add_to_linker<T: 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut ConfigVars) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, HasSelf<ConfigVars>>(linker, get)
 }

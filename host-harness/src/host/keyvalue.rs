@@ -61,10 +61,15 @@ impl CasHandle {
 /// Key-value operations a test can make fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvOp {
+    /// `store.open` of the bucket (its key: the bucket's name).
     Open,
+    /// `bucket.get`.
     Get,
+    /// `bucket.set`, and `atomics.increment`, which writes too.
     Set,
+    /// `cas.new`: the read a compare-and-swap starts with.
     CasRead,
+    /// `atomics.swap`: the write a compare-and-swap ends with.
     Swap,
 }
 
@@ -107,6 +112,8 @@ pub struct KeyValueCtx {
 }
 
 impl KeyValueCtx {
+    /// An instance's state for the tenant store at `location`, opened
+    /// through `stores` on first use; nothing is opened yet.
     pub fn new(
         stores: Arc<Stores>,
         location: KvLocation,
@@ -294,7 +301,9 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The view the generated host traits are implemented on: the context and
 /// the resource table the bucket and swap handles live in.
 pub struct KeyValue<'a> {
+    /// The instance's key-value state.
     pub ctx: &'a mut KeyValueCtx,
+    /// The instance's resource table.
     pub table: &'a mut ResourceTable,
 }
 

@@ -25,8 +25,11 @@ use std::sync::Arc;
 /// (never with its credentials) but never a value.
 #[async_trait::async_trait]
 pub trait KvBackend: Send {
+    /// The value of `key`; `None` when it is absent.
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Stores `value` under `key`, replacing what was there.
     async fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String>;
+    /// Removes `key`; an absent key is no error.
     async fn delete(&mut self, key: &str) -> Result<(), String>;
     /// Every key of the bucket, in order.
     async fn keys(&mut self) -> Result<Vec<String>, String>;

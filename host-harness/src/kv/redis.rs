@@ -63,6 +63,8 @@ impl RedisServer {
         Ok(RedisServer { name: name.to_string(), url: url.to_string() })
     }
 
+    /// Its name in `[host.redis]`, which a tenant's `kv = "redis:NAME"`
+    /// picks.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -105,10 +107,12 @@ impl RedisLocation {
         &self.server.url
     }
 
+    /// The server the keys are on.
     pub fn server(&self) -> &RedisServer {
         &self.server
     }
 
+    /// What every key of the tenant's starts with (never empty).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -51,10 +51,12 @@ impl SqliteStore {
         SqliteBucket { file: Arc::new(Mutex::new(self)), name: name.into() }
     }
 
+    /// The file, as it was opened.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The value of `key` in `store`; `None` when it is absent.
     pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.conn
             .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
@@ -64,6 +66,7 @@ impl SqliteStore {
             .map_err(|e| e.to_string())
     }
 
+    /// Stores `value` under `key` in `store`, replacing what was there.
     pub fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
         self.conn
             .execute(
@@ -75,6 +78,7 @@ impl SqliteStore {
             .map_err(|e| e.to_string())
     }
 
+    /// Removes `key` from `store`; an absent key is no error.
     pub fn delete(&self, store: &str, key: &str) -> Result<(), String> {
         self.conn
             .execute("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key])
@@ -141,6 +145,7 @@ impl SqliteStore {
         Ok(Some(value))
     }
 
+    /// Every key of `store`, in order.
     pub fn keys(&self, store: &str) -> Result<Vec<String>, String> {
         let mut stmt = self
             .conn

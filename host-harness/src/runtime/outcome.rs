@@ -14,7 +14,10 @@ pub use onepassword_collector::error::HOST_FAILURE;
 /// How one tenant's tick ended.
 #[derive(Clone, Debug)]
 pub struct TenantTick {
+    /// The tenant's name.
     pub tenant: String,
+    /// The component's report, or the error that ended the tick (the
+    /// component's, or a [`HOST_FAILURE`]).
     pub result: Result<TickReport, CollectorError>,
     /// The most linear memory the instance held (all its memories), bytes.
     pub peak_memory_bytes: u64,

@@ -137,6 +137,8 @@ impl DeferralReason {
         }
     }
 
+    /// The `reason` label value: fixed, so a guest's text never becomes a
+    /// metric series.
     pub fn as_str(self) -> &'static str {
         match self {
             DeferralReason::Budget => "budget",

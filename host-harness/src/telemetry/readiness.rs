@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 /// What `/readyz` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Readiness {
+    /// True when `/readyz` answers 200; false, 503.
     pub ready: bool,
     /// Why not, one line each (empty when ready), e.g.
     /// `tenant acme: 3 failed ticks in a row (last error 429)`.

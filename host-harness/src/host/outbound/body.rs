@@ -22,6 +22,7 @@ pub struct CappedBody<B> {
 }
 
 impl<B> CappedBody<B> {
+    /// `inner`, at most `limit` bytes of it.
     pub fn new(inner: B, limit: u64) -> CappedBody<B> {
         CappedBody { inner, limit, seen: 0, ended: false }
     }
@@ -76,6 +77,7 @@ pub struct TimedBody {
 }
 
 impl TimedBody {
+    /// `incoming`, ended once no frame arrives for `between_bytes`.
     pub fn new(incoming: hyper::body::Incoming, between_bytes: Duration) -> TimedBody {
         // tokio's interval panics on zero; a nanosecond is as good as zero.
         let mut quiet = tokio::time::interval(between_bytes.max(Duration::from_nanos(1)));

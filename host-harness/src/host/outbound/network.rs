@@ -13,10 +13,13 @@ pub struct IpNetwork {
 }
 
 impl IpNetwork {
+    /// The network's first address (parsing refuses host bits after the
+    /// prefix).
     pub fn address(&self) -> IpAddr {
         self.address
     }
 
+    /// The prefix length: 0 to 32 for IPv4, 0 to 128 for IPv6.
     pub fn prefix(&self) -> u8 {
         self.prefix
     }

@@ -89,7 +89,9 @@ impl fmt::Display for Refusal {
 /// A URL's scheme, as far as the host speaks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// `http://`, port 80 unless given; only with `[host] allow_http`.
     Http,
+    /// `https://`, port 443 unless given.
     Https,
 }
 
@@ -106,12 +108,17 @@ impl Scheme {
 /// and port (filled in from the scheme).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destination {
+    /// http or https.
     pub scheme: Scheme,
+    /// A name or an IP address, lower case, an IPv6 one without brackets.
     pub host: String,
+    /// The URL's port, or the scheme's default.
     pub port: u16,
 }
 
 impl Destination {
+    /// Where `uri` goes; `None` unless it is an http or https URL with a
+    /// host.
     pub fn of(uri: &http::Uri) -> Option<Destination> {
         let scheme = match uri.scheme_str()? {
             "http" => Scheme::Http,
@@ -158,6 +165,7 @@ pub const MAX_REQUESTS_IN_FLIGHT: usize = 16;
 pub struct Refusals(Arc<Mutex<Vec<String>>>);
 
 impl Refusals {
+    /// Keeps `refusal` unless it is already kept or `MAX_REFUSALS` (8) are.
     pub fn record(&self, refusal: &Refusal) {
         let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if list.len() < MAX_REFUSALS && !list.contains(&refusal.0) {
@@ -178,6 +186,7 @@ pub struct OutboundPolicy {
     settings: Arc<OutboundSettings>,
     /// Upper bound for each of connect, first-byte and between-bytes waits.
     pub max_timeout: Duration,
+    /// What this tick's requests were refused, for its warnings.
     pub refusals: Refusals,
     /// [`MAX_REQUESTS_IN_FLIGHT`] permits, shared by every clone of the
     /// tick's policy (a tick's instance has one policy; the clones are the
@@ -205,6 +214,7 @@ impl OutboundPolicy {
         }
     }
 
+    /// The operator's rules this policy applies.
     pub fn settings(&self) -> &OutboundSettings {
         &self.settings
     }
@@ -291,7 +301,11 @@ impl OutboundPolicy {
 /// translation or tunnel that reaches it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reached {
+    /// The address judged: the resolved address itself, or an IPv4
+    /// address it embeds.
     pub address: IpAddr,
+    /// `None` for the resolved address itself; else how it embeds
+    /// `address` (`"NAT64"`, `"6to4"`, …), which a refusal names.
     pub form: Option<&'static str>,
 }
 
