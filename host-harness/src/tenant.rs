@@ -4,19 +4,21 @@
 //! ```toml
 //! [tenants.acme]
 //! schedule = "0 * * * * *"
-//! kv = "state/acme.sqlite"
+//! kv = "acme.sqlite"             # in [host] state_dir (default state/)
 //! [tenants.acme.variables]
 //! base_url = "https://events.1password.com"
 //! token = "${ACME_OP_TOKEN}"     # taken from the environment
 //! ```
 //! A variable whose whole value is `${NAME}` is read from environment
-//! variable NAME when the file is loaded, so secrets need not sit in it;
-//! so may `kv`.
+//! variable NAME when the file is loaded, so secrets need not sit in it; a
+//! tenant may name only its own variables (`ACME_*` for `acme`) and the
+//! `[host] shared_variables` (see [`environment`]).
 //!
-//! `kv` is a SQLite file (relative to the config file; default
-//! `state/<name>.sqlite`) or a Redis URL, `redis://[:password@]host:port/db`
-//! or `rediss://…` (TLS), shared by tenants and replicas: each tenant's keys
-//! then start with `kv_prefix` (default `onepassword-collector/<name>/`).
+//! `kv` is a SQLite file named inside `[host] state_dir` (default
+//! `<name>.sqlite` in `state/` beside the config file) or `redis:SERVER`, a
+//! Redis server the operator declared in `[host.redis]`, shared by tenants
+//! and replicas: each tenant's keys then start with `kv_prefix` (default
+//! `onepassword-collector/<name>/`, which a tenant may only narrow).
 //!
 //! The operator's `[host]` section ([`crate::host_settings`]) sets the
 //! ceilings; a tenant may lower the runtime's per-instance limits, never
@@ -29,9 +31,10 @@
 //! ```
 //!
 //! Tenants do not trust each other: a name holds only letters, digits, `-`
-//! and `_`; a SQLite `kv` is resolved to its real absolute path and refused
-//! when it is, or may be, another tenant's file (see `tenant/store_path.rs`),
-//! or a SQLite `file:` URI; `Debug` shows no secret variable.
+//! and `_`; a SQLite `kv` is a plain file name, resolved to its real
+//! absolute path and refused when it is, or may be, another tenant's file,
+//! or an existing file that is not a collector store (see
+//! `tenant/store_path.rs`); `Debug` shows no secret variable.
 
 pub mod environment;
 mod store_path;
@@ -105,7 +108,10 @@ impl Tenant {
             Some(urls) => urls.iter().map(String::as_str).collect(),
             None => {
                 use onepassword_collector::config::key;
-                [key::BASE_URL, key::DEVO_URL].iter().filter_map(|k| self.variables.get(*k).map(String::as_str)).collect()
+                [key::BASE_URL, key::DEVO_URL]
+                    .iter()
+                    .filter_map(|k| self.variables.get(*k).map(String::as_str))
+                    .collect()
             }
         }
     }

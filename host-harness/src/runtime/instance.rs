@@ -6,7 +6,7 @@
 
 use super::limits::{EffectiveLimits, Guard, Meter};
 use crate::bindings;
-use crate::host::config::{self, ConfigVars};
+use crate::host::variables::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
 use crate::host::outbound::{OutboundPolicy, OutboundSettings};
 use crate::kv::{KvBackendFactory, Stores};
@@ -91,7 +91,7 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
     crate::host::io_error::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     keyvalue::add_to_linker(&mut linker, |s| KeyValue { ctx: &mut s.kv, table: &mut s.table })?;
-    config::add_to_linker(&mut linker, |s| &mut s.config)?;
+    variables::add_to_linker(&mut linker, |s| &mut s.config)?;
     bindings::fermyon::spin_cron::cron_types::add_to_linker::<TickState, HasSelf<TickState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

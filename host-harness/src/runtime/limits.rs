@@ -1,10 +1,10 @@
 //! What one instance may use, and how the host enforces it: the runtime's
 //! [`Limits`] (the operator's ceilings, from the config's `[host]` section),
 //! a tenant's [`EffectiveLimits`] (its own lower values, else the runtime's;
-//! never above them), and the [`Guard`] that lives in each instance's store and
+//! never above them), and the `Guard` that lives in each instance's store and
 //! counts linear memory (as wasmtime's `ResourceLimiter`) and guest CPU time
 //! (at every host call and every epoch). What it observed goes to a shared
-//! [`Meter`], readable after a wall-clock timeout dropped the store, so a
+//! `Meter`, readable after a wall-clock timeout dropped the store, so a
 //! host failure can name the limit that was hit.
 
 use crate::limits::*;
@@ -27,9 +27,9 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// the host's own, the same for every tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EffectiveLimits {
-    /// Linear memory of the instance (the [`Guard`]).
+    /// Linear memory of the instance (the instance's `Guard`).
     pub memory_bytes: usize,
-    /// Guest CPU time of a tick (the [`Guard`], at host calls and epochs).
+    /// Guest CPU time of a tick (the instance's `Guard`, at host calls and epochs).
     pub cpu_time: Duration,
     /// Wall-clock time of a tick (the runtime's timeout around it).
     pub wall_deadline: Duration,
