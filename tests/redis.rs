@@ -1,7 +1,9 @@
 //! The real component with its state in a real Redis: it collects exactly
 //! once, `status` reads what it wrote, and two instances ticking at once
 //! stay exactly-once even when the store's swap lies about lost races
-//! (Spin 3.x's Redis store reports an aborted `EXEC` as success).
+//! (what Spin's Redis store would answer after an aborted `EXEC`, were the
+//! `UNWATCH <key>` it sends next not refused; `tests/spin_redis.rs` runs the
+//! component on a copy of that store, whose every swap answers "failed").
 
 use end_to_end::*;
 use harness_test_kit::redis_server::RedisServer;
