@@ -91,7 +91,7 @@ fn tick(tenant: &str, result: Result<Vec<ServiceReport>, CollectorError>) -> Ten
 /// A telemetry that has seen every kind of tick: delivered, idle, deferred,
 /// failed (429 and Devo), a host failure, a skipped firing, a reload.
 fn busy_telemetry() -> Telemetry {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     t.component_loaded();
     t.instances(2, 8);
     t.reload(true);

@@ -94,9 +94,11 @@ enum Command {
         /// Seconds in-flight ticks may take to finish after a stop is asked.
         #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         grace_period: u64,
-        /// /readyz fails when a tenant failed this many ticks in a row.
-        #[arg(long, value_name = "N", default_value_t = 3)]
-        unready_after: u32,
+        /// Ignored (kept so that old command lines still start): a tenant's
+        /// failing ticks no longer make /readyz fail; they show in
+        /// consecutive_failed_ticks and its alert.
+        #[arg(long, value_name = "N", hide = true)]
+        unready_after: Option<u32>,
         #[arg(long, value_enum, default_value_t = LogFormat::Logfmt)]
         log_format: LogFormat,
     },
@@ -192,7 +194,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // The [host] section is read once: a change takes a restart (a
             // reload says so).
             let (host, tenants) = run::load_shard(&setup.config, shard)?;
-            let telemetry = Arc::new(Telemetry::new(unready_after));
+            let logger = Logger::new(log_format);
+            if unready_after.is_some() {
+                let why = "--unready-after is ignored: a tenant's failing ticks no longer make /readyz fail \
+                           (see consecutive_failed_ticks and the OnePasswordCollectorTenantFailing alert)";
+                logger.log(log::Level::Warn, None, why, &[]);
+            }
+            let telemetry = Arc::new(Telemetry::new());
             if let Some(addr) = listen {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -210,7 +218,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 host,
                 shard,
                 grace: Duration::from_secs(grace_period),
-                logger: Logger::new(log_format),
+                logger,
                 telemetry,
             };
             run::run(runtime, options, tenants).await?;

@@ -1,5 +1,6 @@
 //! `host-harness run` as an operator runs it next to Prometheus: metrics
-//! with values after ticks, readiness turning false and back, SIGHUP reloads
+//! with values after ticks, readiness that a failing tenant leaves alone and
+//! an unreachable store turns false, SIGHUP reloads
 //! (add, remove, an invalid file that changes nothing), SIGTERM during a slow
 //! tick (finishes within the grace period, or is cut and loses nothing),
 //! overlapping firings skipped and counted; and `tick`'s table against its
@@ -206,13 +207,16 @@ fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 #[test]
-fn metrics_carry_values_and_readiness_turns_false_and_back() {
+fn metrics_carry_values_and_a_failing_tenant_leaves_the_process_ready() {
     let world = World::new(201, 30);
     world.write(&world.tenant("acme", 10, ""));
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    // --unready-after is accepted (old command lines still start) and ignored.
     let run = Running::start(&world, &["--listen", &listen, "--unready-after", "2"]);
     assert_eq!(get(port, "/healthz").0, 200);
+    let ignored = run.wait_log(Duration::from_secs(10), "--unready-after is ignored");
+    assert_eq!(ignored["level"], "warn");
     run.wait_tick(Duration::from_secs(20), |t| t["services"]["audit"]["total_sent"] == 30);
     let (status, metrics) = get(port, "/metrics");
     assert_eq!(status, 200);
@@ -227,9 +231,58 @@ fn metrics_carry_values_and_readiness_turns_false_and_back() {
     let (status, body) = get(port, "/readyz");
     assert_eq!(status, 200, "{body}");
 
-    // Devo fails every request: after two failed ticks in a row, not ready.
+    // Devo fails every request: the tenant's ticks fail, over and over. That
+    // is the tenant's failure, not the process's: the metrics say so, and
+    // /readyz stays 200.
     world.devo.set_failure(Some(500));
     world.more_events(202, 10);
+    let until = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let (_, metrics) = get(port, "/metrics");
+        let failing = sample(&metrics, "onepassword_collector_consecutive_failed_ticks", "tenant=\"acme\"");
+        if failing.is_some_and(|f| f >= 3.0) || Instant::now() > until {
+            break metrics;
+        }
+        assert_eq!(get(port, "/readyz").0, 200, "a failing tenant made the process unready");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let failing = sample(&metrics, "onepassword_collector_consecutive_failed_ticks", "tenant=\"acme\"");
+    assert!(failing.is_some_and(|f| f >= 3.0), "{metrics}");
+    let failures = sample(&metrics, "onepassword_collector_failures_total", "tenant=\"acme\",error_id=\"700\"");
+    assert!(failures.is_some_and(|f| f >= 3.0), "{metrics}");
+    let (status, body) = get(port, "/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    assert_eq!(sample(&metrics, "onepassword_collector_ready", ""), Some(1.0));
+
+    world.devo.set_failure(None);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = get(port, "/metrics");
+        if sample(&metrics, "onepassword_collector_consecutive_failed_ticks", "tenant=\"acme\"") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < until, "still failing after Devo recovered:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(port, "/nope").0, 404);
+}
+
+#[test]
+fn a_store_that_cannot_be_reached_makes_the_process_unready() {
+    let world = World::new(205, 10);
+    // acme's Redis: a loopback port nobody listens on. globex keeps its
+    // SQLite store and delivers.
+    let gone = free_port();
+    let acme = world
+        .tenant("acme", 10, "")
+        .replace("[tenants.acme.variables]", "kv = \"redis:gone\"\n[tenants.acme.variables]");
+    world.write(&format!(
+        "[host.redis]\ngone = \"redis://127.0.0.1:{gone}/0\"\n\n{acme}\n{}",
+        world.tenant("globex", 10, "")
+    ));
+    let port = free_port();
+    let run = Running::start(&world, &["--listen", &format!("127.0.0.1:{port}")]);
+    run.wait_tick(Duration::from_secs(20), |t| t["tenant"] == "globex" && t["services"]["audit"]["total_sent"] == 10);
     let until = Instant::now() + Duration::from_secs(20);
     let (status, body) = loop {
         let (status, body) = get(port, "/readyz");
@@ -239,18 +292,10 @@ fn metrics_carry_values_and_readiness_turns_false_and_back() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("acme"), "the failing tenant is named: {body}");
+    assert_eq!(body, "not ready\ntenant acme: key-value store unreachable (error 200)\n");
     let (_, metrics) = get(port, "/metrics");
-    let failures = sample(&metrics, "onepassword_collector_failures_total", "tenant=\"acme\",error_id=\"700\"");
-    assert!(failures.is_some_and(|f| f >= 2.0), "{metrics}");
-
-    world.devo.set_failure(None);
-    let until = Instant::now() + Duration::from_secs(20);
-    while get(port, "/readyz").0 != 200 {
-        assert!(Instant::now() < until, "still not ready after Devo recovered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(get(port, "/nope").0, 404);
+    assert_eq!(sample(&metrics, "onepassword_collector_ready", ""), Some(0.0), "{metrics}");
+    assert_eq!(get(port, "/healthz").0, 200, "the process still answers");
 }
 
 #[test]

@@ -238,7 +238,7 @@ impl Metrics {
             ready: plain(
                 r,
                 "ready",
-                "1 when /readyz answers 200: component loaded, stores reachable, no tenant failing",
+                "1 when /readyz answers 200: component loaded, no key-value store unreachable",
                 Gauge::default(),
             ),
         };

@@ -49,7 +49,6 @@ pub struct Telemetry {
     registry: Registry,
     metrics: Metrics,
     state: Mutex<State>,
-    failing_ticks_unready: u32,
 }
 
 #[derive(Default)]
@@ -67,12 +66,17 @@ struct TenantState {
     checkpoints: HashMap<String, f64>,
 }
 
+impl Default for Telemetry {
+    fn default() -> Telemetry {
+        Telemetry::new()
+    }
+}
+
 impl Telemetry {
-    /// Readiness turns false when a tenant fails `failing_ticks_unready`
-    /// ticks in a row (0: never for that reason).
-    pub fn new(failing_ticks_unready: u32) -> Telemetry {
+    /// Nothing recorded yet; not ready until [`Telemetry::component_loaded`].
+    pub fn new() -> Telemetry {
         let (registry, metrics) = Metrics::register();
-        Telemetry { registry, metrics, state: Mutex::new(State::default()), failing_ticks_unready }
+        Telemetry { registry, metrics, state: Mutex::new(State::default()) }
     }
 
     /// The component is compiled and linked: readiness may turn true.
@@ -275,15 +279,10 @@ impl Telemetry {
     }
 
     /// Ready, or why not: component not loaded, a tenant's store
-    /// unreachable, a tenant failing N ticks in a row (named, with its last
-    /// error id).
+    /// unreachable. A tenant's failing ticks never count (see `readiness.rs`).
     pub fn readiness(&self) -> Readiness {
         let state = self.state();
-        readiness::evaluate(
-            state.component_loaded,
-            state.tenants.iter().map(|(t, s)| (t, &s.health)),
-            self.failing_ticks_unready,
-        )
+        readiness::evaluate(state.component_loaded, state.tenants.iter().map(|(t, s)| (t, &s.health)))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

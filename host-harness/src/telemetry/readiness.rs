@@ -1,7 +1,13 @@
-//! Readiness: what `/readyz` answers. The process is ready when the
-//! component is loaded, no tenant's key-value store is known to be
-//! unreachable, and no tenant has failed its last N ticks in a row; when it
-//! is not, the reasons name the tenants and their last error id.
+//! Readiness: what `/readyz` answers. Readiness means the process can do
+//! its work: the component is loaded and no key-value store is known to be
+//! unreachable; when it is not, the reasons say what is missing and name the
+//! tenant whose store it is.
+//!
+//! A tenant's own failures (a revoked token, Devo refusing its events, a
+//! 1Password outage) never make the process unready: they are the tenant's,
+//! not the process's, and a restart or a rollout cannot fix them. They show
+//! in the metrics (`consecutive_failed_ticks`, `failures_total`), in
+//! `host-harness status` and in the alerts.
 
 use onepassword_collector::error::PERSISTENCE;
 use std::collections::BTreeMap;
@@ -12,7 +18,7 @@ pub struct Readiness {
     /// True when `/readyz` answers 200; false, 503.
     pub ready: bool,
     /// Why not, one line each (empty when ready), e.g.
-    /// `tenant acme: 3 failed ticks in a row (last error 429)`.
+    /// `tenant acme: key-value store unreachable (error 200)`.
     pub reasons: Vec<String>,
 }
 
@@ -21,8 +27,6 @@ pub struct Readiness {
 pub(super) struct Health {
     /// Failed ticks in a row (0 after a tick without error).
     pub consecutive_failures: u32,
-    /// The id of the last tick's first error, while it is failing.
-    pub last_error_id: Option<u32>,
     /// The store answered with error 200 on the last tick (or a check said
     /// it is unreachable), and nothing has reached it since.
     pub store_unreachable: bool,
@@ -40,10 +44,8 @@ impl Health {
             // neither a failure nor a success
         } else if error_ids.is_empty() {
             self.consecutive_failures = 0;
-            self.last_error_id = None;
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-            self.last_error_id = Some(error_ids[0]);
         }
         if error_ids.contains(&PERSISTENCE) {
             self.store_unreachable = true;
@@ -53,12 +55,11 @@ impl Health {
     }
 }
 
-/// Readiness of the whole process. `failing_ticks_unready` of 0 disables the
-/// failing-tenant check.
+/// Readiness of the whole process: its component and its stores. How many
+/// ticks a tenant failed plays no part.
 pub(super) fn evaluate<'a>(
     component_loaded: bool,
     tenants: impl IntoIterator<Item = (&'a String, &'a Health)>,
-    failing_ticks_unready: u32,
 ) -> Readiness {
     let mut reasons = Vec::new();
     if !component_loaded {
@@ -68,10 +69,6 @@ pub(super) fn evaluate<'a>(
     for (tenant, health) in sorted {
         if health.store_unreachable {
             reasons.push(format!("tenant {tenant}: key-value store unreachable (error {PERSISTENCE})"));
-        }
-        if failing_ticks_unready > 0 && health.consecutive_failures >= failing_ticks_unready {
-            let last = health.last_error_id.map_or(String::new(), |id| format!(" (last error {id})"));
-            reasons.push(format!("tenant {tenant}: {} failed ticks in a row{last}", health.consecutive_failures));
         }
     }
     Readiness { ready: reasons.is_empty(), reasons }

@@ -1,6 +1,7 @@
 //! What `/metrics` and readiness say after synthetic ticks: counters grow by
 //! the report's amounts, lag follows `now`, deferral texts and error ids
-//! land in their labels, readiness turns and recovers, removed tenants
+//! land in their labels, readiness follows the component and the stores
+//! (never a tenant's failures) and recovers, removed tenants
 //! vanish, and no free text reaches a label.
 
 use super::*;
@@ -73,7 +74,7 @@ const NOW: &str = "2026-01-01T00:10:00Z";
 
 #[test]
 fn counters_grow_by_what_each_tick_reports() {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     t.tick_finished(&tick("acme", vec![delivered("audit", 100, "2026-01-01T00:00:00Z")]), at(NOW));
     let mut second = delivered("audit", 40, "2026-01-01T00:05:00Z");
     second.unconfirmed = 2;
@@ -106,7 +107,7 @@ fn counters_grow_by_what_each_tick_reports() {
 
 #[test]
 fn lag_is_now_minus_the_newest_delivered_event() {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     t.tick_finished(&tick("acme", vec![delivered("audit", 1, "2026-01-01T00:00:00.500Z")]), at(NOW));
     let labels = r#"{tenant="acme",service="audit"}"#;
     assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 599.5);
@@ -154,7 +155,7 @@ fn the_collectors_deferral_texts_map_to_fixed_reasons() {
         ),
         ("something new", "other"),
     ];
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     for (text, reason) in cases {
         assert_eq!(DeferralReason::from_text(Some(text)).as_str(), reason, "{text}");
         t.tick_finished(&tick("acme", vec![deferred("audit", text)]), at(NOW));
@@ -173,7 +174,7 @@ fn the_collectors_deferral_texts_map_to_fixed_reasons() {
 
 #[test]
 fn errors_land_in_failures_by_id_and_tick_outcome() {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     t.tick_finished(
         &tick("acme", vec![failed("audit", 700, "Devo answered 403"), delivered("item_usage", 5, NOW)]),
         at(NOW),
@@ -196,7 +197,7 @@ fn errors_land_in_failures_by_id_and_tick_outcome() {
 
 #[test]
 fn rate_limits_and_1password_requests_are_counted() {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     let mut paged = delivered("item_usage", 3000, NOW);
     paged.pages = 3;
     let mut devo_down = failed("sign_in_attempts", 701, "Devo unreachable");
@@ -219,50 +220,45 @@ fn rate_limits_and_1password_requests_are_counted() {
 }
 
 #[test]
-fn readiness_needs_the_component_and_no_tenant_failing_n_ticks_in_a_row() {
-    let t = Telemetry::new(3);
+fn readiness_needs_the_component_and_never_counts_a_tenants_failures() {
+    let t = Telemetry::new();
     let r = t.readiness();
     assert!(!r.ready);
     assert_eq!(r.reasons, ["component not loaded"]);
+    assert_eq!(value(&t, "onepassword_collector_ready"), 0.0);
     t.component_loaded();
     assert_eq!(t.readiness(), Readiness { ready: true, reasons: vec![] });
     assert_eq!(value(&t, "onepassword_collector_ready"), 1.0);
 
-    for _ in 0..2 {
-        t.tick_finished(&tick("acme", vec![failed("audit", 429, "rate limited")]), at(NOW));
+    // A revoked token: every tick of acme fails, 23 in a row, and a whole
+    // tick fails too. The process can still do its work: globex delivers.
+    for _ in 0..23 {
+        t.tick_finished(&tick("acme", vec![failed("audit", 401, "1Password answered 401")]), at(NOW));
         t.tick_finished(&tick("globex", vec![delivered("audit", 1, NOW)]), at(NOW));
     }
-    assert!(t.readiness().ready, "2 failures in a row are not 3");
-    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 2.0);
-    t.tick_finished(&tick("acme", vec![failed("audit", 429, "rate limited")]), at(NOW));
-    let r = t.readiness();
-    assert!(!r.ready);
-    assert_eq!(r.reasons, ["tenant acme: 3 failed ticks in a row (last error 429)"]);
-    assert_eq!(value(&t, "onepassword_collector_ready"), 0.0);
-    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 3.0);
-
-    // A tick that only deferred (backing off after those failures) proves
-    // nothing: still not ready. A tick that gets through is.
-    t.tick_finished(&tick("acme", vec![deferred("audit", "1Password rate-limited this account")]), at(NOW));
-    assert!(!t.readiness().ready, "a deferral is not a recovery");
-    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 3.0);
-    t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
-    assert!(t.readiness().ready);
-    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 0.0);
+    t.tick_finished(&tick_error("acme", 900, "the host stopped the tick: wall deadline exceeded"), at(NOW));
+    assert_eq!(t.readiness(), Readiness { ready: true, reasons: vec![] }, "a tenant's failures are not the process's");
+    assert_eq!(value(&t, "onepassword_collector_ready"), 1.0);
+    // They show in the metrics instead.
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 24.0);
+    assert_eq!(
+        value(&t, r#"onepassword_collector_failures_total{tenant="acme",service="audit",error_id="401"}"#),
+        23.0
+    );
     assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="globex"}"#), 0.0);
 
-    // Zero turns the failing-tenant check off.
-    let never = Telemetry::new(0);
-    never.component_loaded();
-    for _ in 0..10 {
-        never.tick_finished(&tick_error("acme", 900, "trap"), at(NOW));
-    }
-    assert!(never.readiness().ready);
+    // A tick that only deferred (backing off after those failures) proves
+    // nothing: the count stands. A tick that gets through resets it.
+    t.tick_finished(&tick("acme", vec![deferred("audit", "backing off after 3 consecutive failure(s)")]), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 24.0);
+    t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_consecutive_failed_ticks{tenant="acme"}"#), 0.0);
+    assert!(t.readiness().ready);
 }
 
 #[test]
 fn an_unreachable_store_makes_the_process_unready_until_reached() {
-    let t = Telemetry::new(5);
+    let t = Telemetry::new();
     t.component_loaded();
     t.store_checked("acme", false);
     assert_eq!(t.readiness().reasons, ["tenant acme: key-value store unreachable (error 200)"]);
@@ -279,9 +275,10 @@ fn an_unreachable_store_makes_the_process_unready_until_reached() {
 
 #[test]
 fn a_removed_tenant_loses_its_series_and_its_readiness_state() {
-    let t = Telemetry::new(1);
+    let t = Telemetry::new();
     t.component_loaded();
-    t.tick_finished(&tick("acme", vec![failed("audit", 700, "no"), deferred("item_usage", "backing off")]), at(NOW));
+    let store_down = failed("audit", 200, "the key-value store could not be written");
+    t.tick_finished(&tick("acme", vec![store_down, deferred("item_usage", "backing off")]), at(NOW));
     t.tick_finished(&tick("globex", vec![delivered("audit", 1, NOW)]), at(NOW));
     t.firing_skipped("acme");
     assert!(!t.readiness().ready);
@@ -299,14 +296,14 @@ fn a_removed_tenant_loses_its_series_and_its_readiness_state() {
 #[test]
 fn no_free_text_reaches_a_label() {
     let secret = "ops_eyJhbGciOiJFUzI1NiIsImtpZCI6InNlY3JldCJ9";
-    let t = Telemetry::new(1);
+    let t = Telemetry::new();
     t.component_loaded();
     let mut hostile = failed("audit", 401, &format!("token {secret} refused by https://x.invalid/{secret}"));
     hostile.deferred_reason = Some(format!("deferred because {secret}"));
     let mut odd = deferred("item_usage\"} 1\nfake_metric{a=\"b", &format!("until {secret}"));
     odd.checkpoint = Some(secret.into());
     t.tick_finished(&tick("acme", vec![hostile, odd]), at(NOW));
-    t.tick_finished(&tick_error("weird tenant\"name\n", 900, &format!("trap near {secret}")), at(NOW));
+    t.tick_finished(&tick_error("weird tenant\"name\n", 200, &format!("store near {secret}")), at(NOW));
     t.tick_finished(&tick(&"long".repeat(40), vec![]), at(NOW));
     let text = t.render();
     assert!(!text.contains(secret) && !text.contains("x.invalid") && !text.contains("fake_metric"), "{text}");
@@ -340,7 +337,7 @@ fn names_are_bounded_and_distinct() {
 
 #[test]
 fn skips_pool_and_reloads_are_counted() {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     t.firing_skipped("acme");
     t.firing_skipped("acme");
     t.instances(3, 8);
@@ -356,7 +353,7 @@ fn skips_pool_and_reloads_are_counted() {
 
 #[test]
 fn the_text_is_openmetrics_with_one_suffix_each() {
-    let t = Telemetry::new(3);
+    let t = Telemetry::new();
     t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
     let text = t.render();
     assert!(text.ends_with("# EOF\n"), "{text}");
