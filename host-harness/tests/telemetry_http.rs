@@ -194,7 +194,7 @@ fn concurrent_scrapes_are_answered_and_an_aborted_server_is_gone() {
 }
 
 #[test]
-fn lag_is_as_of_the_scrape_not_the_last_tick() {
+fn lag_and_freshness_are_as_of_the_scrape_not_the_last_tick() {
     let telemetry = Arc::new(Telemetry::new());
     // The last tick was an hour ago (an hourly schedule); its checkpoint is
     // the report's 2026-01-01T00:00:00Z.
@@ -210,5 +210,12 @@ fn lag_is_as_of_the_scrape_not_the_last_tick() {
     let checkpoint = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
     let as_of_tick = (tick_time - checkpoint.with_timezone(&Utc)).num_seconds() as f64;
     assert!(lag >= as_of_tick + 3590.0, "lag {lag} s is the tick's ({as_of_tick} s), not the scrape's");
+    // That tick delivered with nothing more waiting: caught up an hour ago.
+    let freshness = body
+        .lines()
+        .find_map(|l| l.strip_prefix("onepassword_collector_freshness_seconds{tenant=\"acme\",service=\"audit\"} "))
+        .unwrap_or_else(|| panic!("no freshness in:\n{body}"));
+    let freshness: f64 = freshness.parse().unwrap();
+    assert!((3590.0..3700.0).contains(&freshness), "freshness {freshness} s: caught up an hour before the scrape");
     server.task.abort();
 }

@@ -95,6 +95,8 @@ pub(super) struct Metrics {
     pub onepassword_rate_limited: Tracked<ServiceLabels, Counter>,
     pub lag: Tracked<ServiceLabels, FloatGauge>,
     pub checkpoint: Tracked<ServiceLabels, FloatGauge>,
+    pub last_caught_up: Tracked<ServiceLabels, FloatGauge>,
+    pub freshness: Tracked<ServiceLabels, FloatGauge>,
     pub tick_duration: HistogramFamily,
     pub guest_cpu: HistogramFamily,
     pub peak_memory: Tracked<TenantLabels, Gauge>,
@@ -169,7 +171,8 @@ impl Metrics {
             lag: tracked(
                 r,
                 "lag",
-                "Now minus the newest delivered event, as of the tenant's last tick",
+                "Age of the newest delivered event: now, at each scrape, minus its time. Grows on a quiet account \
+                 too: alert on freshness_seconds",
                 Some(Unit::Seconds),
                 Tracked::new(),
             ),
@@ -177,6 +180,22 @@ impl Metrics {
                 r,
                 "checkpoint_timestamp",
                 "Time of the newest delivered event (unix seconds)",
+                Some(Unit::Seconds),
+                Tracked::new(),
+            ),
+            last_caught_up: tracked(
+                r,
+                "last_caught_up_timestamp",
+                "When a tick last confirmed the service caught up: a successful fetch with nothing more waiting \
+                 (delivered or idle, has_more false; unix seconds)",
+                Some(Unit::Seconds),
+                Tracked::new(),
+            ),
+            freshness: tracked(
+                r,
+                "freshness",
+                "Now, at each scrape, minus when the service was last confirmed caught up (before the first \
+                 time: minus when this process began watching it)",
                 Some(Unit::Seconds),
                 Tracked::new(),
             ),

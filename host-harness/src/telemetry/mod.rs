@@ -61,9 +61,34 @@ struct State {
 #[derive(Default)]
 struct TenantState {
     health: Health,
-    /// Newest delivered event per service label, unix seconds: the lag of a
-    /// service the last tick did not report on is computed from it.
-    checkpoints: HashMap<String, f64>,
+    /// By service label: what its scrape-time gauges are computed from.
+    services: HashMap<String, ServiceTimes>,
+}
+
+/// The times a service's `lag_seconds` and `freshness_seconds` are computed
+/// from at each scrape (unix seconds), so both keep growing between ticks
+/// and when ticks fail or stop firing.
+struct ServiceTimes {
+    /// Newest delivered event.
+    checkpoint: Option<f64>,
+    /// When a tick last confirmed the service caught up.
+    caught_up: Option<f64>,
+    /// When this process began watching the service: freshness counts from
+    /// here until its first caught-up tick.
+    since: f64,
+}
+
+impl ServiceTimes {
+    fn new(since: f64) -> ServiceTimes {
+        ServiceTimes { checkpoint: None, caught_up: None, since }
+    }
+}
+
+/// True when `s` confirms its service caught up: a successful fetch with
+/// nothing more waiting (delivered or idle, `has_more` false) and every
+/// delivery recorded (an unconfirmed event is sent again next tick).
+fn caught_up(s: &ServiceReport) -> bool {
+    matches!(s.outcome, Outcome::Delivered | Outcome::Idle) && !s.has_more && s.error.is_none() && s.unconfirmed == 0
 }
 
 impl Default for Telemetry {
@@ -85,7 +110,8 @@ impl Telemetry {
     }
 
     /// Records everything one tick says: per service its events, bytes,
-    /// pages, outcome, error, deferral, checkpoint and lag (as of `now`); per
+    /// pages, outcome, error, deferral, checkpoint, lag and freshness (as of
+    /// `now`); per
     /// tenant the tick's outcome, duration, guest CPU, peak memory and
     /// failures in a row.
     pub fn tick_finished(&self, tick: &TenantTick, now: DateTime<Utc>) {
@@ -127,9 +153,9 @@ impl Telemetry {
             }
         };
         // Services the tick did not reach still fall behind.
-        for (service, checkpoint) in &ts.checkpoints {
+        for (service, times) in &ts.services {
             if !reported.contains(service) {
-                self.set_lag(&tenant, service, *checkpoint, now_s);
+                self.refresh_service(&tenant, service, times, now_s);
             }
         }
         for o in ["ok", "failed", "host_failure"] {
@@ -169,19 +195,23 @@ impl Telemetry {
             m.deferrals.get(DeferralLabels { tenant: tenant.to_string(), service: service.clone(), reason }).inc();
         }
         let now_s = unix_seconds(now);
+        let times = ts.services.entry(service.clone()).or_insert_with(|| ServiceTimes::new(now_s));
         let checkpoint = s.checkpoint.as_deref().and_then(|c| DateTime::parse_from_rfc3339(c).ok());
         if let Some(checkpoint) = checkpoint {
             let checkpoint_s = unix_seconds(checkpoint.with_timezone(&Utc));
-            ts.checkpoints.insert(service.clone(), checkpoint_s);
+            times.checkpoint = Some(checkpoint_s);
             m.checkpoint.get(sl.clone()).set(checkpoint_s);
         }
-        let lag = match ts.checkpoints.get(&service) {
-            Some(checkpoint_s) => Some((now_s - checkpoint_s).max(0.0)),
-            None => s.lag_seconds.map(|l| l as f64),
-        };
-        if let Some(lag) = lag {
-            m.lag.get(sl).set(lag);
+        if caught_up(s) {
+            times.caught_up = Some(now_s);
+            m.last_caught_up.get(sl.clone()).set(now_s);
         }
+        if times.checkpoint.is_none() {
+            if let Some(lag) = s.lag_seconds {
+                m.lag.get(sl).set(lag as f64);
+            }
+        }
+        self.refresh_service(tenant, &service, times, now_s);
         service
     }
 
@@ -234,6 +264,8 @@ impl Telemetry {
         m.onepassword_rate_limited.remove_tenant(&tenant);
         m.lag.remove_tenant(&tenant);
         m.checkpoint.remove_tenant(&tenant);
+        m.last_caught_up.remove_tenant(&tenant);
+        m.freshness.remove_tenant(&tenant);
         m.tick_duration.remove_tenant(&tenant);
         m.guest_cpu.remove_tenant(&tenant);
         m.peak_memory.remove_tenant(&tenant);
@@ -249,24 +281,29 @@ impl Telemetry {
         self.metrics.config_reloads.get_or_create(&labels::ResultLabels { result: result.into() }).inc();
     }
 
-    /// Sets every service's lag with a known checkpoint to `now` minus its
-    /// newest delivered event. The endpoint calls it before each scrape, so
-    /// lag keeps growing between ticks (a tenant on an hourly schedule, or
-    /// one whose ticks stopped firing) instead of standing at the value of
-    /// the last tick.
-    pub fn refresh_lag(&self, now: DateTime<Utc>) {
+    /// Sets every service's gauges that are "now minus a time" as of `now`:
+    /// `lag_seconds` (now minus its newest delivered event, once known) and
+    /// `freshness_seconds` (now minus when it was last confirmed caught
+    /// up). The endpoint calls it before each scrape, so both keep growing
+    /// between ticks (a tenant on an hourly schedule, or one whose ticks
+    /// stopped firing) instead of standing at the value of the last tick.
+    pub fn refresh(&self, now: DateTime<Utc>) {
         let now_s = unix_seconds(now);
         let state = self.state();
         for (tenant, ts) in &state.tenants {
-            for (service, checkpoint) in &ts.checkpoints {
-                self.set_lag(tenant, service, *checkpoint, now_s);
+            for (service, times) in &ts.services {
+                self.refresh_service(tenant, service, times, now_s);
             }
         }
     }
 
-    fn set_lag(&self, tenant: &str, service: &str, checkpoint_s: f64, now_s: f64) {
+    fn refresh_service(&self, tenant: &str, service: &str, times: &ServiceTimes, now_s: f64) {
         let labels = ServiceLabels { tenant: tenant.to_string(), service: service.to_string() };
-        self.metrics.lag.get(labels).set((now_s - checkpoint_s).max(0.0));
+        if let Some(checkpoint_s) = times.checkpoint {
+            self.metrics.lag.get(labels.clone()).set((now_s - checkpoint_s).max(0.0));
+        }
+        let confirmed = times.caught_up.unwrap_or(times.since);
+        self.metrics.freshness.get(labels).set((now_s - confirmed).max(0.0));
     }
 
     /// The `/metrics` body: the OpenMetrics text format (served as

@@ -80,7 +80,7 @@ fn respond(telemetry: &Telemetry, method: &Method, path: &str) -> Response<Full<
     }
     match path {
         "/metrics" => {
-            telemetry.refresh_lag(chrono::Utc::now());
+            telemetry.refresh(chrono::Utc::now());
             let mut response = text(StatusCode::OK, telemetry.render());
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE));
             response

@@ -124,7 +124,7 @@ fn lag_is_now_minus_the_newest_delivered_event() {
     );
     assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 719.5);
     // Between ticks, each scrape refreshes it from the checkpoint.
-    t.refresh_lag(at("2026-01-01T01:00:00Z"));
+    t.refresh(at("2026-01-01T01:00:00Z"));
     assert_eq!(value(&t, &format!("onepassword_collector_lag_seconds{labels}")), 3599.5);
     // A checkpoint with an offset is the same instant.
     t.tick_finished(&tick("acme", vec![delivered("item_usage", 1, "2026-01-01T05:50:00+05:50")]), at(NOW));
@@ -136,6 +136,61 @@ fn lag_is_now_minus_the_newest_delivered_event() {
     assert_eq!(value(&t, r#"onepassword_collector_lag_seconds{tenant="acme",service="sign_in_attempts"}"#), 42.0);
     assert_eq!(
         sample(&t, r#"onepassword_collector_checkpoint_timestamp_seconds{tenant="acme",service="sign_in_attempts"}"#),
+        None
+    );
+}
+
+#[test]
+fn freshness_is_how_long_ago_a_tick_confirmed_the_service_caught_up() {
+    let t = Telemetry::new();
+    let labels = r#"{tenant="acme",service="audit"}"#;
+    let lag = |t: &Telemetry| value(t, &format!("onepassword_collector_lag_seconds{labels}"));
+    let freshness = |t: &Telemetry| value(t, &format!("onepassword_collector_freshness_seconds{labels}"));
+    let caught_up =
+        |t: &Telemetry| value(t, &format!("onepassword_collector_last_caught_up_timestamp_seconds{labels}"));
+    // A quiet account: its newest event is three days old and the tick finds
+    // nothing new. Caught up: fresh, however old its newest event.
+    let mut quiet = service("audit", Outcome::Idle);
+    quiet.checkpoint = Some("2025-12-29T00:10:00Z".into());
+    t.tick_finished(&tick("acme", vec![quiet]), at(NOW));
+    assert_eq!(lag(&t), 3.0 * 86400.0);
+    assert_eq!(freshness(&t), 0.0);
+    assert_eq!(caught_up(&t), 1767226200.0);
+    // At a scrape a minute later, both have grown by the minute.
+    t.refresh(at("2026-01-01T00:11:00Z"));
+    assert_eq!((lag(&t), freshness(&t)), (3.0 * 86400.0 + 60.0, 60.0));
+
+    // Delivered with more waiting (a backlog), failed, deferred, a tick that
+    // failed as a whole, delivered with an unrecorded delivery: none of them
+    // confirms it caught up, and freshness keeps counting from 00:10.
+    let mut backlog = delivered("audit", 100, "2025-12-30T00:00:00Z");
+    backlog.has_more = true;
+    t.tick_finished(&tick("acme", vec![backlog]), at("2026-01-01T00:20:00Z"));
+    assert_eq!(freshness(&t), 600.0);
+    assert_eq!(lag(&t), 2.0 * 86400.0 + 1200.0, "lag follows the checkpoint, freshness does not");
+    t.tick_finished(&tick("acme", vec![failed("audit", 401, "revoked")]), at("2026-01-01T00:30:00Z"));
+    assert_eq!(freshness(&t), 1200.0);
+    t.tick_finished(&tick("acme", vec![deferred("audit", "backing off")]), at("2026-01-01T00:40:00Z"));
+    assert_eq!(freshness(&t), 1800.0);
+    t.tick_finished(&tick_error("acme", 900, "wall deadline exceeded"), at("2026-01-01T00:50:00Z"));
+    assert_eq!(freshness(&t), 2400.0);
+    let mut unrecorded = delivered("audit", 5, "2026-01-01T00:50:00Z");
+    unrecorded.unconfirmed = 5;
+    t.tick_finished(&tick("acme", vec![unrecorded]), at("2026-01-01T00:55:00Z"));
+    assert_eq!(freshness(&t), 2700.0);
+    assert_eq!(caught_up(&t), 1767226200.0);
+    // Delivered with nothing more waiting: caught up again.
+    t.tick_finished(&tick("acme", vec![delivered("audit", 5, "2026-01-01T00:59:00Z")]), at("2026-01-01T01:00:00Z"));
+    assert_eq!((freshness(&t), lag(&t)), (0.0, 60.0));
+    assert_eq!(caught_up(&t), 1767229200.0);
+
+    // A service never caught up counts from when the process first saw it:
+    // a tenant failing since the start is not fresh.
+    t.tick_finished(&tick("globex", vec![failed("audit", 401, "revoked")]), at(NOW));
+    t.refresh(at("2026-01-01T01:10:00Z"));
+    assert_eq!(value(&t, r#"onepassword_collector_freshness_seconds{tenant="globex",service="audit"}"#), 3600.0);
+    assert_eq!(
+        sample(&t, r#"onepassword_collector_last_caught_up_timestamp_seconds{tenant="globex",service="audit"}"#),
         None
     );
 }
