@@ -186,7 +186,7 @@ impl BudgetRecord {
         // thanks to the headroom of the defaults.
         let mut record: BudgetRecord = bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
         if record.seconds.is_empty() && record.minutes.is_empty() {
-            record.from_clock_windows();
+            record.seed_from_clock_windows();
         }
         record
     }
@@ -200,7 +200,7 @@ impl BudgetRecord {
     /// and in the minute of the latest spend (`minute`, when it lies in
     /// their hour), so they stay in the sliding windows at least as long as
     /// they were in the clock windows.
-    fn from_clock_windows(&mut self) {
+    fn seed_from_clock_windows(&mut self) {
         if self.minute_count > 0 {
             self.seconds.push((self.minute.saturating_mul(60).saturating_add(59), self.minute_count));
         }

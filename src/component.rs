@@ -83,7 +83,7 @@ fn run_tick() -> Result<TickReport, CollectorError> {
     // service, not their sum.
     let lanes = config.services.len();
     let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64()).with_lanes(lanes);
-    let mut in_flight: Vec<(usize, InFlight)> = Vec::new();
+    let mut in_flight: Vec<(usize, Pending)> = Vec::new();
     loop {
         // Each lane's store actions are answered in turn until it sends a
         // request or has nothing left (a Watch and its Swap stay together).
@@ -96,11 +96,14 @@ fn run_tick() -> Result<TickReport, CollectorError> {
                 if let Action::Send { request } = action {
                     match start(&request, io.timeout_ns, io.max_response_bytes) {
                         Ok(pending) => {
-                            in_flight.push((lane, pending));
+                            in_flight.push((lane, Pending::Request(pending)));
                             break;
                         }
                         Err(failure) => tick.handle_lane(lane, Input::Response(Err(failure)), now()),
                     }
+                } else if let Action::Wait { until } = action {
+                    in_flight.push((lane, Pending::Wait(wake_at(until))));
+                    break;
                 } else {
                     let input = io.perform(action);
                     tick.handle_lane(lane, input, now());
@@ -114,17 +117,49 @@ fn run_tick() -> Result<TickReport, CollectorError> {
         if let Some(report) = tick.done() {
             return Ok(report);
         }
-        // Every lane waits for an answer: take the first that arrives.
+        // Every lane waits for an answer (or the end of a wait): take the
+        // first that arrives. The pollables are made for this one poll and
+        // dropped with it.
         let ready = {
-            let pollables: Vec<_> = in_flight.iter().map(|(_, p)| p.future.subscribe()).collect();
+            let mut pollables = Vec::with_capacity(2 * in_flight.len());
+            let mut owners = Vec::with_capacity(2 * in_flight.len());
+            for (i, (_, pending)) in in_flight.iter().enumerate() {
+                match pending {
+                    Pending::Request(request) => pollables.extend(request.subscribe()),
+                    Pending::Wait(at) => pollables.push(wasi::clocks::monotonic_clock::subscribe_instant(*at)),
+                }
+                owners.resize(pollables.len(), i);
+            }
             let refs: Vec<&wasi::io::poll::Pollable> = pollables.iter().collect();
-            wasi::io::poll::poll(&refs)[0] as usize
+            owners[wasi::io::poll::poll(&refs)[0] as usize]
         };
         let (lane, pending) = in_flight.swap_remove(ready);
-        let result = pending.finish();
-        tick.handle_lane(lane, Input::Response(result), now());
+        let input = match pending {
+            Pending::Request(request) => Input::Response(request.finish()),
+            Pending::Wait(_) => Input::Woke,
+        };
+        tick.handle_lane(lane, input, now());
     }
 }
+
+/// What a lane waits for.
+enum Pending {
+    Request(InFlight),
+    /// The end of a wait for the budget: this instant of the monotonic
+    /// clock.
+    Wait(wasi::clocks::monotonic_clock::Instant),
+}
+
+/// The instant of the monotonic clock when the wall clock reads `until`
+/// (and a little after: the wall clock read after the wait must not be
+/// short of it).
+fn wake_at(until: DateTime<Utc>) -> wasi::clocks::monotonic_clock::Instant {
+    let wait = (until - now()).num_nanoseconds().unwrap_or(i64::MAX).max(0) as u64;
+    wasi::clocks::monotonic_clock::now().saturating_add(wait).saturating_add(WAKE_MARGIN_NS)
+}
+
+/// How much later than asked a wait ends.
+const WAKE_MARGIN_NS: u64 = 5_000_000;
 
 fn run_validate() -> Vec<Check> {
     let config = load_config();
@@ -184,6 +219,10 @@ impl Io {
                 })
             }
             Action::Send { request } => Input::Response(send(&request, self.timeout_ns, self.max_response_bytes)),
+            Action::Wait { until } => {
+                wasi::clocks::monotonic_clock::subscribe_instant(wake_at(until)).block();
+                Input::Woke
+            }
             Action::Done(_) => unreachable!("Done is handled by the caller"),
         }
     }
@@ -215,6 +254,15 @@ fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpRespons
 }
 
 /// A request handed to the host, its body written, its answer to come.
+///
+/// Every host resource of a request lives only as long as the request: the
+/// future and its answer, the bodies and their streams, and each pollable,
+/// made for one wait and dropped after it. A tick pages for as long as its
+/// deadline allows, so anything kept per request would add up until the
+/// host's resource ceiling stops the instance. That is also why no
+/// `request-options` is handed over: wasi-http hosts built on wasmtime
+/// (the harness, Spin) keep each one in the instance's resource table
+/// until the instance ends. The timeouts are kept here instead.
 struct InFlight {
     future: http::FutureIncomingResponse,
     /// How writing the body went: reported after the answer, which says
@@ -225,6 +273,11 @@ struct InFlight {
     /// fails the request with [`HttpFailure::TooLarge`] instead of growing
     /// the instance's memory until the host stops the whole tick.
     max_body: u64,
+    /// `request_timeout_ms`: to connect, for the first byte, between bytes.
+    timeout_ns: u64,
+    /// When the answer's head is due at the latest (monotonic clock): a
+    /// connect and a first byte's timeout after the request was handed over.
+    due: wasi::clocks::monotonic_clock::Instant,
 }
 
 fn start(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, HttpFailure> {
@@ -251,29 +304,40 @@ fn start(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, 
     outgoing.set_path_with_query(Some(&req.path)).map_err(|()| invalid("path"))?;
     let body = outgoing.body().map_err(|()| invalid("body"))?;
 
-    let options = http::RequestOptions::new();
-    // A host may not support every timeout; what it does support is applied.
-    let _ = options.set_connect_timeout(Some(timeout_ns));
-    let _ = options.set_first_byte_timeout(Some(timeout_ns));
-    let _ = options.set_between_bytes_timeout(Some(timeout_ns));
-
     // Hand the request over before writing the body: the host streams it and
     // would otherwise stop accepting writes once its buffer is full.
-    let future = wasi::http::outgoing_handler::handle(outgoing, Some(options)).map_err(failure)?;
-    let written = write_body(body, &req.body);
-    Ok(InFlight { future, written, max_body })
+    let future = wasi::http::outgoing_handler::handle(outgoing, None).map_err(failure)?;
+    let due = wasi::clocks::monotonic_clock::now().saturating_add(timeout_ns.saturating_mul(2));
+    let written = write_body(body, &req.body, timeout_ns);
+    Ok(InFlight { future, written, max_body, timeout_ns, due })
 }
 
 impl InFlight {
-    /// Waits for the answer and reads its body.
+    /// What a wait for this request's answer waits on: the answer, or the
+    /// time it is due.
+    fn subscribe(&self) -> [wasi::io::poll::Pollable; 2] {
+        [self.future.subscribe(), wasi::clocks::monotonic_clock::subscribe_instant(self.due)]
+    }
+
+    /// Waits for the answer (until it is due) and reads its body.
     fn finish(self) -> Result<HttpResponse, HttpFailure> {
-        self.future.subscribe().block();
-        let response = match self.future.get() {
-            Some(Ok(Ok(response))) => response,
+        let answer = loop {
+            if let Some(answer) = self.future.get() {
+                break answer;
+            }
+            if wasi::clocks::monotonic_clock::now() >= self.due {
+                // Dropping the future (on return) cancels the request.
+                return Err(HttpFailure::Timeout);
+            }
+            let [answer, due] = self.subscribe();
+            wasi::io::poll::poll(&[&answer, &due]);
+        };
+        let response = match answer {
+            Ok(Ok(response)) => response,
             // A refused or failed request also breaks the body stream; the
             // response's error says why, so it goes first.
-            Some(Ok(Err(code))) => return Err(failure(code)),
-            Some(Err(())) | None => return Err(HttpFailure::Transport("response future in a bad state".into())),
+            Ok(Err(code)) => return Err(failure(code)),
+            Err(()) => return Err(HttpFailure::Transport("response future in a bad state".into())),
         };
         self.written?;
         let status = response.status();
@@ -300,7 +364,13 @@ impl InFlight {
             loop {
                 // At most one byte past the cap is asked for: enough to know.
                 let room = (self.max_body + 1).saturating_sub(bytes.len() as u64).min(READ_CHUNK);
-                match stream.blocking_read(room) {
+                match stream.read(room) {
+                    // Nothing yet: wait for more, a between-bytes timeout at most.
+                    Ok(chunk) if chunk.is_empty() => {
+                        if !ready_within(&stream.subscribe(), self.timeout_ns) {
+                            return Err(HttpFailure::Timeout);
+                        }
+                    }
                     Ok(chunk) => bytes.extend_from_slice(&chunk),
                     Err(wasi::io::streams::StreamError::Closed) => break,
                     Err(e) => return Err(HttpFailure::Transport(stream_error_text(e))),
@@ -315,6 +385,13 @@ impl InFlight {
     }
 }
 
+/// Waits until `pollable` is ready, for `timeout_ns` at most; false when
+/// the time ran out first.
+fn ready_within(pollable: &wasi::io::poll::Pollable, timeout_ns: u64) -> bool {
+    let timer = wasi::clocks::monotonic_clock::subscribe_duration(timeout_ns);
+    wasi::io::poll::poll(&[pollable, &timer]).contains(&0)
+}
+
 /// The most one read of a response body asks the host for.
 const READ_CHUNK: u64 = 1 << 20;
 
@@ -324,8 +401,9 @@ fn invalid(what: &str) -> HttpFailure {
 
 /// Writes the body in pieces as large as the host accepts (`check-write`),
 /// not in the 4 KiB of `blocking-write-and-flush`: each piece is a call
-/// across the boundary and a write on the connection.
-fn write_body(body: http::OutgoingBody, bytes: &[u8]) -> Result<(), HttpFailure> {
+/// across the boundary and a write on the connection. A host that accepts
+/// nothing for `timeout_ns` fails it.
+fn write_body(body: http::OutgoingBody, bytes: &[u8], timeout_ns: u64) -> Result<(), HttpFailure> {
     {
         let stream = body.write().map_err(|()| HttpFailure::Transport("the host gave no body stream".into()))?;
         let stream_failure = |e| HttpFailure::Transport(stream_error_text(e));
@@ -333,7 +411,9 @@ fn write_body(body: http::OutgoingBody, bytes: &[u8]) -> Result<(), HttpFailure>
         while !rest.is_empty() {
             let permitted = stream.check_write().map_err(stream_failure)?;
             if permitted == 0 {
-                stream.subscribe().block();
+                if !ready_within(&stream.subscribe(), timeout_ns) {
+                    return Err(HttpFailure::Timeout);
+                }
                 continue;
             }
             let n = rest.len().min(permitted as usize);
@@ -344,7 +424,9 @@ fn write_body(body: http::OutgoingBody, bytes: &[u8]) -> Result<(), HttpFailure>
         // Content-Length): with every byte written, that is no failure.
         let flushed = match stream.flush() {
             Ok(()) => {
-                stream.subscribe().block();
+                if !ready_within(&stream.subscribe(), timeout_ns) {
+                    return Err(HttpFailure::Timeout);
+                }
                 stream.check_write().map(drop)
             }
             failed => failed,
@@ -369,7 +451,8 @@ fn failure(code: http::ErrorCode) -> HttpFailure {
         http::ErrorCode::HttpRequestDenied => HttpFailure::Denied,
         http::ErrorCode::ConnectionTimeout
         | http::ErrorCode::ConnectionReadTimeout
-        | http::ErrorCode::ConnectionWriteTimeout => HttpFailure::Timeout,
+        | http::ErrorCode::ConnectionWriteTimeout
+        | http::ErrorCode::HttpResponseTimeout => HttpFailure::Timeout,
         other => HttpFailure::Transport(format!("{other:?}")),
     }
 }

@@ -123,8 +123,11 @@ pub struct Config {
     pub devo_max_batch_events: u32,
     pub devo_gzip: bool,
     pub ceilings: Ceilings,
-    pub max_pages_per_tick: u32,
-    /// No new page is started after this long into the tick.
+    /// At most this many pages per service per tick; `None` (the default):
+    /// no cap but the deadline and the budget.
+    pub max_pages_per_tick: Option<u32>,
+    /// No new page is started that would not end before this long into the
+    /// tick (judged by the longest page of the service so far).
     pub tick_deadline: chrono::TimeDelta,
     /// Connect, first-byte and between-bytes timeout of every request.
     pub request_timeout_ms: u64,
@@ -210,8 +213,20 @@ impl Config {
             per_minute: number(&mut get, "max_requests_per_minute", 1, 600, DEFAULT_PER_MINUTE.into())? as u32,
             per_hour: number(&mut get, "max_requests_per_hour", 1, 30_000, DEFAULT_PER_HOUR.into())? as u32,
         };
-        let max_pages_per_tick =
-            number(&mut get, "max_pages_per_tick", 1, 10_000, DEFAULT_MAX_PAGES_PER_TICK.into())? as u32;
+        let max_pages_per_tick = match get("max_pages_per_tick")? {
+            None => None,
+            Some(v) => {
+                Some(v.parse::<u32>().ok().filter(|n| (1..=MAX_PAGES_PER_TICK).contains(&u64::from(*n))).ok_or_else(
+                    || {
+                        CollectorError::invalid(
+                            "max_pages_per_tick",
+                            &format!("an integer from 1 to {MAX_PAGES_PER_TICK}"),
+                            &quote(&v),
+                        )
+                    },
+                )?)
+            }
+        };
         let tick_deadline_ms =
             number(&mut get, "tick_deadline_ms", 1_000, MAX_TICK_DEADLINE_MS, DEFAULT_TICK_DEADLINE_MS)?;
         let request_timeout_ms =
@@ -411,6 +426,10 @@ pub(crate) mod tests {
         assert_eq!(c.devo_host, "onepassword-collector");
         assert_eq!(c.tag(Service::ItemUsage), "auth.agilebits.onepassword.itemusage");
         assert_eq!(c.max_response_bytes, 4 << 20);
+        assert_eq!(c.max_pages_per_tick, None, "no cap but the deadline and the budget");
+        let mut m = minimal();
+        m.insert("max_pages_per_tick", "5".into());
+        assert_eq!(load(&m).unwrap().max_pages_per_tick, Some(5));
     }
 
     #[test]
@@ -443,7 +462,7 @@ pub(crate) mod tests {
             ("tag_audit", "Bad Tag", "Devo tag"),
             ("max_requests_per_minute", "601", "1 to 600"),
             ("max_requests_per_hour", "-1", "1 to 30000"),
-            ("max_pages_per_tick", "0", "1 to 10000"),
+            ("max_pages_per_tick", "0", "1 to 1000000"),
             ("tick_deadline_ms", "10", "1000 to 3600000"),
             ("request_timeout_ms", "fast", "100 to 600000"),
             ("devo_max_batch_events", "0", "1 to 1000000"),

@@ -38,6 +38,9 @@ pub const ONEPASSWORD_BAD_BODY: u32 = 601;
 pub const ONEPASSWORD_UNEXPECTED_STATUS: u32 = 602;
 /// 1Password's answer is larger than `max_response_bytes`.
 pub const ONEPASSWORD_TOO_LARGE: u32 = 603;
+/// 1Password answered the stored cursor with the same cursor, `has_more`
+/// and nothing new: a cursor that does not move.
+pub const ONEPASSWORD_STUCK_CURSOR: u32 = 604;
 /// Devo answered with a non-2xx status.
 pub const DEVO_REJECTED: u32 = 700;
 /// Devo could not be reached.

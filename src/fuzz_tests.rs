@@ -903,7 +903,7 @@ fn check_config(changes: &[(&'static str, String)]) -> Result<(), TestCaseError>
         Ok(c) => {
             prop_assert!((1..=1000).contains(&c.page_size));
             prop_assert!((1..=600).contains(&c.ceilings.per_minute) && (1..=30_000).contains(&c.ceilings.per_hour));
-            prop_assert!((1..=10_000).contains(&c.max_pages_per_tick));
+            prop_assert!(c.max_pages_per_tick.is_none_or(|n| (1..=1_000_000).contains(&n)));
             prop_assert!(c.tick_deadline >= TimeDelta::seconds(1) && c.tick_deadline <= TimeDelta::hours(1));
             prop_assert!((100..=600_000).contains(&c.request_timeout_ms));
             prop_assert!(c.devo_max_batch_events >= 1);
@@ -1254,6 +1254,10 @@ fn run_world(world: &World) -> Result<After, TestCaseError> {
         let fault = faults.next().copied().unwrap_or(0);
         let input = match tick.poll() {
             Action::Done(report) => return Ok(After { report, store, end: now }),
+            Action::Wait { until } => {
+                now = now.max(until);
+                Input::Woke
+            }
             Action::Load { .. } if fault > 0 => Input::Loaded(Err("injected read failure".into())),
             Action::Load { key } => Input::Loaded(Ok(store.get(&key).cloned())),
             Action::Watch { key } => {

@@ -102,6 +102,11 @@ pub struct Sim {
     pub devo_requests: usize,
     /// 1Password's own limit per clock minute (answers 429 beyond it).
     pub op_limit_per_minute: Option<u32>,
+    /// While set, 1Password answers a cursor with that same cursor,
+    /// `has_more` and these events (none, or ones it served before): a
+    /// cursor that does not move. A page read from a time is served as
+    /// usual.
+    pub stuck: Option<Vec<String>>,
     pub scripted: VecDeque<Fault>,
     pub random: Option<(fastrand::Rng, f64, Vec<Fault>)>,
     pub faults_injected: usize,
@@ -130,6 +135,8 @@ pub struct Sim {
     /// arrive in an order drawn from `arrivals`.
     pub lanes: usize,
     pub arrivals: fastrand::Rng,
+    /// Time ticks spent waiting for the budget (`Action::Wait`).
+    pub waited: TimeDelta,
     entropy: u64,
 }
 
@@ -162,6 +169,7 @@ impl Sim {
             op_starts: Vec::new(),
             devo_requests: 0,
             op_limit_per_minute: None,
+            stuck: None,
             scripted: VecDeque::new(),
             random: None,
             faults_injected: 0,
@@ -176,6 +184,7 @@ impl Sim {
             unleased_fetches: 0,
             lanes: 1,
             arrivals: fastrand::Rng::with_seed(0),
+            waited: TimeDelta::zero(),
             entropy: 1,
         }
     }
@@ -274,6 +283,15 @@ impl Sim {
     fn perform(&mut self, running: &mut Running, action: Action) -> Result<Input, Step> {
         Ok(match action {
             Action::Done(report) => return Err(Step::Done(report)),
+            Action::Wait { until } => {
+                // (Another tick interleaved with this one may have moved
+                // the clock past it already.)
+                if until > self.now {
+                    self.waited += until - self.now;
+                    self.now = until;
+                }
+                Input::Woke
+            }
             Action::Load { key } => Input::Loaded(self.read(&key)),
             Action::Store { key, value } => Input::Stored(self.write(&key, value)),
             Action::Watch { key } => {
@@ -446,6 +464,12 @@ impl Sim {
         if !authorized {
             status_and(self, 401);
             return answer(401, "{}", None);
+        }
+        if let (Some(items), Some(cursor)) = (&self.stuck, asked["cursor"].as_str()) {
+            let body =
+                format!(r#"{{"items":[{}],"cursor":{},"has_more":true}}"#, items.join(","), serde_json::json!(cursor));
+            status_and(self, 200);
+            return answer(200, &body, None);
         }
         let (status, body) = self.page(request);
         status_and(self, status);

@@ -4,7 +4,8 @@ use super::*;
 use crate::config::tests::{load, minimal};
 use crate::error::{
     CHECKPOINT_UNREADABLE, DEVO_REJECTED, DEVO_TOO_LARGE, DEVO_UNREACHABLE, ONEPASSWORD_BAD_BODY,
-    ONEPASSWORD_TOO_LARGE, ONEPASSWORD_UNEXPECTED_STATUS, ONEPASSWORD_UNREACHABLE, PERSISTENCE,
+    ONEPASSWORD_STUCK_CURSOR, ONEPASSWORD_TOO_LARGE, ONEPASSWORD_UNEXPECTED_STATUS, ONEPASSWORD_UNREACHABLE,
+    PERSISTENCE,
 };
 use crate::sim::{Fault, Sim, Step as SimStep, SwapAnswers};
 use std::collections::HashMap;
@@ -304,14 +305,18 @@ fn the_budget_defers_services_once_the_minute_is_spent() {
     for s in Service::ALL {
         sim.generate(s, 50, t(NOW) - TimeDelta::hours(2), 1);
     }
-    // 2 requests a minute: two services get a page, the third waits
+    // 2 requests a minute: the first service takes both (it has more), the
+    // others wait for the budget
     let c = config(&[("max_requests_per_minute", "2"), ("page_size", "10")]);
     let report = sim.tick(c.clone()).unwrap();
     let deferred: Vec<_> = report.services.iter().filter(|s| s.outcome == Outcome::Deferred).collect();
-    assert_eq!(deferred.len(), 1);
-    let s = deferred[0];
-    assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:01Z"));
-    assert!(s.deferred_reason.as_ref().unwrap().contains("minute"));
+    assert_eq!(deferred.len(), 2);
+    for s in deferred {
+        assert_eq!(s.deferred_until.as_deref(), Some("2026-03-02T12:01:01Z"));
+        assert!(s.deferred_reason.as_ref().unwrap().contains("minute"));
+    }
+    let first = report.services.iter().find(|s| s.outcome == Outcome::Delivered).unwrap();
+    assert_eq!((first.pages, first.has_more, first.deferred_until.as_deref()), (2, true, Some("2026-03-02T12:01:01Z")));
     assert_eq!(sim.op_requests.len(), 2);
     sim.now = t("2026-03-02T12:01:00Z");
     drain(&mut sim, &c, 200, TimeDelta::seconds(20));
@@ -337,6 +342,152 @@ fn several_pages_per_tick_drain_a_backlog_within_the_deadline() {
         .unwrap();
     let s = svc(&report, "audit");
     assert!(s.pages < 5 && s.has_more, "{s:?}");
+}
+
+/// The most 1Password event requests within any `window` (both ends
+/// included, which only makes it stricter).
+fn most_within(sim: &Sim, window: TimeDelta) -> usize {
+    let times: Vec<DateTime<Utc>> = sim.op_requests.iter().map(|(t, _, _)| *t).collect();
+    let (mut most, mut first) = (0, 0);
+    for (last, t) in times.iter().enumerate() {
+        while *t - times[first] > window {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
+#[test]
+fn by_default_a_tick_pages_until_caught_up_then_one_request_per_service() {
+    // 3 × 400 events in pages of 5: 240 pages, within one tick's deadline
+    // and the default budget.
+    let mut sim = Sim::new(t(NOW));
+    for s in Service::ALL {
+        sim.generate(s, 400, t(NOW) - TimeDelta::hours(2), 2);
+    }
+    let c = config(&[("page_size", "5")]);
+    let report = sim.tick(c.clone()).unwrap();
+    for s in &report.services {
+        assert_eq!((s.outcome, s.pages, s.sent, s.has_more), (Outcome::Delivered, 80, 400, false), "{s:?}");
+    }
+    assert!(report.elapsed_ms < 30_000, "{}", report.elapsed_ms);
+    for s in Service::ALL {
+        assert_exactly_once(&sim, s);
+    }
+    // Caught up: a firing makes one request per service.
+    sim.now += TimeDelta::minutes(1);
+    let before = sim.op_requests.len();
+    let report = sim.tick(c).unwrap();
+    assert_eq!(sim.op_requests.len() - before, 3);
+    assert!(report.services.iter().all(|s| (s.outcome, s.pages) == (Outcome::Idle, 1)), "{report:?}");
+}
+
+#[test]
+fn a_tick_starts_no_page_its_deadline_leaves_no_room_for() {
+    // Each action takes 300 ms: a page (lease, spend, fetch, delivery,
+    // commit) about 3 s; the deadline is 10 s.
+    let mut sim = sim_with(Service::Audit, 100);
+    sim.step = TimeDelta::milliseconds(300);
+    let report = sim.tick(audit_only(&[("page_size", "5"), ("tick_deadline_ms", "10000")])).unwrap();
+    let s = svc(&report, "audit");
+    assert!(s.has_more && s.pages >= 2, "{s:?}");
+    // The last page ended before the deadline (a page's time after it is
+    // the release of the lease).
+    assert!(report.elapsed_ms <= 10_000 + 1_000, "{}", report.elapsed_ms);
+    // A cap still caps.
+    let mut sim = sim_with(Service::Audit, 100);
+    let report = sim.tick(audit_only(&[("page_size", "5"), ("max_pages_per_tick", "3")])).unwrap();
+    assert_eq!(svc(&report, "audit").pages, 3);
+}
+
+#[test]
+fn a_backlog_drains_at_the_budgets_pace_holding_every_60_and_3600_seconds_across_boundaries() {
+    // A small budget, so that both windows bind: 20 a minute, 400 an hour.
+    // 3 × 1000 events in pages of 5 are 600 pages (a service caught up
+    // asks once a firing too). One tick a minute, as Spin's cron fires,
+    // from 30 s before a minute and an hour boundary.
+    let start = t("2026-03-02T12:59:30Z");
+    let mut sim = Sim::new(start);
+    for s in Service::ALL {
+        sim.generate(s, 1000, start - TimeDelta::hours(3), 1);
+    }
+    let c = config(&[("page_size", "5"), ("max_requests_per_minute", "20"), ("max_requests_per_hour", "400")]);
+    let ticks = drain(&mut sim, &c, 200, TimeDelta::minutes(1));
+    for s in Service::ALL {
+        assert_exactly_once(&sim, s);
+    }
+    assert_eq!(most_within(&sim, TimeDelta::seconds(60)), 20);
+    assert_eq!(most_within(&sim, TimeDelta::seconds(3600)), 400);
+    // 400 pages in the first 20 minutes, the rest once the first are an
+    // hour (and a minute) old, 20 a minute.
+    let pages = sim.op_requests.len();
+    assert!((600..=615).contains(&pages), "{pages}");
+    let ticks_bound = 61 + (pages - 400).div_ceil(20) + 2;
+    assert!(ticks <= ticks_bound, "{ticks} ticks, more than {ticks_bound}");
+}
+
+#[test]
+fn a_tick_waits_for_the_budget_when_it_frees_up_within_the_deadline() {
+    let mut sim = sim_with(Service::Audit, 200);
+    let c = audit_only(&[("page_size", "5"), ("max_requests_per_minute", "5")]);
+    let first = sim.tick(c.clone()).unwrap();
+    assert_eq!((svc(&first, "audit").pages, svc(&first, "audit").has_more), (5, true));
+    assert_eq!(sim.waited, TimeDelta::zero(), "a minute away: no wait");
+    // The next firing, a minute later: the first spends leave the window
+    // a second after it.
+    sim.now = t(NOW) + TimeDelta::minutes(1);
+    let second = sim.tick(c).unwrap();
+    let s = svc(&second, "audit");
+    assert_eq!((s.outcome, s.pages, s.deferred_until.is_some()), (Outcome::Delivered, 5, true), "{s:?}");
+    assert!(sim.waited > TimeDelta::zero() && sim.waited <= TimeDelta::seconds(2), "{}", sim.waited);
+    assert_eq!(most_within(&sim, TimeDelta::seconds(60)), 5);
+    assert_exactly_once_so_far(&sim, Service::Audit, 50);
+}
+
+/// Devo holds the first `n` served events of `service`, each once, in order.
+fn assert_exactly_once_so_far(sim: &Sim, service: Service, n: usize) {
+    assert_eq!(sim.received(service), &sim.events[&service][..n], "{service}");
+}
+
+#[test]
+fn a_cursor_that_does_not_move_is_error_604_backs_off_and_does_not_loop() {
+    let mut sim = sim_with(Service::Audit, 30);
+    let c = audit_only(&[("page_size", "5"), ("max_pages_per_tick", "2")]);
+    sim.tick(c.clone()).unwrap();
+    // Asked for its cursor, 1Password answers it again, has_more, nothing.
+    for (round, items) in [(0, Vec::new()), (1, sim.events[&Service::Audit][5..10].to_vec())] {
+        sim.stuck = Some(items);
+        sim.now += TimeDelta::minutes(2);
+        let before = (sim.op_requests.len(), sim.devo_requests);
+        let report = sim.tick(c.clone()).unwrap();
+        let s = svc(&report, "audit");
+        let e = s.error.as_ref().unwrap();
+        assert_eq!((e.id, e.kind), (ONEPASSWORD_STUCK_CURSOR, ErrorKind::PullError), "{e}");
+        assert!(e.message.contains("same cursor") && e.message.contains("backs off"), "{}", e.message);
+        // One request of the cursor (after a back-off, a page read from
+        // the newest event's time first, its new events delivered).
+        assert!(sim.op_requests.len() - before.0 <= 2, "round {round}: it looped");
+        assert!(sim.devo_requests - before.1 <= 1, "round {round}");
+        let received = sim.received(Service::Audit);
+        assert_eq!(received, &sim.events[&Service::Audit][..received.len()], "round {round}: a duplicate");
+        // (The page read from a time in between was a success: the back-off
+        // starts anew.)
+        let st = state(&sim, Service::Audit);
+        assert!(st.backoff.as_ref().unwrap().pending(sim.now).is_some(), "round {round}");
+        assert!(st.checkpoint.as_ref().unwrap().cursor.is_none(), "the cursor is dropped");
+        assert_eq!(st.stats.last_error.as_ref().unwrap().id, ONEPASSWORD_STUCK_CURSOR);
+        // Within the back-off: nothing asked.
+        let before = sim.op_requests.len();
+        let report = sim.tick(c.clone()).unwrap();
+        assert_eq!(svc(&report, "audit").outcome, Outcome::Deferred);
+        assert_eq!(sim.op_requests.len(), before);
+    }
+    // 1Password moves again: read from the newest delivered event, no duplicate.
+    sim.stuck = None;
+    sim.now += TimeDelta::minutes(2);
+    drain(&mut sim, &c, 20, TimeDelta::minutes(1));
+    assert_exactly_once(&sim, Service::Audit);
 }
 
 #[test]
@@ -818,7 +969,7 @@ fn take_over(sim: &mut Sim, service: Service) {
 fn on_a_lying_store_of_two_racing_ticks_one_collects_and_the_other_is_deferred_lease_lost() {
     let mut sim = sim_with(Service::Audit, 30);
     sim.swap_answers = SwapAnswers::OkWhenLost;
-    let c = audit_only(&[("page_size", "7")]);
+    let c = audit_only(&[("page_size", "7"), ("max_pages_per_tick", "1")]);
     for round in 0..8 {
         let (lies, fetches) = (sim.lies, sim.op_requests.len());
         let ticks = vec![sim.start(c.clone()), sim.start(c.clone())];
@@ -1352,6 +1503,10 @@ fn run_lanes_until_all_wait(sim: &mut Sim, tick: &mut Tick) -> Vec<(usize, HttpR
                     Action::Send { request } => {
                         held.push((lane, request));
                         break;
+                    }
+                    Action::Wait { until } => {
+                        sim.now = sim.now.max(until);
+                        Input::Woke
                     }
                     Action::Done(_) => unreachable!("poll_lane never says Done"),
                 };

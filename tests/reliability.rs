@@ -11,11 +11,13 @@ use onepassword_collector::service::{ApiVersion, Service};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// 25 audit events, pages of 10, one service to keep the cases readable.
+/// 25 audit events, pages of 10, one page a tick, one service to keep the
+/// cases readable (a fault then meets a page of events).
 fn audit_fixture(seed: u64) -> Fixture {
     let mut f = Fixture::new(25, seed);
     f.set("services", "audit");
     f.set("page_size", "10");
+    f.set("max_pages_per_tick", "1");
     f.set("request_timeout_ms", "700");
     f
 }

@@ -5,7 +5,10 @@
 //! (the introspection, cached in the store and asked again when stale), then
 //! the account's budget record, which says whether the account backs off
 //! after a 429. Then, before each page request (from `page.rs` and after a
-//! commit): spend one request of the account's budget, or defer the service.
+//! commit): spend one request of the account's budget; when it is spent,
+//! wait for it if it allows a request again soon (within a tenth of the
+//! tick's deadline) and the deadline still leaves room for a page, else
+//! defer the service.
 //! Last, what a 429 from 1Password does (it is recognised in `page.rs`): the
 //! account's record gets a back-off that every service of the account waits
 //! out, in this tick and in every other instance's.
@@ -19,6 +22,7 @@ use crate::error::CollectorError;
 use crate::http::{HttpFailure, HttpResponse};
 use crate::report::Outcome;
 use crate::time;
+use chrono::TimeDelta;
 
 impl Tick {
     // The token's account: the cached introspection, or a new one.
@@ -166,9 +170,29 @@ impl Tick {
     // Before each page: spend one request of the budget (`Update::SpendBudget`).
 
     pub(super) fn spend_budget(&mut self, budget: BudgetRecord) -> Decision {
-        match budget.spend(self.now, self.config.ceilings) {
-            // Then the page request (`Step::Fetch`).
-            Ok(next) => self.write_budget(next),
+        let now = self.now;
+        let deadline = self.started_at + self.config.tick_deadline;
+        match budget.spend(now, self.config.ceilings) {
+            // Then the page request (`Step::Fetch`); the page's time runs
+            // from here to its commit.
+            Ok(next) => {
+                self.running().page_started = now;
+                self.write_budget(next)
+            }
+            // The window's oldest requests leave it soon, with room for a
+            // page after before the deadline: wait for them, then spend
+            // anew (on the record as it is then). A tick that is all a
+            // firing gets (Spin's cron) would otherwise end here and leave
+            // the budget unused until its next firing. Only a short wait
+            // (a tenth of the deadline): a tick waiting longer holds its
+            // instance and its lease for nothing, where a host that ticks
+            // again at `deferred_until` (`host-harness run`) does better.
+            Err(Refusal::Exhausted { until, .. })
+                if until - now <= max_wait(self.config.tick_deadline)
+                    && until + self.running().longest_page < deadline =>
+            {
+                Decision::Skip(Step::Wait(until))
+            }
             Err(refusal) => {
                 let run = self.running();
                 run.deferred = Some((refusal.until(), refusal.describe()));
@@ -194,4 +218,10 @@ impl Tick {
     pub(super) fn account_backed_off(error: CollectorError) -> Step {
         Step::release(Ending::failed(error), false, false)
     }
+}
+
+/// The longest a tick waits for the budget at once: a tenth of its
+/// deadline, at least a second.
+fn max_wait(tick_deadline: TimeDelta) -> TimeDelta {
+    (tick_deadline / 10).max(TimeDelta::seconds(1))
 }

@@ -5,10 +5,11 @@
 //! in the same swap that renews the lease: this is the only place the
 //! checkpoint moves. Whatever the store answers, the record is read back (a
 //! swap's answer is only a hint, swap.rs): a checkpoint that is not there is
-//! not counted, and the page's events are reported unconfirmed. Then the next page (back to the budget
-//! spend in `account_budget.rs`) while there is more, `max_pages_per_tick`
-//! allows it and the tick's deadline has not passed; else the lease is
-//! released. Most other ends of a part that holds the lease (a spent budget,
+//! not counted, and the page's events are reported unconfirmed. Then the
+//! next page (back to the budget spend in `account_budget.rs`) while there
+//! is more and the tick's deadline leaves room for a page as long as the
+//! longest so far (and `max_pages_per_tick`, when set, allows); else the
+//! lease is released. Most other ends of a part that holds the lease (a spent budget,
 //! a failed request) release it too, recording the error and, where asked, a
 //! back-off or a forgotten cursor; where the store itself fails, the lease is
 //! left to expire. Last, the service is reported; after the last service,
@@ -65,14 +66,20 @@ impl Tick {
         Step::Finish(Ending::failed(lease_lost_error(run.service)))
     }
 
-    /// The next page, or the end of the service's part.
+    /// The next page, or the end of the service's part: the next while
+    /// there is more, the deadline leaves room for one more page as long as
+    /// the longest so far, and `max_pages_per_tick` (if set) allows. The
+    /// budget is asked next (`account_budget.rs`).
     pub(super) fn committed(&mut self) -> Step {
-        let deadline_passed = self.now - self.started_at >= self.config.tick_deadline;
-        let max_pages = self.config.max_pages_per_tick;
+        let now = self.now;
+        let deadline = self.started_at + self.config.tick_deadline;
+        let cap = self.config.max_pages_per_tick;
         let run = self.running();
         run.confirmed = run.sent;
         run.bytes_counted = run.bytes_sent;
-        if run.has_more && run.pages < max_pages && !deadline_passed {
+        run.longest_page = run.longest_page.max(now - run.page_started);
+        let room = now + run.longest_page < deadline;
+        if run.has_more && room && cap.is_none_or(|c| run.pages < c) {
             Step::write(Update::SpendBudget)
         } else {
             Step::release(Ending::of(run.outcome(Outcome::Idle)), false, false)

@@ -16,13 +16,15 @@
 //!    it, take the service's lease and confirm by a read that the store holds
 //!    it (else another instance won the race for it: the service is
 //!    deferred, "lease lost"), spend one request of the account's budget
-//!    (`account_budget.rs`; a spent budget defers the service), ask 1Password
+//!    (`account_budget.rs`; a spent budget is waited for when it frees up
+//!    soon within the deadline, else it defers the service), ask 1Password
 //!    for the page after the checkpoint and read the answer. A failure ends
 //!    the service's part with the checkpoint unchanged: a 429 also backs off
 //!    the whole account, a refused cursor is forgotten, and where retrying at
-//!    once would not help the service backs off. A good page becomes Devo
-//!    batches, minus the events Devo already took, and the checkpoint to
-//!    write once they are delivered.
+//!    once would not help the service backs off; so does a cursor that does
+//!    not move (answered with itself, `has_more` and nothing new: error
+//!    604). A good page becomes Devo batches, minus the events Devo already
+//!    took, and the checkpoint to write once they are delivered.
 //! 3. **Delivery** (`delivery.rs`): send the batches to Devo one at a time,
 //!    recording which events Devo took after every batch but the last, so
 //!    that a repeat of the page after a cut does not resend them (they count
@@ -33,10 +35,13 @@
 //!    write the new checkpoint in the same swap that renews the lease, and
 //!    confirm by a read that the store holds it (else another instance took
 //!    the service over: lease lost, the page's events unconfirmed); then
-//!    the next page (from step 2's budget spend) while `max_pages_per_tick`
-//!    and the tick deadline allow, or release the lease. The part is
-//!    reported, and the next service begins. After the last, the tick is
-//!    `Done` with its report.
+//!    the next page (from step 2's budget spend) while there is more and the
+//!    tick's deadline leaves room for a page as long as the longest so far
+//!    (and `max_pages_per_tick`, when set, allows), or release the lease.
+//!    Pages are bounded by time and budget, not by a count: a backlog
+//!    drains at the budget's pace, and a caught-up service asks once. The
+//!    part is reported, and the next service begins. After the last, the
+//!    tick is `Done` with its report.
 //!
 //! **Lanes.** Driven with [`Tick::poll`] and [`Tick::handle`], a tick works
 //! on one service at a time. With [`Tick::with_lanes`] and
@@ -75,7 +80,11 @@
 //!   commit that did not land is `page.rs` `lease_not_taken` and `commit.rs`
 //!   `commit_not_written`.
 //! - Which key the account's budget is counted under: `account_budget.rs`
-//!   `on_introspection` and `load_gate`.
+//!   `on_introspection` and `load_gate`; how it counts (sliding windows):
+//!   `budget.rs`.
+//! - How many pages a tick takes: `commit.rs` `committed` (deadline, cap),
+//!   `account_budget.rs` `spend_budget` (the budget, and waiting for it).
+//! - A cursor that does not move: `page.rs` `prepare` (`nothing_new`).
 
 mod account_budget;
 mod commit;
@@ -94,7 +103,7 @@ use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::service::Service;
 use crate::state::ServiceState;
 use crate::time;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use std::collections::VecDeque;
 // tick_tests.rs reads these through `use super::*`.
 #[cfg(test)]
@@ -102,7 +111,6 @@ use {
     crate::budget::BudgetRecord,
     crate::error::{ErrorKind, LEASE_LOST, SCOPE_MISSING},
     crate::state::Lease,
-    chrono::TimeDelta,
 };
 
 /// What the driver must do next.
@@ -120,6 +128,11 @@ pub enum Action {
     Swap { value: Vec<u8> },
     /// Perform the request; answer with [`Input::Response`].
     Send { request: HttpRequest },
+    /// Wait until `until` (by the clock `now` is read from), then answer
+    /// with [`Input::Woke`]: the account's budget allows this lane's next
+    /// page then, and the tick's deadline leaves room for it. Like a
+    /// `Send`, other lanes may go on meanwhile.
+    Wait { until: DateTime<Utc> },
     /// The tick is over.
     Done(TickReport),
 }
@@ -133,6 +146,8 @@ pub enum Input {
     /// `Ok(false)`: the value changed since the `Watch`; nothing was written.
     Swapped(Result<bool, String>),
     Response(Result<HttpResponse, HttpFailure>),
+    /// The wait of an [`Action::Wait`] is over.
+    Woke,
 }
 
 pub struct Tick {
@@ -279,6 +294,10 @@ impl Tick {
                     }
                 }
                 Step::Fetch => return Some(self.fetch()),
+                Step::Wait(until) => {
+                    self.step = Step::AwaitWake;
+                    return Some(Action::Wait { until });
+                }
                 // 3. Delivery (delivery.rs).
                 Step::Deliver => {
                     if let Some(action) = self.deliver() {
@@ -319,6 +338,7 @@ impl Tick {
             (Step::AwaitGate, Input::Loaded(result)) => self.on_gate(result),
             (Step::AwaitPage, Input::Response(result)) => self.on_page(result),
             (Step::AwaitDevo, Input::Response(result)) => self.on_devo(result),
+            (Step::AwaitWake, Input::Woke) => Step::write(Update::SpendBudget),
             (Step::AwaitCurrent(update, attempt), Input::Loaded(result)) => self.on_current(update, attempt, result),
             (Step::AwaitSwap(update, attempt), Input::Swapped(result)) => self.on_swapped(update, attempt, result),
             (Step::AwaitConfirm(update, attempt, answer), Input::Loaded(result)) => {
@@ -382,6 +402,9 @@ enum Step {
     AwaitGate,
     // 2. One service's page (page.rs).
     NextService,
+    /// The budget allows the next page at this time (account_budget.rs).
+    Wait(DateTime<Utc>),
+    AwaitWake,
     Fetch,
     AwaitPage,
     // 3. Delivery (delivery.rs).
@@ -484,6 +507,11 @@ struct ServiceRun {
     /// progress write or the commit read back).
     confirmed: u32,
     pages: u32,
+    /// When the current page began (its budget spent), and the longest a
+    /// page of this run took from there to its commit: the room the next
+    /// page needs before the tick's deadline.
+    page_started: DateTime<Utc>,
+    longest_page: TimeDelta,
     bytes_sent: u64,
     has_more: bool,
     /// Uuids of the current page Devo took so far (including an earlier
@@ -513,6 +541,8 @@ impl ServiceRun {
             sent: 0,
             confirmed: 0,
             pages: 0,
+            page_started: now,
+            longest_page: TimeDelta::zero(),
             bytes_sent: 0,
             bytes_counted: 0,
             has_more: false,
@@ -565,6 +595,7 @@ impl Step {
             Step::AwaitConfirm(..) => "a confirmation read",
             Step::AwaitPage => "a 1Password response",
             Step::AwaitDevo => "a Devo response",
+            Step::AwaitWake => "the end of a wait",
             _ => "no input",
         }
     }
@@ -577,6 +608,7 @@ impl Input {
             Input::Stored(_) => "a store result",
             Input::Swapped(_) => "a swap result",
             Input::Response(_) => "an HTTP response",
+            Input::Woke => "the end of a wait",
         }
     }
 }

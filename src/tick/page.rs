@@ -18,7 +18,7 @@ use super::{rfc3339, Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::account;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, DEFAULT_LOOKBACK, RETENTION};
-use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, SCOPE_MISSING};
+use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, ONEPASSWORD_STUCK_CURSOR, SCOPE_MISSING};
 use crate::http::{HttpFailure, HttpResponse};
 use crate::json;
 use crate::onepassword::{self, EventMeta, Page, PageStart};
@@ -206,6 +206,24 @@ impl Tick {
         run.fetched += page.items.len() as u32;
         run.has_more = page.has_more;
         let start = run.start.clone().expect("a page was requested");
+        if page.has_more
+            && matches!(&start, PageStart::Cursor(c) if *c == page.cursor)
+            && nothing_new(&page, &run.state)
+        {
+            // Asking again would get the same answer, page after page until
+            // the deadline. Read again from the newest delivered event after
+            // a back-off: a cursor that does not move is no better than a
+            // refused one.
+            let e = CollectorError::new(
+                ErrorKind::PullError,
+                ONEPASSWORD_STUCK_CURSOR,
+                format!(
+                    "1Password answered {service}'s cursor with the same cursor, has_more and no new event ({} already delivered); the cursor does not move, so {service} backs off and reads again from the newest delivered event, skipping events already delivered",
+                    page.items.len()
+                ),
+            );
+            return Step::release(Ending::failed(e), true, true);
+        }
         // Events this page may repeat: the part of it delivered before a cut,
         // and, when re-reading from a time after a refused cursor, the
         // events delivered last.
@@ -279,6 +297,16 @@ impl Tick {
         run.batches = batches.finish();
         Step::Deliver
     }
+}
+
+/// True when every event of the page was delivered already (by uuid: in
+/// the checkpoint's recent uuids, or the part of a cut page Devo took), or
+/// there is none. Asked only of a page whose cursor did not move.
+fn nothing_new(page: &Page<'_>, state: &ServiceState) -> bool {
+    let recent = state.checkpoint.iter().flat_map(|cp| cp.recent_uuids.iter());
+    let partial = state.partial.iter().flat_map(|p| p.delivered.iter());
+    let known: HashSet<&str> = recent.chain(partial).map(String::as_str).collect();
+    page.items.iter().all(|item| EventMeta::read(item).0.uuid.is_some_and(|u| known.contains(u.as_str())))
 }
 
 /// The configured start as stored in a checkpoint, to notice when it changes.
