@@ -88,6 +88,11 @@ pub enum OpFault {
     /// Its cursor resumes where the request started: the cursor that was
     /// sent, or for a reset request a new one at the requested start.
     MissingFields,
+    /// 200 with no items, `has_more: true` and a cursor that does not move:
+    /// the cursor that was sent, or for a reset request a new one at the
+    /// requested start. Planned for every request (`set_random_faults` at
+    /// rate 1), a 1Password that says "more" forever.
+    StuckCursor,
 }
 
 /// One request as the emulator saw and answered it.
@@ -402,6 +407,7 @@ enum Shape {
     Served,
     Truncated,
     MissingFields,
+    Stuck,
 }
 
 struct State {
@@ -520,6 +526,7 @@ impl State {
                 Answer::Now(reply)
             }
             OpFault::MissingFields => Answer::Now(self.route(route, auth, body, Shape::MissingFields)),
+            OpFault::StuckCursor => Answer::Now(self.route(route, auth, body, Shape::Stuck)),
             OpFault::Oversized { bytes, declared } => {
                 let frame = r#"{"items":[],"cursor":"","has_more":false}"#;
                 let cursor = "C".repeat(bytes.saturating_sub(frame.len()));
@@ -602,6 +609,10 @@ impl State {
                     stripped.push(FIELDLESS_ITEM.to_owned());
                 }
                 Reply::json(200, render_page(&stripped, &cursor, has_more))
+            }
+            Shape::Stuck => {
+                let cursor = sent.unwrap_or_else(|| cursors.issue(from));
+                Reply::json(200, render_page(&[], &cursor, true))
             }
         }
     }
@@ -1020,6 +1031,24 @@ mod tests {
         assert_eq!(bogus["items"].as_array().unwrap().len(), 1);
         assert!(bogus["items"][0].get("uuid").is_none());
         assert_eq!((&bogus["cursor"], &bogus["has_more"]), (&json!(end), &json!(false)));
+    }
+
+    #[test]
+    fn a_stuck_cursor_comes_back_with_has_more_and_nothing() {
+        let op = emulator(9);
+        let path = Service::Audit.path(ApiVersion::V2);
+        op.set_random_faults(1, 1.0, vec![OpFault::StuckCursor]);
+        let first = post_json(&op.base_url(), &path, TOKEN, r#"{"limit": 4}"#).json();
+        assert_eq!((first["items"].as_array().unwrap().len(), &first["has_more"]), (0, &json!(true)));
+        let cursor = first["cursor"].as_str().unwrap().to_owned();
+        for _ in 0..3 {
+            let again = post_json(&op.base_url(), &path, TOKEN, &cursor_body(&cursor)).json();
+            assert_eq!(again, json!({"items": [], "cursor": cursor, "has_more": true}));
+        }
+        // Without the fault, the cursor starts at the requested start.
+        op.clear_faults();
+        let real = post_json(&op.base_url(), &path, TOKEN, &cursor_body(&cursor)).json();
+        assert_eq!(real["items"].as_array().unwrap()[..], op.dataset().values(Service::Audit)[..4]);
     }
 
     #[test]
