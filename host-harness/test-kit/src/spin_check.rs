@@ -46,7 +46,8 @@ pub const REQUIRED_KEYS: &[&str] = &["base_url", "token", "devo_url", "devo_doma
 /// the feature is off when unset). A Spin variable always has a value once it
 /// is mapped, and an empty one fails every tick (error id 3), so `spin.toml`
 /// leaves these unmapped and says in a comment how to add them.
-pub const OPTIONAL_UNMAPPED_KEYS: &[&str] = &["start_time_value", "obfuscate_fields", "obfuscation_key"];
+pub const OPTIONAL_UNMAPPED_KEYS: &[&str] =
+    &["start_time_value", "max_pages_per_tick", "obfuscate_fields", "obfuscation_key"];
 
 /// Settings holding the base URLs the component calls: the only hosts it may
 /// reach.
