@@ -21,7 +21,7 @@ pub struct Row {
 }
 
 /// The services a tenant collects (its `services` variable, or all).
-fn services(tenant: &Tenant) -> Vec<Service> {
+pub(crate) fn services(tenant: &Tenant) -> Vec<Service> {
     match tenant.variables.get(onepassword_collector::config::key::SERVICES) {
         Some(list) => list.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
         None => Service::ALL.to_vec(),

@@ -2,13 +2,14 @@
 //! `onepassword_collector_*` name the Grafana dashboard
 //! (`monitoring/grafana-dashboard.json`) or the alerting rules
 //! (`monitoring/alerts.yaml`) use must be a series in `Telemetry::render()`
-//! after a few synthetic ticks, and both files keep the shape their tools
+//! after a few synthetic ticks (and before any tick, once a tenant is
+//! added), and both files keep the shape their tools
 //! need (panels with queries and a `tenant` variable; rule groups with alert,
 //! expr, severity and summary).
 
 use chrono::{DateTime, Utc};
 use host_harness::runtime::TenantTick;
-use host_harness::telemetry::Telemetry;
+use host_harness::telemetry::{Format, Telemetry};
 use onepassword_collector::error::{CollectorError, ErrorKind};
 use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
 use serde_json::Value;
@@ -165,7 +166,7 @@ fn every_metric_the_dashboard_uses_is_exported() {
     json_strings(&dashboard, &mut strings);
     let used = names_in(&strings);
     assert!(used.len() >= 15, "the dashboard uses only {used:?}");
-    let render = busy_telemetry().render();
+    let render = busy_telemetry().render(Format::OpenMetrics);
     assert_eq!(missing(&used, &render), Vec::<String>::new(), "the dashboard uses names /metrics lacks:\n{render}");
 }
 
@@ -176,13 +177,33 @@ fn every_metric_the_alerts_use_is_exported() {
     yaml_strings(&rules, &mut strings);
     let used = names_in(&strings);
     assert!(used.len() >= 6, "the rules use only {used:?}");
-    let render = busy_telemetry().render();
+    let render = busy_telemetry().render(Format::OpenMetrics);
     assert_eq!(missing(&used, &render), Vec::<String>::new(), "the rules use names /metrics lacks:\n{render}");
 }
 
 #[test]
+fn every_metric_the_dashboard_and_alerts_use_exists_before_the_first_tick() {
+    let t = Telemetry::new();
+    t.component_loaded();
+    t.config_loaded(at("2026-01-01T00:00:00Z"));
+    t.instances(0, 8);
+    let config = "[tenants.acme]\nschedule = \"0 0 0 1 1 *\"\n";
+    let tenants = host_harness::tenant::parse(config, std::path::Path::new("/nonexistent"), |_| None).unwrap();
+    t.tenant_added(&tenants[0], at("2026-01-01T00:00:00Z"));
+    let mut strings = Vec::new();
+    let (dashboard, rules) = (dashboard(), alerts());
+    json_strings(&dashboard, &mut strings);
+    yaml_strings(&rules, &mut strings);
+    let used = names_in(&strings);
+    for format in [Format::Text, Format::OpenMetrics] {
+        let render = t.render(format);
+        assert_eq!(missing(&used, &render), Vec::<String>::new(), "{format:?} before the first tick:\n{render}");
+    }
+}
+
+#[test]
 fn the_check_catches_a_name_the_code_does_not_export() {
-    let render = busy_telemetry().render();
+    let render = busy_telemetry().render(Format::OpenMetrics);
     let mut used = BTreeSet::new();
     metric_names(
         "sum(rate(onepassword_collector_events_delivered_total[5m])) + onepassword_collector_bogus_total \

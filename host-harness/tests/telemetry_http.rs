@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use host_harness::runtime::TenantTick;
-use host_harness::telemetry::{serve, Telemetry, OPENMETRICS_CONTENT_TYPE};
+use host_harness::telemetry::{serve, Telemetry, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use onepassword_collector::error::{CollectorError, ErrorKind};
 use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
 use std::io::{Read, Write};
@@ -43,9 +43,14 @@ impl Reply {
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    request_with(addr, method, path, "")
+}
+
+/// A request with `headers` (each line ending in CRLF) added.
+fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let raw = String::from_utf8(raw).unwrap();
@@ -103,16 +108,26 @@ fn metrics_and_health_are_served() {
     telemetry.tick_finished(&tick("acme", vec![service("audit", 250, None)]), Utc::now());
     let server = start(telemetry.clone());
 
+    // The Prometheus text format unless OpenMetrics is asked for.
     let metrics = get(server.addr, "/metrics");
     assert_eq!(metrics.status, 200);
-    assert_eq!(metrics.header("content-type"), Some(OPENMETRICS_CONTENT_TYPE));
+    assert_eq!(metrics.header("content-type"), Some(TEXT_CONTENT_TYPE));
+    assert_eq!(metrics.header("vary"), Some("Accept"));
     assert!(
         metrics.body.contains("onepassword_collector_events_delivered_total{tenant=\"acme\",service=\"audit\"} 250\n"),
         "{}",
         metrics.body
     );
-    assert!(metrics.body.ends_with("# EOF\n"));
+    assert!(metrics.body.contains("# TYPE onepassword_collector_events_delivered_total counter\n"));
+    assert!(!metrics.body.contains("# EOF"));
     assert_eq!(metrics.header("content-length"), Some(metrics.body.len().to_string().as_str()));
+    let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let om = request_with(server.addr, "GET", "/metrics", accept);
+    assert_eq!(om.header("content-type"), Some(OPENMETRICS_CONTENT_TYPE));
+    assert!(om.body.contains("# TYPE onepassword_collector_events_delivered counter\n"), "{}", om.body);
+    assert!(om.body.ends_with("# EOF\n"));
+    let text = request_with(server.addr, "GET", "/metrics", "Accept: text/plain\r\n");
+    assert_eq!(text.header("content-type"), Some(TEXT_CONTENT_TYPE));
     // A query string does not change the path.
     assert_eq!(get(server.addr, "/metrics?x=1").status, 200);
 
@@ -156,6 +171,77 @@ fn readyz_is_about_the_process_never_a_failing_tenant() {
 
     telemetry.tick_finished(&tick("globex", vec![service("audit", 1, None)]), Utc::now());
     assert_eq!(get(server.addr, "/readyz").status, 200);
+    server.task.abort();
+}
+
+/// Every metric family `/metrics` has for a tenant, as the text format
+/// names its series (a histogram by its `_count`).
+const FAMILIES: [&str; 26] = [
+    "onepassword_collector_ticks_total",
+    "onepassword_collector_service_ticks_total",
+    "onepassword_collector_events_fetched_total",
+    "onepassword_collector_events_delivered_total",
+    "onepassword_collector_events_unconfirmed_total",
+    "onepassword_collector_sent_bytes_total",
+    "onepassword_collector_pages_total",
+    "onepassword_collector_failures_total",
+    "onepassword_collector_deferrals_total",
+    "onepassword_collector_onepassword_requests_total",
+    "onepassword_collector_onepassword_rate_limited_total",
+    "onepassword_collector_lag_seconds",
+    "onepassword_collector_checkpoint_timestamp_seconds",
+    "onepassword_collector_last_caught_up_timestamp_seconds",
+    "onepassword_collector_freshness_seconds",
+    "onepassword_collector_tick_duration_seconds_count",
+    "onepassword_collector_guest_cpu_seconds_count",
+    "onepassword_collector_peak_memory_bytes",
+    "onepassword_collector_last_tick_timestamp_seconds",
+    "onepassword_collector_skipped_firings_total",
+    "onepassword_collector_consecutive_failed_ticks",
+    "onepassword_collector_instances_in_use",
+    "onepassword_collector_instances_capacity",
+    "onepassword_collector_config_reloads_total",
+    "onepassword_collector_config_last_reload_successful",
+    "onepassword_collector_build_info",
+];
+
+#[test]
+fn both_formats_have_every_family_before_the_first_event() {
+    let telemetry = Arc::new(Telemetry::new());
+    telemetry.component_loaded();
+    telemetry.config_loaded(Utc::now());
+    telemetry.instances(0, 4);
+    let config = "[tenants.acme]\nschedule = \"0 0 0 1 1 *\"\n[tenants.acme.variables]\nservices = \"audit\"\n";
+    let tenants = host_harness::tenant::parse(config, std::path::Path::new("/nonexistent"), |_| None).unwrap();
+    telemetry.tenant_added(&tenants[0], Utc::now());
+    let server = start(telemetry);
+    let text = get(server.addr, "/metrics");
+    let om = request_with(server.addr, "GET", "/metrics", "Accept: application/openmetrics-text\r\n");
+    assert_eq!(om.header("content-type"), Some(OPENMETRICS_CONTENT_TYPE));
+    let more = [
+        "onepassword_collector_config_last_reload_success_timestamp_seconds",
+        "onepassword_collector_ready",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+    ];
+    for (format, body) in [("text", &text.body), ("OpenMetrics", &om.body)] {
+        for family in FAMILIES.iter().chain(&more) {
+            let found = body
+                .lines()
+                .any(|l| l.strip_prefix(family).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')));
+            assert!(found, "{format}: no {family} before the first event:\n{body}");
+        }
+        // Every series of the tenant's is at zero, or NaN for a value not known yet.
+        for line in body.lines().filter(|l| l.contains("tenant=\"acme\"") && !l.contains("freshness")) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value == "0" || value == "0.0" || value == "NaN", "{format}: {line}");
+        }
+        assert!(body.contains("onepassword_collector_instances_capacity 4\n"), "{format}:\n{body}");
+        assert!(body
+            .contains(&format!("onepassword_collector_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+    }
     server.task.abort();
 }
 

@@ -97,6 +97,8 @@ pub async fn run(runtime: Runtime, options: RunOptions, tenants: Vec<Tenant>) ->
         ticks: TaskTracker::new(),
     };
     cx.telemetry.component_loaded();
+    cx.telemetry.config_loaded(Utc::now());
+    cx.telemetry.instances(cx.runtime.instances_in_use(), cx.runtime.limits().max_concurrent_instances);
     let shard = options.shard.map_or(String::new(), |s| format!(" (shard {s})"));
     cx.logger.log(
         Level::Info,
@@ -120,6 +122,7 @@ pub async fn run(runtime: Runtime, options: RunOptions, tenants: Vec<Tenant>) ->
 }
 
 fn start(cx: &Context, tenant: Tenant) -> Worker {
+    cx.telemetry.tenant_added(&tenant, Utc::now());
     let (settings, receiver) = watch::channel(tenant);
     tokio::spawn(tenant_loop(cx.clone(), receiver));
     Worker { settings }
@@ -203,6 +206,7 @@ fn reload(cx: &Context, options: &RunOptions, workers: &mut BTreeMap<String, Wor
                 let differs = *w.settings.borrow() != t;
                 if differs {
                     changed += 1;
+                    cx.telemetry.tenant_added(&t, Utc::now()); // a new service starts at zero
                     w.settings.send_replace(t);
                 }
             }

@@ -299,6 +299,71 @@ fn a_store_that_cannot_be_reached_makes_the_process_unready() {
 }
 
 #[test]
+fn every_series_is_there_before_the_first_tick_and_reloads_are_gauged() {
+    let world = World::new(206, 5);
+    // A yearly schedule: no tick during the test.
+    let tenant = world.tenant("acme", 10, "").replace("schedule = \"* * * * * *\"", "schedule = \"0 0 0 1 1 *\"");
+    let file = format!("max_concurrent_instances = 5\n\n{tenant}");
+    world.write(&file);
+    let port = free_port();
+    let run = Running::start(&world, &["--listen", &format!("127.0.0.1:{port}")]);
+    let until = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let (_, metrics) = get(port, "/metrics");
+        if metrics.contains("onepassword_collector_freshness_seconds{tenant=\"acme\",service=\"audit\"}") {
+            break metrics;
+        }
+        assert!(Instant::now() < until, "the tenant's series never came:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let audit = "tenant=\"acme\",service=\"audit\"";
+    let zero = |name: &str, labels: &str| {
+        assert_eq!(sample(&metrics, name, labels), Some(0.0), "{name}{{{labels}}}:\n{metrics}");
+    };
+    zero("onepassword_collector_failures_total", &format!("{audit},error_id=\"700\""));
+    zero("onepassword_collector_failures_total", &format!("{audit},error_id=\"401\""));
+    zero("onepassword_collector_deferrals_total", &format!("{audit},reason=\"budget\""));
+    zero("onepassword_collector_service_ticks_total", &format!("{audit},outcome=\"failed\""));
+    zero("onepassword_collector_events_delivered_total", audit);
+    zero("onepassword_collector_ticks_total", "tenant=\"acme\",outcome=\"failed\"");
+    zero("onepassword_collector_instances_in_use", "");
+    let capacity = sample(&metrics, "onepassword_collector_instances_capacity", "");
+    assert_eq!(capacity, Some(5.0), "the pool's size before any tick:\n{metrics}");
+    assert!(sample(&metrics, "onepassword_collector_lag_seconds", audit).is_some_and(f64::is_nan), "{metrics}");
+    assert_eq!(sample(&metrics, "onepassword_collector_config_last_reload_successful", ""), Some(1.0));
+    let loaded = sample(&metrics, "onepassword_collector_config_last_reload_success_timestamp_seconds", "").unwrap();
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - 60.0..=now + 1.0).contains(&loaded), "loaded at {loaded}, now {now}");
+    assert_eq!(sample(&metrics, "onepassword_collector_build_info", "version=\""), Some(1.0), "{metrics}");
+    let started = sample(&metrics, "process_start_time_seconds", "").expect("process_start_time_seconds");
+    assert!((now - 60.0..=now + 1.0).contains(&started), "started at {started}, now {now}");
+    assert!(sample(&metrics, "process_cpu_seconds_total", "").is_some_and(|v| v >= 0.0), "{metrics}");
+    for process in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(sample(&metrics, process, "").is_some_and(|v| v > 0.0), "{process}:\n{metrics}");
+    }
+    // The Prometheus text format by default: HELP and TYPE name the series.
+    assert!(metrics.contains("# TYPE onepassword_collector_failures_total counter\n"), "{metrics}");
+
+    // A reload that fails: the gauge says so, the success time stays.
+    world.write("[tenants.acme]\nschedule = \"every second\"\n");
+    run.signal(libc::SIGHUP);
+    run.wait_log(Duration::from_secs(10), "reload failed, nothing changed");
+    let (_, metrics) = get(port, "/metrics");
+    assert_eq!(sample(&metrics, "onepassword_collector_config_last_reload_successful", ""), Some(0.0));
+    let stays = sample(&metrics, "onepassword_collector_config_last_reload_success_timestamp_seconds", "");
+    assert_eq!(stays, Some(loaded));
+    // One that loads: successful again.
+    world.write(&file);
+    run.signal(libc::SIGHUP);
+    run.wait_log(Duration::from_secs(10), "reloaded:");
+    let (_, metrics) = get(port, "/metrics");
+    assert_eq!(sample(&metrics, "onepassword_collector_config_last_reload_successful", ""), Some(1.0));
+    let reloaded = sample(&metrics, "onepassword_collector_config_last_reload_success_timestamp_seconds", "").unwrap();
+    assert!(reloaded >= loaded, "{reloaded} < {loaded}");
+    assert!(run.ticks().is_empty(), "no tick ran");
+}
+
+#[test]
 fn sighup_adds_and_removes_tenants_and_an_invalid_file_changes_nothing() {
     let world = World::new(211, 20);
     world.write(&world.tenant("alpha", 10, ""));

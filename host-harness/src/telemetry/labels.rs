@@ -6,6 +6,10 @@
 //! messages, deferral reasons as written) never becomes a label: a message may
 //! quote a URL or a value, and a label is kept forever by Prometheus.
 
+use onepassword_collector::error::{
+    CLAIMED_HOST_ID, CONFIG_SOURCE, EMPTY_SETTING, HOST_FAILURE, INVALID_SETTING, MISSING_SETTING, PERSISTENCE,
+    REMEDIES,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use sha2::{Digest, Sha256};
 
@@ -59,6 +63,32 @@ tenant_label_sets! {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ResultLabels {
     pub result: String,
+}
+
+/// `{version}` of `build_info`: the harness's crate version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct BuildLabels {
+    pub version: String,
+}
+
+/// The error ids a whole tick fails with (`service="_tick"`): a setting
+/// (1-4), the store (200), the host (900, 901).
+pub(super) const TICK_ERROR_IDS: [u32; 7] =
+    [MISSING_SETTING, INVALID_SETTING, EMPTY_SETTING, CONFIG_SOURCE, PERSISTENCE, HOST_FAILURE, CLAIMED_HOST_ID];
+
+/// The error ids a service fails with that have an entry of their own in
+/// the error table ([`REMEDIES`]): the store's, 1Password's 401 and 429 and
+/// its 6xx, Devo's 7xx. With [`TICK_ERROR_IDS`], the `error_id`s
+/// `failures_total` starts at zero for each tenant; any other id (another
+/// HTTP status) gets its series with its first failure.
+pub(super) fn service_error_ids() -> impl Iterator<Item = u32> {
+    const TICK_ONLY: [u32; 6] =
+        [MISSING_SETTING, INVALID_SETTING, EMPTY_SETTING, CONFIG_SOURCE, HOST_FAILURE, CLAIMED_HOST_ID];
+    REMEDIES
+        .iter()
+        .filter(|(ids, _)| ids.start() == ids.end())
+        .map(|(ids, _)| *ids.start())
+        .filter(|id| !TICK_ONLY.contains(id))
 }
 
 /// The `tenant` label of a tenant name: ASCII letters, digits and `_.-:`

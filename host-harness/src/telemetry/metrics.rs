@@ -5,17 +5,20 @@
 //!
 //! Families with a `tenant` label are [`Tracked`]: they remember which label
 //! sets they created so a tenant's series can be dropped when the tenant is
-//! removed from the config.
+//! removed from the config. The standard `process_*` metrics (no prefix)
+//! come from `process.rs`.
 
 use super::labels::{
-    DeferralLabels, FailureLabels, OfTenant, ResultLabels, ServiceLabels, ServiceOutcomeLabels, TenantLabels,
-    TickOutcomeLabels,
+    BuildLabels, DeferralLabels, FailureLabels, OfTenant, ResultLabels, ServiceLabels, ServiceOutcomeLabels,
+    TenantLabels, TickOutcomeLabels,
 };
+use super::process::ProcessCollector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::{Metric, Registry, Unit};
 use std::collections::HashSet;
@@ -55,10 +58,15 @@ where
 
     /// The metric of `labels`, created (at zero) if new.
     pub fn get(&self, labels: S) -> M {
+        self.get_new(labels).0
+    }
+
+    /// The metric of `labels`, and whether this call created it (at zero).
+    pub fn get_new(&self, labels: S) -> (M, bool) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let metric = self.family.get_or_create_owned(&labels);
-        seen.insert(labels);
-        metric
+        let new = seen.insert(labels);
+        (metric, new)
     }
 
     /// Drops every series of `tenant`.
@@ -99,21 +107,27 @@ pub(super) struct Metrics {
     pub freshness: Tracked<ServiceLabels, FloatGauge>,
     pub tick_duration: HistogramFamily,
     pub guest_cpu: HistogramFamily,
-    pub peak_memory: Tracked<TenantLabels, Gauge>,
+    pub peak_memory: Tracked<TenantLabels, FloatGauge>,
     pub last_tick: Tracked<TenantLabels, FloatGauge>,
     pub skipped_firings: Tracked<TenantLabels, Counter>,
     pub consecutive_failed_ticks: Tracked<TenantLabels, Gauge>,
     pub instances_in_use: Gauge,
     pub instances_capacity: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_reload_ok: Gauge,
+    pub config_reload_time: FloatGauge,
     pub ready: Gauge,
 }
 
 impl Metrics {
-    /// The families, registered in a fresh registry.
+    /// The families, registered in a fresh registry: the collector's under
+    /// [`PREFIX`], the build and the process's own.
     pub fn register() -> (Registry, Metrics) {
-        let mut registry = Registry::with_prefix(PREFIX);
-        let r = &mut registry;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
+        let r = registry.sub_registry_with_prefix(PREFIX);
+        let build = Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").into() });
+        r.register("build", "The harness's version (a constant 1)", build);
         let m = Metrics {
             ticks: tracked(
                 r,
@@ -171,15 +185,15 @@ impl Metrics {
             lag: tracked(
                 r,
                 "lag",
-                "Age of the newest delivered event: now, at each scrape, minus its time. Grows on a quiet account \
-                 too: alert on freshness_seconds",
+                "Age of the newest delivered event: now, at each scrape, minus its time (NaN until known). Grows \
+                 on a quiet account too: alert on freshness_seconds",
                 Some(Unit::Seconds),
                 Tracked::new(),
             ),
             checkpoint: tracked(
                 r,
                 "checkpoint_timestamp",
-                "Time of the newest delivered event (unix seconds)",
+                "Time of the newest delivered event (unix seconds; NaN until known)",
                 Some(Unit::Seconds),
                 Tracked::new(),
             ),
@@ -187,7 +201,7 @@ impl Metrics {
                 r,
                 "last_caught_up_timestamp",
                 "When a tick last confirmed the service caught up: a successful fetch with nothing more waiting \
-                 (delivered or idle, has_more false; unix seconds)",
+                 (delivered or idle, has_more false; unix seconds; NaN before the first)",
                 Some(Unit::Seconds),
                 Tracked::new(),
             ),
@@ -216,14 +230,14 @@ impl Metrics {
             peak_memory: tracked(
                 r,
                 "peak_memory",
-                "Peak linear memory of the tenant's last tick",
+                "Peak linear memory of the tenant's last tick (NaN before its first)",
                 Some(Unit::Bytes),
                 Tracked::new(),
             ),
             last_tick: tracked(
                 r,
                 "last_tick_timestamp",
-                "When the tenant's last tick finished (unix seconds)",
+                "When the tenant's last tick finished (unix seconds; NaN before its first)",
                 Some(Unit::Seconds),
                 Tracked::new(),
             ),
@@ -254,6 +268,18 @@ impl Metrics {
                 Gauge::default(),
             ),
             config_reloads: plain(r, "config_reloads", "Config reloads by result: ok, error", Family::default()),
+            config_reload_ok: plain(
+                r,
+                "config_last_reload_successful",
+                "1 when the last load of the tenants file (at start or on SIGHUP) succeeded, 0 when it failed",
+                Gauge::default(),
+            ),
+            config_reload_time: {
+                let gauge = FloatGauge::default();
+                let help = "When the tenants file last loaded (at start or on SIGHUP; unix seconds)";
+                r.register_with_unit("config_last_reload_success_timestamp", help, Unit::Seconds, gauge.clone());
+                gauge
+            },
             ready: plain(
                 r,
                 "ready",

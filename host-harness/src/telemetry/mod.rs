@@ -3,20 +3,28 @@
 //! ([`serve`]) answers.
 //!
 //! The run loop owns one [`Telemetry`] (in an `Arc`, shared with [`serve`])
-//! and tells it what happened: [`Telemetry::component_loaded`] once,
-//! [`Telemetry::tick_finished`] after every tick, [`Telemetry::firing_skipped`]
-//! when a firing found the tenant's previous tick still running,
-//! [`Telemetry::instances`] as the pool fills and empties,
-//! [`Telemetry::reload`] and [`Telemetry::tenant_removed`] on config reloads.
+//! and tells it what happened: [`Telemetry::component_loaded`] and
+//! [`Telemetry::config_loaded`] once, [`Telemetry::tenant_added`] for each
+//! tenant it runs (every series of the tenant starts at zero, or NaN for a
+//! value not known yet), [`Telemetry::tick_finished`] after every tick,
+//! [`Telemetry::firing_skipped`] when a firing found the tenant's previous
+//! tick still running, [`Telemetry::instances`] at start and as the pool
+//! fills and empties, [`Telemetry::reload`] and [`Telemetry::tenant_removed`]
+//! on config reloads.
+//!
+//! `/metrics` is the Prometheus text format 0.0.4 unless the scraper's
+//! `Accept` asks for OpenMetrics ([`Format`]).
 //!
 //! Where to look: `metrics.rs` (every metric name, type and help text),
 //! `labels.rs` (label values: bounded names, fixed sets, never free text),
-//! `readiness.rs` (what makes `/readyz` fail), `server.rs` (the endpoint),
-//! `tests.rs`; `monitoring/` at the repository root has the Grafana
-//! dashboard and alerting rules built on these metrics.
+//! `process.rs` (the standard `process_*` metrics), `readiness.rs` (what
+//! makes `/readyz` fail), `server.rs` (the endpoint and its content
+//! negotiation), `tests.rs`; `monitoring/` at the repository root has the
+//! Grafana dashboard and alerting rules built on these metrics.
 
 mod labels;
 mod metrics;
+mod process;
 mod readiness;
 mod server;
 #[cfg(test)]
@@ -25,14 +33,16 @@ mod tests;
 pub use self::labels::{is_onepassword_error, service_label, tenant_label, DeferralReason, TICK_SERVICE};
 pub use self::metrics::PREFIX;
 pub use self::readiness::Readiness;
-pub use self::server::{serve, OPENMETRICS_CONTENT_TYPE};
+pub use self::server::{negotiate, serve, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 use self::labels::{
-    DeferralLabels, FailureLabels, ServiceLabels, ServiceOutcomeLabels, TenantLabels, TickOutcomeLabels,
+    service_error_ids, DeferralLabels, FailureLabels, ServiceLabels, ServiceOutcomeLabels, TenantLabels,
+    TickOutcomeLabels, TICK_ERROR_IDS,
 };
 use self::metrics::Metrics;
 use self::readiness::Health;
 use crate::runtime::TenantTick;
+use crate::tenant::Tenant;
 use chrono::{DateTime, Utc};
 use onepassword_collector::error::HOST_FAILURE;
 use onepassword_collector::report::{Outcome, ServiceReport};
@@ -42,6 +52,32 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Error id of a 1Password rate limit.
 const RATE_LIMITED: u32 = 429;
+
+/// Every outcome of a tenant's tick, as `ticks_total` labels it.
+const TICK_OUTCOMES: [&str; 3] = ["ok", "failed", "host_failure"];
+/// Every outcome of a service's run.
+const SERVICE_OUTCOMES: [Outcome; 4] = [Outcome::Delivered, Outcome::Idle, Outcome::Failed, Outcome::Deferred];
+
+/// The exposition format of `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 ([`TEXT_CONTENT_TYPE`]): the
+    /// default, what `promtool check metrics` and any scraper read.
+    Text,
+    /// OpenMetrics 1.0.0 ([`OPENMETRICS_CONTENT_TYPE`]), `# EOF` at the
+    /// end: only when the scraper's `Accept` asks for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
 
 /// Metrics and readiness of one harness process. Shareable (`Send + Sync`);
 /// every method takes `&self`.
@@ -121,7 +157,7 @@ impl Telemetry {
         let tl = TenantLabels { tenant: tenant.clone() };
         m.tick_duration.get(tl.clone()).observe(tick.host_elapsed_ms as f64 / 1000.0);
         m.guest_cpu.get(tl.clone()).observe(tick.guest_cpu_ms as f64 / 1000.0);
-        m.peak_memory.get(tl.clone()).set(i64::try_from(tick.peak_memory_bytes).unwrap_or(i64::MAX));
+        m.peak_memory.get(tl.clone()).set(tick.peak_memory_bytes as f64);
         m.last_tick.get(tl.clone()).set(now_s);
         // Created at zero so the first skip or 429 shows in increase().
         m.skipped_firings.get(tl.clone());
@@ -158,7 +194,7 @@ impl Telemetry {
                 self.refresh_service(&tenant, service, times, now_s);
             }
         }
-        for o in ["ok", "failed", "host_failure"] {
+        for o in TICK_OUTCOMES {
             let counter = m.ticks.get(TickOutcomeLabels { tenant: tenant.clone(), outcome: o.into() });
             if o == outcome {
                 counter.inc();
@@ -239,6 +275,77 @@ impl Telemetry {
         self.metrics.instances_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
     }
 
+    /// `tenant` is run by this process (at start, or added or changed by a
+    /// reload): every one of its series is created, so dashboards show it
+    /// and `increase()` sees its first event. Counters and histograms start
+    /// at zero, for each service of its `services` and each outcome,
+    /// deferral reason and error id of the error table; gauges of a value
+    /// not known yet (lag, newest event, last caught up, last tick, peak
+    /// memory) are NaN. Freshness counts from `now`. A series that already
+    /// exists keeps its value.
+    pub fn tenant_added(&self, tenant: &Tenant, now: DateTime<Utc>) {
+        let m = &self.metrics;
+        let name = tenant_label(&tenant.name);
+        let now_s = unix_seconds(now);
+        let nan = |gauge: (metrics::FloatGauge, bool)| {
+            if gauge.1 {
+                gauge.0.set(f64::NAN);
+            }
+        };
+        let tl = TenantLabels { tenant: name.clone() };
+        for o in TICK_OUTCOMES {
+            m.ticks.get(TickOutcomeLabels { tenant: name.clone(), outcome: o.into() });
+        }
+        m.tick_duration.get(tl.clone());
+        m.guest_cpu.get(tl.clone());
+        nan(m.peak_memory.get_new(tl.clone()));
+        nan(m.last_tick.get_new(tl.clone()));
+        m.skipped_firings.get(tl.clone());
+        m.consecutive_failed_ticks.get(tl);
+        for id in TICK_ERROR_IDS {
+            let error_id = id.to_string();
+            m.failures.get(FailureLabels { tenant: name.clone(), service: TICK_SERVICE.into(), error_id });
+        }
+        let tick = ServiceLabels { tenant: name.clone(), service: TICK_SERVICE.into() };
+        m.onepassword_requests.get(tick.clone());
+        m.onepassword_rate_limited.get(tick);
+
+        let mut state = self.state();
+        let ts = state.tenants.entry(name.clone()).or_default();
+        for service in crate::status::services(tenant) {
+            let service = service_label(service.name());
+            let sl = ServiceLabels { tenant: name.clone(), service: service.clone() };
+            for o in SERVICE_OUTCOMES {
+                let outcome = o.name().into();
+                m.service_ticks.get(ServiceOutcomeLabels { tenant: name.clone(), service: service.clone(), outcome });
+            }
+            for counter in [
+                &m.events_fetched,
+                &m.events_delivered,
+                &m.events_unconfirmed,
+                &m.sent_bytes,
+                &m.pages,
+                &m.onepassword_requests,
+                &m.onepassword_rate_limited,
+            ] {
+                counter.get(sl.clone());
+            }
+            for id in service_error_ids() {
+                let error_id = id.to_string();
+                m.failures.get(FailureLabels { tenant: name.clone(), service: service.clone(), error_id });
+            }
+            for reason in DeferralReason::ALL {
+                let reason = reason.as_str().into();
+                m.deferrals.get(DeferralLabels { tenant: name.clone(), service: service.clone(), reason });
+            }
+            nan(m.lag.get_new(sl.clone()));
+            nan(m.checkpoint.get_new(sl.clone()));
+            nan(m.last_caught_up.get_new(sl));
+            let times = ts.services.entry(service.clone()).or_insert_with(|| ServiceTimes::new(now_s));
+            self.refresh_service(&name, &service, times, now_s);
+        }
+    }
+
     /// The result of checking `tenant`'s key-value store outside a tick (at
     /// start, or after a reload): an unreachable store makes readiness false
     /// until a tick or check reaches it.
@@ -275,10 +382,21 @@ impl Telemetry {
         self.state().tenants.remove(&tenant);
     }
 
-    /// A config reload, by result.
+    /// The tenants file loaded at start, at `now`.
+    pub fn config_loaded(&self, now: DateTime<Utc>) {
+        self.metrics.config_reload_ok.set(1);
+        self.metrics.config_reload_time.set(unix_seconds(now));
+    }
+
+    /// A config reload (SIGHUP), by result.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.metrics.config_reloads.get_or_create(&labels::ResultLabels { result: result.into() }).inc();
+        if ok {
+            self.config_loaded(Utc::now());
+        } else {
+            self.metrics.config_reload_ok.set(0);
+        }
     }
 
     /// Sets every service's gauges that are "now minus a time" as of `now`:
@@ -300,18 +418,22 @@ impl Telemetry {
     fn refresh_service(&self, tenant: &str, service: &str, times: &ServiceTimes, now_s: f64) {
         let labels = ServiceLabels { tenant: tenant.to_string(), service: service.to_string() };
         if let Some(checkpoint_s) = times.checkpoint {
-            self.metrics.lag.get(labels.clone()).set((now_s - checkpoint_s).max(0.0));
+            self.metrics.lag.get(labels.clone()).set(seconds_between(checkpoint_s, now_s));
         }
         let confirmed = times.caught_up.unwrap_or(times.since);
-        self.metrics.freshness.get(labels).set((now_s - confirmed).max(0.0));
+        self.metrics.freshness.get(labels).set(seconds_between(confirmed, now_s));
     }
 
-    /// The `/metrics` body: the OpenMetrics text format (served as
-    /// [`OPENMETRICS_CONTENT_TYPE`]), ending with `# EOF`.
-    pub fn render(&self) -> String {
+    /// The `/metrics` body in `format` (served as its
+    /// [`Format::content_type`]).
+    pub fn render(&self, format: Format) -> String {
         self.metrics.ready.set(i64::from(self.readiness().ready));
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        let written = match format {
+            Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry),
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+        };
+        written.expect("writing to a String cannot fail");
         out
     }
 
@@ -327,6 +449,11 @@ impl Telemetry {
         // behind: still consistent enough to report.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `to - from` in seconds, to the millisecond (the times are), never below 0.
+fn seconds_between(from: f64, to: f64) -> f64 {
+    ((to - from) * 1000.0).round().max(0.0) / 1000.0
 }
 
 fn unix_seconds(t: DateTime<Utc>) -> f64 {

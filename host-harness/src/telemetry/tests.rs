@@ -2,7 +2,8 @@
 //! the report's amounts, lag follows `now`, deferral texts and error ids
 //! land in their labels, readiness follows the component and the stores
 //! (never a tenant's failures) and recovers, removed tenants
-//! vanish, and no free text reaches a label.
+//! vanish, no free text reaches a label; every series of a tenant exists
+//! before its first event, in the text format and in OpenMetrics.
 
 use super::*;
 use onepassword_collector::error::{CollectorError, ErrorKind};
@@ -59,7 +60,7 @@ fn tick_error(tenant: &str, id: u32, message: &str) -> TenantTick {
 
 /// The value of the sample `series` (name and labels exactly as rendered).
 fn sample(t: &Telemetry, series: &str) -> Option<f64> {
-    let text = t.render();
+    let text = t.render(Format::OpenMetrics);
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().unwrap())
@@ -67,7 +68,7 @@ fn sample(t: &Telemetry, series: &str) -> Option<f64> {
 }
 
 fn value(t: &Telemetry, series: &str) -> f64 {
-    sample(t, series).unwrap_or_else(|| panic!("{series} missing from:\n{}", t.render()))
+    sample(t, series).unwrap_or_else(|| panic!("{series} missing from:\n{}", t.render(Format::OpenMetrics)))
 }
 
 const NOW: &str = "2026-01-01T00:10:00Z";
@@ -338,7 +339,7 @@ fn a_removed_tenant_loses_its_series_and_its_readiness_state() {
     t.firing_skipped("acme");
     assert!(!t.readiness().ready);
     t.tenant_removed("acme");
-    let text = t.render();
+    let text = t.render(Format::OpenMetrics);
     assert!(!text.contains(r#"tenant="acme""#), "{text}");
     assert!(text.contains(r#"tenant="globex""#));
     assert!(t.readiness().ready);
@@ -360,7 +361,7 @@ fn no_free_text_reaches_a_label() {
     t.tick_finished(&tick("acme", vec![hostile, odd]), at(NOW));
     t.tick_finished(&tick_error("weird tenant\"name\n", 200, &format!("store near {secret}")), at(NOW));
     t.tick_finished(&tick(&"long".repeat(40), vec![]), at(NOW));
-    let text = t.render();
+    let text = t.render(Format::OpenMetrics);
     assert!(!text.contains(secret) && !text.contains("x.invalid") && !text.contains("fake_metric"), "{text}");
     // Every label value is a bounded name, a number or a fixed word.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -396,9 +397,17 @@ fn skips_pool_and_reloads_are_counted() {
     t.firing_skipped("acme");
     t.firing_skipped("acme");
     t.instances(3, 8);
+    assert_eq!(sample(&t, "onepassword_collector_config_last_reload_successful"), Some(0.0), "nothing loaded yet");
+    t.config_loaded(at(NOW));
+    assert_eq!(value(&t, "onepassword_collector_config_last_reload_successful"), 1.0);
+    assert_eq!(value(&t, "onepassword_collector_config_last_reload_success_timestamp_seconds"), 1767226200.0);
     t.reload(true);
+    let reloaded = value(&t, "onepassword_collector_config_last_reload_success_timestamp_seconds");
+    assert!(reloaded > 1767226200.0, "a reload that loads is a new success: {reloaded}");
     t.reload(false);
     t.reload(false);
+    assert_eq!(value(&t, "onepassword_collector_config_last_reload_successful"), 0.0);
+    assert_eq!(value(&t, "onepassword_collector_config_last_reload_success_timestamp_seconds"), reloaded);
     assert_eq!(value(&t, r#"onepassword_collector_skipped_firings_total{tenant="acme"}"#), 2.0);
     assert_eq!(value(&t, "onepassword_collector_instances_in_use"), 3.0);
     assert_eq!(value(&t, "onepassword_collector_instances_capacity"), 8.0);
@@ -410,7 +419,7 @@ fn skips_pool_and_reloads_are_counted() {
 fn the_text_is_openmetrics_with_one_suffix_each() {
     let t = Telemetry::new();
     t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
-    let text = t.render();
+    let text = t.render(Format::OpenMetrics);
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(text.contains("# TYPE onepassword_collector_sent_bytes counter"));
     assert!(text.contains("# UNIT onepassword_collector_lag_seconds seconds"));
@@ -418,7 +427,199 @@ fn the_text_is_openmetrics_with_one_suffix_each() {
         assert!(!text.contains(doubled), "{doubled} in\n{text}");
     }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        assert!(line.starts_with(PREFIX), "{line}");
+        assert!(line.starts_with(PREFIX) || line.starts_with("process_"), "{line}");
+    }
+}
+
+/// A tenant as the tenants file gives it, collecting `services`.
+fn configured(name: &str, services: &str) -> Tenant {
+    let text = format!(
+        "[tenants.{name}]\nschedule = \"0 0 0 1 1 *\"\n[tenants.{name}.variables]\n\
+         base_url = \"https://events.1password.com\"\ntoken = \"op-token\"\n\
+         devo_url = \"https://collector-us.devo.io:443/event\"\ndevo_domain = \"acme\"\n\
+         devo_token = \"devo-token\"\nservices = \"{services}\"\n"
+    );
+    crate::tenant::parse(&text, std::path::Path::new("/nonexistent"), |_| None).unwrap().remove(0)
+}
+
+/// The value of `series` in an exposition `text` of either format.
+fn sample_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
+}
+
+#[test]
+fn every_series_of_a_tenant_exists_before_its_first_event() {
+    let t = Telemetry::new();
+    t.component_loaded();
+    t.config_loaded(at(NOW));
+    t.instances(0, 8);
+    t.tenant_added(&configured("acme", "audit,sign_in_attempts"), at(NOW));
+    t.refresh(at("2026-01-01T00:10:30Z"));
+    for format in [Format::Text, Format::OpenMetrics] {
+        let text = t.render(format);
+        let at_zero = |series: String| {
+            assert_eq!(sample_in(&text, &series), Some(0.0), "{format:?}: {series} is not 0 in:\n{text}");
+        };
+        let unknown = |series: String| {
+            let v = sample_in(&text, &series).unwrap_or_else(|| panic!("{format:?}: no {series} in:\n{text}"));
+            assert!(v.is_nan(), "{format:?}: {series} is {v}, not NaN (not known yet)");
+        };
+        for service in ["audit", "sign_in_attempts"] {
+            let l = format!(r#"{{tenant="acme",service="{service}"}}"#);
+            for counter in [
+                "events_fetched_total",
+                "events_delivered_total",
+                "events_unconfirmed_total",
+                "sent_bytes_total",
+                "pages_total",
+                "onepassword_requests_total",
+                "onepassword_rate_limited_total",
+            ] {
+                at_zero(format!("onepassword_collector_{counter}{l}"));
+            }
+            for outcome in ["delivered", "idle", "failed", "deferred"] {
+                at_zero(format!(
+                    r#"onepassword_collector_service_ticks_total{{tenant="acme",service="{service}",outcome="{outcome}"}}"#
+                ));
+            }
+            for reason in ["budget", "rate_limited", "backoff", "lease_held", "lease_lost", "other"] {
+                at_zero(format!(
+                    r#"onepassword_collector_deferrals_total{{tenant="acme",service="{service}",reason="{reason}"}}"#
+                ));
+            }
+            for id in ["200", "201", "202", "401", "429", "600", "601", "602", "603", "610", "700", "701", "702"] {
+                at_zero(format!(
+                    r#"onepassword_collector_failures_total{{tenant="acme",service="{service}",error_id="{id}"}}"#
+                ));
+            }
+            unknown(format!("onepassword_collector_lag_seconds{l}"));
+            unknown(format!("onepassword_collector_checkpoint_timestamp_seconds{l}"));
+            unknown(format!("onepassword_collector_last_caught_up_timestamp_seconds{l}"));
+            // Watched since it was added, 30 s ago, and never caught up.
+            assert_eq!(sample_in(&text, &format!("onepassword_collector_freshness_seconds{l}")), Some(30.0));
+        }
+        assert!(!text.contains(r#"service="item_usage""#), "a service the tenant does not collect:\n{text}");
+        let l = r#"{tenant="acme"}"#;
+        for outcome in ["ok", "failed", "host_failure"] {
+            at_zero(format!(r#"onepassword_collector_ticks_total{{tenant="acme",outcome="{outcome}"}}"#));
+        }
+        at_zero(format!("onepassword_collector_tick_duration_seconds_count{l}"));
+        at_zero(format!("onepassword_collector_guest_cpu_seconds_count{l}"));
+        at_zero(format!("onepassword_collector_skipped_firings_total{l}"));
+        at_zero(format!("onepassword_collector_consecutive_failed_ticks{l}"));
+        unknown(format!("onepassword_collector_peak_memory_bytes{l}"));
+        unknown(format!("onepassword_collector_last_tick_timestamp_seconds{l}"));
+        for id in ["1", "2", "3", "4", "200", "900", "901"] {
+            at_zero(format!(
+                r#"onepassword_collector_failures_total{{tenant="acme",service="_tick",error_id="{id}"}}"#
+            ));
+        }
+        at_zero(r#"onepassword_collector_onepassword_requests_total{tenant="acme",service="_tick"}"#.into());
+        at_zero(r#"onepassword_collector_onepassword_rate_limited_total{tenant="acme",service="_tick"}"#.into());
+        // The process's own.
+        at_zero("onepassword_collector_instances_in_use".into());
+        assert_eq!(sample_in(&text, "onepassword_collector_instances_capacity"), Some(8.0));
+        at_zero(r#"onepassword_collector_config_reloads_total{result="ok"}"#.into());
+        at_zero(r#"onepassword_collector_config_reloads_total{result="error"}"#.into());
+        assert_eq!(sample_in(&text, "onepassword_collector_config_last_reload_successful"), Some(1.0));
+        assert_eq!(sample_in(&text, "onepassword_collector_ready"), Some(1.0));
+        let build = format!(r#"onepassword_collector_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
+        assert_eq!(sample_in(&text, &build), Some(1.0), "{text}");
+        if cfg!(target_os = "linux") {
+            for process in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_virtual_memory_bytes",
+                "process_start_time_seconds",
+                "process_open_fds",
+                "process_max_fds",
+            ] {
+                let v = sample_in(&text, process).unwrap_or_else(|| panic!("{format:?}: no {process} in:\n{text}"));
+                assert!(v.is_finite() && v >= 0.0, "{process} {v}");
+            }
+        }
+    }
+    // Added again (a reload that changed it): what is known stays.
+    t.tick_finished(&tick("acme", vec![delivered("audit", 3, "2026-01-01T00:09:00Z")]), at(NOW));
+    t.tenant_added(&configured("acme", "audit,sign_in_attempts,item_usage"), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_events_delivered_total{tenant="acme",service="audit"}"#), 3.0);
+    assert_eq!(
+        value(&t, r#"onepassword_collector_checkpoint_timestamp_seconds{tenant="acme",service="audit"}"#),
+        1767226140.0
+    );
+    assert_eq!(value(&t, r#"onepassword_collector_peak_memory_bytes{tenant="acme"}"#), f64::from(6 << 20));
+    assert_eq!(value(&t, r#"onepassword_collector_pages_total{tenant="acme",service="item_usage"}"#), 0.0);
+}
+
+#[test]
+fn the_text_format_is_prometheus_0_0_4_and_openmetrics_is_on_request() {
+    let t = Telemetry::new();
+    t.tenant_added(&configured("acme", "audit"), at(NOW));
+    t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
+    let text = t.render(Format::Text);
+    // Counters' HELP and TYPE name the series, `_total` included, as the
+    // text format (and promtool) want; no UNIT line, no EOF.
+    assert!(text.contains("# HELP onepassword_collector_events_delivered_total Events Devo accepted"), "{text}");
+    assert!(text.contains("# TYPE onepassword_collector_events_delivered_total counter\n"), "{text}");
+    assert!(text.contains("# TYPE onepassword_collector_build_info gauge\n"), "{text}");
+    assert!(text.contains("# TYPE onepassword_collector_lag_seconds gauge\n"), "{text}");
+    assert!(!text.contains("# UNIT") && !text.contains("# EOF"), "{text}");
+    let om = t.render(Format::OpenMetrics);
+    assert!(om.contains("# TYPE onepassword_collector_events_delivered counter\n"), "{om}");
+    assert!(om.contains("# TYPE onepassword_collector_build info\n"), "{om}");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    // The same samples either way (but histogram buckets, whose `le` each
+    // format writes its own way: `le="1"` last, `le="1.0"` first).
+    let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+    let (a, b) = (samples(&text), samples(&om));
+    let differ: Vec<_> =
+        a.iter().filter(|l| !b.contains(l) && !l.starts_with("process_") && !l.contains("_bucket{")).collect();
+    assert!(differ.is_empty(), "only in the text format: {differ:?}");
+}
+
+#[test]
+fn the_format_follows_the_accept_header() {
+    assert_eq!(negotiate(None), Format::Text);
+    assert_eq!(negotiate(Some("")), Format::Text);
+    assert_eq!(negotiate(Some("*/*")), Format::Text);
+    assert_eq!(negotiate(Some("text/plain; version=0.0.4")), Format::Text);
+    assert_eq!(negotiate(Some("application/json")), Format::Text);
+    assert_eq!(negotiate(Some("application/openmetrics-text")), Format::OpenMetrics);
+    assert_eq!(negotiate(Some("Application/OpenMetrics-Text; version=1.0.0; charset=utf-8")), Format::OpenMetrics);
+    // What Prometheus 2.x sends: OpenMetrics first.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                      text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    assert_eq!(negotiate(Some(prometheus)), Format::OpenMetrics);
+    assert_eq!(negotiate(Some("text/plain;q=1, application/openmetrics-text;q=0.5")), Format::Text);
+    assert_eq!(negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+    assert_eq!(negotiate(Some("application/openmetrics-text;q=0.2, */*;q=0.1")), Format::OpenMetrics);
+}
+
+#[test]
+fn process_metrics_come_from_proc_self() {
+    let stat = "4242 (host (harness)) S 1 2 3 4 5 6 7 8 9 10 250 150 16 17 18 19 20 21 1000 104857600 256 18446744073709551615";
+    let boot = "cpu  1 2 3\nbtime 1767225600\nprocesses 10\n";
+    let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                  Max cpu time              unlimited            unlimited            seconds\n\
+                  Max open files            1024                 524288               files\n";
+    let p = process::ProcessStats::parse(Some(stat), Some(boot), Some(limits), 100.0, 4096.0);
+    assert_eq!(p.cpu_seconds, Some(4.0));
+    assert_eq!(p.start_time_seconds, Some(1767225610.0));
+    assert_eq!(p.virtual_bytes, Some(104857600.0));
+    assert_eq!(p.resident_bytes, Some(256.0 * 4096.0));
+    assert_eq!(p.max_fds, Some(1024.0));
+    // What cannot be read is left out, not made up.
+    let none = process::ProcessStats::parse(None, None, Some("garbage"), 100.0, 4096.0);
+    assert_eq!(none, process::ProcessStats::default());
+    if cfg!(target_os = "linux") {
+        let live = process::ProcessStats::read();
+        let started = live.start_time_seconds.unwrap();
+        let now = unix_seconds(Utc::now());
+        assert!(started <= now + 1.0 && started > now - 86400.0 * 365.0, "started {started}, now {now}");
+        assert!(live.open_fds.unwrap() >= 3.0 && live.resident_bytes.unwrap() > 1e6, "{live:?}");
     }
 }
 
