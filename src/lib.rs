@@ -13,8 +13,6 @@ pub mod config;
 pub mod devo;
 pub mod endpoint;
 pub mod error;
-#[cfg(test)]
-mod fuzz_tests;
 pub mod http;
 mod json;
 pub mod obfuscate;
@@ -22,9 +20,9 @@ pub mod onepassword;
 pub mod report;
 pub mod secret;
 pub mod service;
-#[cfg(test)]
-mod sim;
 pub mod state;
+#[cfg(test)]
+mod tests;
 pub mod text;
 pub mod tick;
 pub mod time;

@@ -7,7 +7,7 @@ use crate::error::{
     ONEPASSWORD_STUCK_CURSOR, ONEPASSWORD_TOO_LARGE, ONEPASSWORD_UNEXPECTED_STATUS, ONEPASSWORD_UNREACHABLE,
     PERSISTENCE,
 };
-use crate::sim::{Fault, Sim, Step as SimStep, SwapAnswers};
+use crate::tests::sim::{Fault, Sim, Step as SimStep, SwapAnswers};
 use std::collections::HashMap;
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -932,7 +932,7 @@ fn a_lease_taken_over_mid_delivery_stops_this_tick_without_clobbering() {
 
 /// Runs ticks together, one action each in turn, to their ends: `None` for
 /// one an injected stop ended.
-fn run_together(sim: &mut Sim, mut ticks: Vec<crate::sim::Running>) -> Vec<Option<TickReport>> {
+fn run_together(sim: &mut Sim, mut ticks: Vec<crate::tests::sim::Running>) -> Vec<Option<TickReport>> {
     let mut reports: Vec<Option<TickReport>> = ticks.iter().map(|_| None).collect();
     let mut live: Vec<usize> = (0..ticks.len()).collect();
     while !live.is_empty() {
@@ -950,7 +950,7 @@ fn run_together(sim: &mut Sim, mut ticks: Vec<crate::sim::Running>) -> Vec<Optio
 
 /// Steps a tick until it has read the audit record after its
 /// `devo_requests`-th Devo batch: its next action is that write's swap.
-fn step_to_swap_after_batch(sim: &mut Sim, running: &mut crate::sim::Running, devo_requests: usize) {
+fn step_to_swap_after_batch(sim: &mut Sim, running: &mut crate::tests::sim::Running, devo_requests: usize) {
     while sim.devo_requests < devo_requests {
         assert!(matches!(sim.step(running), SimStep::Continue));
     }

@@ -87,17 +87,18 @@
 //! - A cursor that does not move: `page.rs` `prepare` (`nothing_new`).
 
 mod account_budget;
+mod action;
 mod commit;
 mod delivery;
 mod page;
 mod swap;
 
+pub use self::action::{Action, Input};
 use crate::account::{self, AccountInfo};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, RETENTION};
 use crate::devo::Batch;
 use crate::error::CollectorError;
-use crate::http::{HttpFailure, HttpRequest, HttpResponse};
 use crate::onepassword::PageStart;
 use crate::report::{Outcome, ServiceReport, TickReport};
 use crate::service::Service;
@@ -105,50 +106,14 @@ use crate::state::ServiceState;
 use crate::time;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use std::collections::VecDeque;
-// tick_tests.rs reads these through `use super::*`.
+// src/tests/tick.rs reads these through `use super::*`.
 #[cfg(test)]
 use {
     crate::budget::BudgetRecord,
     crate::error::{ErrorKind, LEASE_LOST, SCOPE_MISSING},
+    crate::http::HttpRequest,
     crate::state::Lease,
 };
-
-/// What the driver must do next.
-#[derive(Debug)]
-pub enum Action {
-    /// Read `key` from the key-value bucket; answer with [`Input::Loaded`].
-    Load { key: String },
-    /// Write `value` under `key`; answer with [`Input::Stored`].
-    Store { key: String, value: Vec<u8> },
-    /// Start a compare-and-swap on `key` and read its current value;
-    /// answer with [`Input::Loaded`].
-    Watch { key: String },
-    /// Write `value` to the key of the last `Watch`, only if it still holds
-    /// what was read; answer with [`Input::Swapped`].
-    Swap { value: Vec<u8> },
-    /// Perform the request; answer with [`Input::Response`].
-    Send { request: HttpRequest },
-    /// Wait until `until` (by the clock `now` is read from), then answer
-    /// with [`Input::Woke`]: the account's budget allows this lane's next
-    /// page then, and the tick's deadline leaves room for it. Like a
-    /// `Send`, other lanes may go on meanwhile.
-    Wait { until: DateTime<Utc> },
-    /// The tick is over.
-    Done(TickReport),
-}
-
-/// The result of the last [`Action`]. Store errors are the host's
-/// description of the failure and must not contain secrets.
-#[derive(Debug)]
-pub enum Input {
-    Loaded(Result<Option<Vec<u8>>, String>),
-    Stored(Result<(), String>),
-    /// `Ok(false)`: the value changed since the `Watch`; nothing was written.
-    Swapped(Result<bool, String>),
-    Response(Result<HttpResponse, HttpFailure>),
-    /// The wait of an [`Action::Wait`] is over.
-    Woke,
-}
 
 pub struct Tick {
     config: Config,
@@ -601,18 +566,8 @@ impl Step {
     }
 }
 
-impl Input {
-    fn name(&self) -> &'static str {
-        match self {
-            Input::Loaded(_) => "a load result",
-            Input::Stored(_) => "a store result",
-            Input::Swapped(_) => "a swap result",
-            Input::Response(_) => "an HTTP response",
-            Input::Woke => "the end of a wait",
-        }
-    }
-}
-
+// The tick's tests sit with the core's other suites in src/tests/; they
+// are a child of this module to drive its private steps.
 #[cfg(test)]
-#[path = "../tick_tests.rs"]
+#[path = "../tests/tick.rs"]
 mod tests;
