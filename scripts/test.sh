@@ -24,6 +24,23 @@ if ! command -v redis-server >/dev/null; then
         exit 1
     fi
 fi
+# The monitoring tests (host-harness/cli/tests/prometheus.rs) run a real
+# Prometheus server and promtool on loopback: Debian's prometheus package has
+# both. Its recommends (node exporter and friends) are not needed.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    if command -v apt-get >/dev/null; then
+        echo "installing prometheus (the monitoring tests need prometheus and promtool)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+        # The package starts a system service; the tests run a server of their own.
+        (service prometheus stop || systemctl stop prometheus) >/dev/null 2>&1 || true
+    else
+        echo "prometheus is missing: install Prometheus (the Debian/Ubuntu package is prometheus)" >&2
+        exit 1
+    fi
+fi
+# The alerting rules are valid Prometheus rules (the Rust tests check them
+# again under a live Prometheus, with promtool check metrics on a live scrape).
+promtool check rules monitoring/alerts.yaml
 # The end-to-end tests load this release build of the component.
 cargo build --release --target wasm32-wasip2 -p onepassword-collector
 # The hostile-tenant suite (host-harness/test-kit/tests/hostile.rs) runs this
