@@ -143,8 +143,9 @@ fn a_host_outside_the_allow_list_is_refused_for_that_tenant_only() {
 fn a_tenant_starts_from_its_own_checkpoints_not_another_tenants() {
     let s = Services::start(30, 2);
     let dir = tempfile::tempdir().unwrap();
-    // A collects two services, two pages of 10 each.
-    let a = s.tenant("a", dir.path(), &[("page_size", "10"), ("services", "audit,item_usage")]);
+    // A collects two services, two pages of 10 each, one a tick.
+    let one_page = ("max_pages_per_tick", "1");
+    let a = s.tenant("a", dir.path(), &[("page_size", "10"), ("services", "audit,item_usage"), one_page]);
     for _ in 0..2 {
         let t = block_on(runtime().tick(&a));
         assert_delivered(&t);
@@ -154,7 +155,7 @@ fn a_tenant_starts_from_its_own_checkpoints_not_another_tenants() {
     assert!(a_before.iter().any(|(k, _)| *k == ServiceState::key(Service::ItemUsage)), "{a_before:?}");
 
     // B: same 1Password account and Devo, its own (new) state file.
-    let b = s.tenant("b", dir.path(), &[("page_size", "10")]);
+    let b = s.tenant("b", dir.path(), &[("page_size", "10"), one_page]);
     let t = block_on(runtime().tick(&b));
     assert_delivered(&t);
     let report = t.result.as_ref().unwrap();

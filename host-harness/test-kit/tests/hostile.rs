@@ -138,6 +138,8 @@ impl Neighbours {
                 variables.extend([
                     ("services".into(), "audit".into()),
                     ("page_size".into(), PAGE.to_string()),
+                    // One page a tick: each tick beside a hostile one is a page.
+                    ("max_pages_per_tick".into(), "1".into()),
                     ("tag_audit".into(), tag(&name)),
                 ]);
                 Tenant {
