@@ -183,7 +183,14 @@ fn run_validate() -> Vec<Check> {
     crate::validate::run(validation, |action| io.perform(action))
 }
 
+/// The settings, after refusing any key the host offers that the collector
+/// does not read (a misspelt one would else be ignored). Under Spin
+/// `get-all` lists the manifest's variables only; a host that cannot list
+/// them leaves the keys unchecked, each key's own read still says what fails.
 fn load_config() -> Result<Config, CollectorError> {
+    if let Ok(all) = wasi::config::store::get_all() {
+        crate::config::check_keys(all.iter().map(|(k, _)| k.as_str()))?;
+    }
     Config::load(|key| wasi::config::store::get(key).map_err(config_error_text))
 }
 

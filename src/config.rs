@@ -75,6 +75,71 @@ pub const KEYS: &[&str] = &[
     key::OBFUSCATION_KEY,
 ];
 
+/// The known key closest to `name` by edit distance (letters added,
+/// removed, changed or swapped), when it is close enough to be a slip: at
+/// most a third of the longer name's letters away (and at least one).
+pub fn closest_key(name: &str) -> Option<&'static str> {
+    let name = name.trim().to_ascii_lowercase();
+    KEYS.iter()
+        .map(|k| (edit_distance(&name, k), *k))
+        .filter(|(d, k)| *d <= (name.chars().count().max(k.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// The optimal-string-alignment distance between `a` and `b`: the fewest
+/// single-character insertions, deletions, substitutions and swaps of two
+/// neighbours that turn one into the other.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Refuses keys the collector does not read (a misspelt `page_sise` would
+/// otherwise be ignored and its default used), naming each with the known
+/// key closest to it. InitVariablesError 2, like any other wrong setting.
+pub fn check_keys<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), CollectorError> {
+    let mut unknown: Vec<&str> = keys.into_iter().filter(|k| !KEYS.contains(k)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    unknown.dedup();
+    let named: Vec<String> = unknown.iter().map(|k| unknown_key(k)).collect();
+    Err(CollectorError::new(
+        ErrorKind::InitVariablesError,
+        crate::error::INVALID_SETTING,
+        format!("{}; remove or rename it, the collector reads no such setting", named.join("; ")),
+    ))
+}
+
+/// `setting "page_sise" is unknown (did you mean "page_size"?)`: the text
+/// naming an unknown key, as the component and the hosts show it.
+pub fn unknown_key(name: &str) -> String {
+    let shown = quote(name);
+    match closest_key(name) {
+        Some(k) => format!("setting {shown} is unknown (did you mean \"{k}\"?)"),
+        None => format!("setting {shown} is unknown (the settings are listed in the README's Configuration)"),
+    }
+}
+
 /// Keys whose values are secrets: never echoed in an error.
 pub const SECRET_KEYS: &[&str] = &[key::TOKEN, key::DEVO_TOKEN, key::OBFUSCATION_KEY];
 
@@ -519,6 +584,25 @@ pub(crate) mod tests {
         let mut m = minimal();
         m.insert("base_url", "https://user:pw0rd@events.1password.com/p?token=x".into());
         assert!(load(&m).unwrap_err().message.contains("\"https://events.1password.com/p\""));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_closest_known_one() {
+        assert_eq!(closest_key("page_sise"), Some("page_size"));
+        assert_eq!(closest_key("obfuscate_field"), Some("obfuscate_fields"));
+        assert_eq!(closest_key("devo_tokn"), Some("devo_token"));
+        assert_eq!(closest_key("tokne"), Some("token"));
+        assert_eq!(closest_key("Base_URL"), Some("base_url"));
+        assert_eq!(closest_key("hostile_mode"), None);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert!(check_keys(KEYS.iter().copied()).is_ok());
+        let e = check_keys(["page_size", "page_sise"]).unwrap_err();
+        assert_eq!((e.id, e.kind), (INVALID_SETTING, ErrorKind::InitVariablesError));
+        assert!(e.message.contains("\"page_sise\" is unknown (did you mean \"page_size\"?)"), "{}", e.message);
+        let e = check_keys(["obfuscate_field", "devo_tokn", "zzz"]).unwrap_err();
+        for says in ["did you mean \"obfuscate_fields\"", "did you mean \"devo_token\"", "\"zzz\" is unknown"] {
+            assert!(e.message.contains(says), "{says}: {}", e.message);
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub const CLAIMED_HOST_ID: u32 = 901;
 /// says the same in more words). An entry may cover a range.
 pub const REMEDIES: &[(std::ops::RangeInclusive<u32>, &str)] = &[
     (MISSING_SETTING..=MISSING_SETTING, "set the key named in the message"),
-    (INVALID_SETTING..=INVALID_SETTING, "fix the value named in the message"),
+    (INVALID_SETTING..=INVALID_SETTING, "fix the value named in the message, or rename or remove the unknown key"),
     (EMPTY_SETTING..=EMPTY_SETTING, "give the key a value or remove it"),
     (CONFIG_SOURCE..=CONFIG_SOURCE, "check the host's variables"),
     (PERSISTENCE..=PERSISTENCE, "check the key-value store named in the message"),

@@ -114,6 +114,27 @@ fn a_missing_config_key_is_named_and_nothing_is_fetched_or_sent() {
 }
 
 #[test]
+fn a_misspelt_key_the_host_offers_is_named_and_nothing_is_fetched_or_sent() {
+    let mut f = Fixture::new(10, 17);
+    // Both ignored until now: the default page size used, the IPs sent as they are.
+    f.set("page_sise", "100");
+    f.set("obfuscate_field", "client.ip_address");
+    let t = f.tick();
+    let e = t.result.as_ref().unwrap_err();
+    assert_eq!((e.id, e.kind), (error::INVALID_SETTING, error::ErrorKind::InitVariablesError));
+    for says in ["\"page_sise\" is unknown (did you mean \"page_size\"?)", "did you mean \"obfuscate_fields\"?"] {
+        assert!(e.message.contains(says), "{says}: {}", e.message);
+    }
+    assert_eq!(f.op.request_count(), 0);
+    assert_eq!(f.devo.requests().len(), 0);
+    // validate fails the same way, before any check reaches the network
+    let checks = block_on(runtime().validate(&f.tenant));
+    let failed: Vec<_> = checks.iter().filter(|c| c.status == onepassword_collector::validate::Status::Fail).collect();
+    assert!(failed.iter().any(|c| c.detail.contains("did you mean \"page_size\"?")), "{checks:?}");
+    assert_eq!(f.op.request_count(), 0);
+}
+
+#[test]
 fn a_wrong_1password_token_fails_each_service_with_401_and_hides_the_token() {
     let mut f = Fixture::new(10, 17);
     f.set("token", "wrong-token-DO-NOT-LEAK");

@@ -162,6 +162,11 @@ struct TenantFile {
     /// (default `onepassword-collector/<name>/`).
     kv_prefix: Option<String>,
     allowed_outbound_hosts: Option<Vec<String>>,
+    /// Variables handed to the component although the collector reads no
+    /// such setting (for a test component, e.g. `hostile_mode`). Any other
+    /// unknown variable stops the load, named with the closest known key.
+    #[serde(default)]
+    unknown_variables_allowed: Vec<String>,
     #[serde(default)]
     variables: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -329,6 +334,21 @@ pub fn parse_config_where(
     for (name, t) in file.tenants {
         let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
         crate::schedule::parse(&schedule).with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
+        let unknown: Vec<String> = t
+            .variables
+            .keys()
+            .filter(|k| {
+                !onepassword_collector::config::KEYS.contains(&k.as_str()) && !t.unknown_variables_allowed.contains(k)
+            })
+            .map(|k| onepassword_collector::config::unknown_key(k))
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "tenant {name}: {}; the collector reads no such variable (a test component's own: list it in \
+                 unknown_variables_allowed)",
+                unknown.join("; ")
+            );
+        }
         let mut variables = BTreeMap::new();
         let mut environment = Provenance::default();
         for (key, value) in t.variables {
@@ -597,6 +617,7 @@ mod tests {
         let text = r#"
             [tenants.acme]
             allowed_outbound_hosts = ["https://collector-us.devo.io/stream/token!devoSecretInUrl1"]
+            unknown_variables_allowed = ["some_api_key"]
             [tenants.acme.variables]
             token = "opSecretToken1"
             devo_token = "devoSecretToken1"
@@ -701,6 +722,23 @@ mod tests {
         // values that came from the environment are hidden by name
         let p = &t[0].environment;
         assert_eq!(p.hide("raw value-of-ACME_OP_TOKEN-0123456789"), "raw ${ACME_OP_TOKEN}");
+    }
+
+    #[test]
+    fn an_unknown_variable_stops_the_load_naming_the_closest_key() {
+        for (bad, says) in [
+            ("page_sise = \"100\"", "setting \"page_sise\" is unknown (did you mean \"page_size\"?)"),
+            ("obfuscate_field = \"client.ip_address\"", "(did you mean \"obfuscate_fields\"?)"),
+            ("devo_tokn = \"x\"", "(did you mean \"devo_token\"?)"),
+        ] {
+            let e = parse(&format!("[tenants.acme.variables]\n{bad}"), Path::new("/h"), |_| None).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(text.contains("tenant acme: ") && text.contains(says), "{bad}: {text}");
+        }
+        // a test component's own variable, when the tenant lists it
+        let text = "[tenants.a]\nunknown_variables_allowed = [\"hostile_mode\"]\n[tenants.a.variables]\nhostile_mode = \"spin\"";
+        assert_eq!(parse(text, Path::new("/h"), |_| None).unwrap()[0].variables["hostile_mode"], "spin");
+        assert!(parse(&text.replace("= [\"hostile_mode\"]", "= []"), Path::new("/h"), |_| None).is_err());
     }
 
     #[test]

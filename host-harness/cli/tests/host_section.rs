@@ -22,7 +22,8 @@ const TOKEN: &str = "host-section-op-token-secret";
 /// stopped) before its first request.
 fn tenant(name: &str, schedule: &str, extra: &str) -> String {
     format!(
-        "[tenants.{name}]\nschedule = \"{schedule}\"\n{extra}\n[tenants.{name}.variables]\n\
+        "[tenants.{name}]\nschedule = \"{schedule}\"\nunknown_variables_allowed = [\"hostile_mode\"]\n{extra}\n\
+         [tenants.{name}.variables]\n\
          base_url = \"http://127.0.0.1:9\"\ntoken = \"${{{}_TOKEN}}\"\n\
          devo_url = \"http://127.0.0.1:9\"\ndevo_domain = \"d\"\ndevo_token = \"x\"\nservices = \"audit\"\n\
          hostile_mode = \"memory\"\n",
