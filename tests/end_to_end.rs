@@ -145,6 +145,14 @@ fn a_wrong_1password_token_fails_each_service_with_401_and_hides_the_token() {
         assert_eq!(s.error.as_ref().unwrap().id, 401);
     }
     assert_eq!(f.devo.total_events(), 0);
+    // `status` names the 401 of each service, though none ever collected.
+    let rows = block_on(host_harness::status::read(&[f.tenant.clone()], &host_harness::kv::Stores::default()));
+    let status = &host_harness::status::to_json(&rows, chrono::Utc::now())[0];
+    for service in Service::ALL {
+        let s = &status["services"][service.name()];
+        assert_eq!((s["failing"].as_bool(), s["last_error"]["id"].as_u64()), (Some(true), Some(401)), "{status}");
+    }
+    assert!(!status.to_string().contains("wrong-token"), "{status}");
 }
 
 #[test]

@@ -55,6 +55,25 @@ pub async fn read(tenants: &[Tenant], stores: &Stores) -> Vec<Row> {
     rows
 }
 
+/// True when the service's last error came after its last success (or it
+/// never succeeded): it is failing now.
+fn failing(s: &ServiceState) -> bool {
+    s.stats.last_error.as_ref().is_some_and(|e| s.stats.last_success_at.is_none_or(|ok| ok < e.at))
+}
+
+/// The first line of a stored message, at most [`ERROR_CHARS`] characters.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    if line.chars().count() > ERROR_CHARS {
+        format!("{}…", line.chars().take(ERROR_CHARS - 1).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// The most characters of an error's message the table shows.
+const ERROR_CHARS: usize = 160;
+
 fn time(t: Option<DateTime<Utc>>) -> String {
     t.map_or("-".into(), utc)
 }
@@ -91,18 +110,17 @@ pub fn table(rows: &[Row], now: DateTime<Utc>) -> String {
                 let newest = cp.and_then(|c| c.newest_event.as_deref());
                 let mut notes = Vec::new();
                 if let Some(e) = &s.stats.last_error {
-                    let current = s.stats.last_success_at.is_none_or(|ok| ok < e.at);
                     notes.push(format!(
                         "{}error {}{} at {}: {}",
-                        if current { "" } else { "earlier " },
+                        if failing(s) { "FAILING: " } else { "earlier " },
                         e.id,
                         e.http_status.map_or(String::new(), |status| format!(" (HTTP {status})")),
                         utc(e.at),
-                        crate::guest_text::field(&e.message.chars().take(100).collect::<String>())
+                        crate::guest_text::field(&first_line(&e.message))
                     ));
                 }
                 if let Some(b) = s.backoff.as_ref().filter(|b| b.until > now) {
-                    notes.push(format!("backing off until {}", utc(b.until)));
+                    notes.push(format!("backing off until {} after {} failure(s)", utc(b.until), b.attempts));
                 }
                 if let Some(l) = s.lease.as_ref().filter(|l| l.expires > now) {
                     notes.push(format!("running (lease until {})", utc(l.expires)));
@@ -140,6 +158,7 @@ pub fn to_json(rows: &[Row], now: DateTime<Utc>) -> Vec<serde_json::Value> {
                 let lag = lag_seconds(newest, now);
                 serde_json::json!({
                     "collected": true,
+                    "failing": failing(s),
                     "last_success_at": s.stats.last_success_at.map(utc),
                     "newest_event": newest.map(shown),
                     "lag_seconds": lag,
@@ -147,8 +166,10 @@ pub fn to_json(rows: &[Row], now: DateTime<Utc>) -> Vec<serde_json::Value> {
                     "bytes_sent": s.stats.bytes_sent,
                     "last_error": s.stats.last_error.as_ref().map(|e| serde_json::json!({
                         "id": e.id, "http_status": e.http_status, "message": e.message, "at": utc(e.at),
+                        "remedy": onepassword_collector::error::remedy(e.id),
                     })),
                     "backoff_until": s.backoff.as_ref().filter(|b| b.until > now).map(|b| utc(b.until)),
+                    "backoff_failures": s.backoff.as_ref().filter(|b| b.until > now).map(|b| b.attempts),
                     "lease_until": s.lease.as_ref().filter(|l| l.expires > now).map(|l| utc(l.expires)),
                 })
             }
@@ -231,6 +252,43 @@ mod tests {
         let message = json[0]["services"]["audit"]["last_error"]["message"].as_str().unwrap();
         assert!(!message.chars().any(onepassword_collector::text::is_unsafe), "{message:?}");
         assert_eq!(json[0]["services"]["sign_in_attempts"]["collected"], false);
+    }
+
+    #[tokio::test]
+    async fn a_failing_service_shows_its_401_when_and_its_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().with_timezone(&Utc);
+        let tenant = tenant_of(&dir);
+        // Never collected: the token was refused from the first tick on.
+        let mut state = ServiceState::new(now);
+        state.stats.last_error = Some(StoredError {
+            id: 401,
+            message: "1Password refused the token for audit (HTTP 401)".into(),
+            at: now - chrono::TimeDelta::minutes(2),
+            http_status: Some(401),
+        });
+        state.backoff =
+            Some(onepassword_collector::backoff::Backoff { until: now + chrono::TimeDelta::minutes(4), attempts: 3 });
+        SqliteStore::open(tenant.kv.sqlite_path().unwrap())
+            .unwrap()
+            .set(BUCKET, &ServiceState::key(Service::Audit), &state.encode())
+            .unwrap();
+        let rows = read(&[tenant], &Stores::default()).await;
+        let text = table(&rows, now);
+        let audit = text.lines().find(|l| l.contains("audit")).unwrap();
+        for part in [
+            "FAILING: error 401 (HTTP 401) at 2026-05-01T11:58:00Z: 1Password refused the token for audit (HTTP 401)",
+            "backing off until 2026-05-01T12:04:00Z after 3 failure(s)",
+        ] {
+            assert!(audit.contains(part), "{part} missing in {audit}");
+        }
+        let json = &to_json(&rows, now)[0]["services"]["audit"];
+        assert_eq!(json["failing"], true, "{json}");
+        assert_eq!(json["last_error"]["id"], 401, "{json}");
+        assert_eq!(json["last_error"]["at"], "2026-05-01T11:58:00Z", "{json}");
+        assert!(json["last_error"]["remedy"].as_str().unwrap().contains("token"), "{json}");
+        assert_eq!(json["backoff_until"], "2026-05-01T12:04:00Z", "{json}");
+        assert_eq!(json["backoff_failures"], 3, "{json}");
     }
 
     /// Every string in `value`, however deep.

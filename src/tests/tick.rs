@@ -811,6 +811,15 @@ fn a_refused_token_fails_every_service_without_fetching() {
     assert!(report.services.iter().all(|s| s.error.as_ref().is_some_and(|e| e.id == 401)));
     assert!(sim.op_requests.is_empty());
     assert!(!format!("{report:?}").contains("op-secret-token"));
+    // Each service's record holds the error, for `status` to show.
+    assert!(!report.services.is_empty());
+    for s in &report.services {
+        let service: Service = s.service.parse().unwrap();
+        let state = state(&sim, service);
+        let e = state.stats.last_error.expect("the last error");
+        assert_eq!(e.id, 401, "{service}");
+        assert!(state.lease.is_none() && state.checkpoint.is_none(), "{service}");
+    }
 }
 
 #[test]

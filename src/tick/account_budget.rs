@@ -66,8 +66,9 @@ impl Tick {
                 Step::StoreAccount(info)
             }
             Ok(Err(e)) if e.id == 401 => {
-                // The token itself is refused: no service can be read.
-                self.fail_all(e);
+                // The token itself is refused: no service can be read. Each
+                // fails with the error in its record (`Tick::begin`).
+                self.refused = Some(e);
                 Step::NextService
             }
             Ok(Err(e)) => self.introspection_failed(cached, e),

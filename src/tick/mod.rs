@@ -126,6 +126,10 @@ pub struct Tick {
     started_at: DateTime<Utc>,
     now: DateTime<Utc>,
     account: Option<AccountInfo>,
+    /// 1Password refused the token itself (introspection answered 401):
+    /// each service's part ends with this error, recorded in its state so
+    /// that `status` shows it, and nothing is fetched.
+    refused: Option<CollectorError>,
     budget_key: String,
     /// The active lane's step and service (see `lanes`).
     step: Step,
@@ -186,6 +190,7 @@ impl Tick {
             started_at: now,
             now,
             account: None,
+            refused: None,
             step: Step::LoadAccount,
             run: None,
             lanes: vec![Lane::placeholder()],

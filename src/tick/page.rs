@@ -36,6 +36,12 @@ impl Tick {
     /// Checks the token's scope, then takes the service's lease.
     pub(super) fn begin(&mut self, service: Service) {
         self.run = Some(ServiceRun::new(service, self.now));
+        if let Some(e) = self.refused.clone() {
+            // Recorded, not fetched: the token is refused (no back-off:
+            // a new token works from the next tick on).
+            self.step = Step::release(Ending::failed(e), false, false);
+            return;
+        }
         // The introspection's answer, else the token's own claims; with
         // neither, the service is tried and 1Password's answer tells.
         if let Some(features) =
