@@ -166,23 +166,39 @@ fn request(config: &Config, service: Service, body: Vec<u8>, gzipped: bool) -> H
     }
 }
 
+/// What every delivery error says of the page: nothing is lost.
+const SENT_AGAIN: &str = "the checkpoint was not advanced, so the page is sent again next tick";
+
+/// A delivery error as validate's Devo probe reports it: the probe is an
+/// empty request, so there is no page to send again.
+pub fn for_probe(mut e: CollectorError) -> CollectorError {
+    let lower = e.message.to_ascii_lowercase();
+    if let Some(at) = lower.find(SENT_AGAIN) {
+        e.message.truncate(at);
+        let kept = e.message.trim_end_matches([' ', ';', '.']).len();
+        e.message.truncate(kept);
+        e.message.push_str("; validate's probe is an empty request: no event was sent");
+    }
+    e
+}
+
 pub fn check_response(service: Service, tag: &str, response: &HttpResponse) -> Result<(), CollectorError> {
     if (200..300).contains(&response.status) {
         return Ok(());
     }
     let advice = match response.status {
         401 | 403 => "check devo_domain and devo_token, and that the token may write this tag",
+        404 => {
+            "Devo has no such endpoint: devo_url is the endpoint's base URL (e.g. https://http-us.devo.io), \
+             without a path such as /stream, which the collector adds"
+        }
         413 => "the batch is larger than Devo accepts",
         _ => "Devo did not take the batch",
     };
     Err(CollectorError::new(
         ErrorKind::DeliveryError,
         DEVO_REJECTED,
-        format!(
-            "Devo answered HTTP {} for {service} events (tag {tag}): {advice}; the checkpoint was not \
-             advanced, so the page is sent again next tick",
-            response.status
-        ),
+        format!("Devo answered HTTP {} for {service} events (tag {tag}): {advice}; {SENT_AGAIN}", response.status),
     )
     .with_http_status(response.status))
 }
@@ -204,7 +220,7 @@ pub fn transport_error(service: Service, failure: &HttpFailure) -> CollectorErro
         DEVO_UNREACHABLE,
         format!(
             "Devo could not be reached for {service} events: {}; check devo_url and the host's \
-             allowed outbound hosts. The checkpoint was not advanced, so the page is sent again next tick",
+             allowed outbound hosts; {SENT_AGAIN}",
             failure.for_setting("devo_url")
         ),
     )
@@ -235,6 +251,16 @@ mod tests {
         assert!(batches([], 10, 100).is_empty());
         let by_count: Vec<u32> = batches(["a", "b", "c", "d", "e"], 1000, 2).iter().map(|b| b.events).collect();
         assert_eq!(by_count, vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn a_404_points_at_a_path_in_devo_url() {
+        let r = HttpResponse { status: 404, headers: vec![], body: vec![] };
+        let e = check_response(Service::Audit, "t.a", &r).unwrap_err();
+        assert!(e.message.contains("without a path such as /stream"), "{}", e.message);
+        assert!(e.message.ends_with(SENT_AGAIN), "{}", e.message);
+        let probe = for_probe(e).message;
+        assert!(probe.contains("/stream") && !probe.contains("next tick"), "{probe}");
     }
 
     #[test]

@@ -132,8 +132,11 @@ impl Validation {
                             config.devo_url, config.devo_domain
                         ),
                     ),
-                    Ok(r) => fail("Devo", devo::check_response(config.services[0], &tag, &r).unwrap_err().to_string()),
-                    Err(f) => fail("Devo", devo::transport_error(config.services[0], &f).to_string()),
+                    Ok(r) => fail(
+                        "Devo",
+                        devo::for_probe(devo::check_response(config.services[0], &tag, &r).unwrap_err()).to_string(),
+                    ),
+                    Err(f) => fail("Devo", devo::for_probe(devo::transport_error(config.services[0], &f)).to_string()),
                 });
                 Step::Done
             }
@@ -147,6 +150,8 @@ impl Validation {
         if let Some(w) = claims.as_ref().and_then(|c| account::expiry_warning(c, self.now)) {
             self.checks.push(warn("1Password token expiry", w));
         }
+        // A definite 401: the token is refused, whatever its scopes.
+        let mut refused = false;
         let features = match result {
             Err(f) => {
                 let f = f.for_setting("base_url");
@@ -155,6 +160,7 @@ impl Validation {
             }
             Ok(r) => match account::parse_introspection(&r, self.now) {
                 Err(e) => {
+                    refused = e.id == 401;
                     self.checks.push(fail("1Password", e.to_string()));
                     claims.and_then(|c| c.features)
                 }
@@ -168,6 +174,13 @@ impl Validation {
         for service in &config.services {
             let name = format!("scope {service}");
             self.checks.push(match &features {
+                None if refused => fail(
+                    &name,
+                    format!(
+                        "not readable: 1Password refused the token (HTTP 401); issue a valid token with \"{}\"",
+                        service.feature()
+                    ),
+                ),
                 None => warn(&name, "the token's scopes are unknown; the first tick will tell".into()),
                 Some(f) if f.iter().any(|x| x == service.feature()) => {
                     pass(&name, format!("token has \"{}\"", service.feature()))
@@ -290,6 +303,21 @@ mod tests {
         let text = format!("{checks:?}");
         assert!(!text.contains("abcdef0123456789"), "Devo token leaked");
         assert!(!text.contains(&m["token"]), "1Password token leaked");
+    }
+
+    #[test]
+    fn a_refused_token_fails_the_scopes_and_devo_speaks_of_no_page() {
+        let (checks, _) = run_with(load(&minimal()), answer(401, "{}"), answer(403, ""));
+        for c in checks.iter().filter(|c| c.name.starts_with("scope ")) {
+            assert_eq!(c.status, Status::Fail, "{c:?}");
+            assert!(c.detail.contains("refused the token (HTTP 401)") && !c.detail.contains("first tick"), "{c:?}");
+        }
+        let devo = checks.iter().find(|c| c.name == "Devo").unwrap();
+        assert!(!devo.detail.contains("next tick") && !devo.detail.contains("checkpoint"), "{devo:?}");
+        assert!(devo.detail.contains("devo_token") && devo.detail.contains("no event was sent"), "{devo:?}");
+        let (checks, _) = run_with(load(&minimal()), answer(401, "{}"), Err(HttpFailure::Transport("x".into())));
+        let devo = checks.iter().find(|c| c.name == "Devo").unwrap();
+        assert!(!devo.detail.contains("next tick") && devo.detail.contains("devo_url"), "{devo:?}");
     }
 
     #[test]
