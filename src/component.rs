@@ -290,11 +290,15 @@ struct InFlight {
 fn start(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, HttpFailure> {
     let headers = http::Fields::new();
     for (name, value) in &req.headers {
-        headers.append(name, value.as_bytes()).map_err(|e| HttpFailure::Transport(format!("header {name}: {e:?}")))?;
+        headers.append(name, value.as_bytes()).map_err(|e| {
+            HttpFailure::Transport(format!("header {name}: {}", crate::http::error_code_text(&format!("{e:?}"), None)))
+        })?;
     }
     if req.method == Method::Post {
         let len = req.body.len().to_string();
-        headers.append("content-length", len.as_bytes()).map_err(|e| HttpFailure::Transport(format!("{e:?}")))?;
+        headers.append("content-length", len.as_bytes()).map_err(|e| {
+            HttpFailure::Transport(format!("content-length: {}", crate::http::error_code_text(&format!("{e:?}"), None)))
+        })?;
     }
     let outgoing = http::OutgoingRequest::new(headers);
     let method = match req.method {
@@ -460,8 +464,19 @@ fn failure(code: http::ErrorCode) -> HttpFailure {
         | http::ErrorCode::ConnectionReadTimeout
         | http::ErrorCode::ConnectionWriteTimeout
         | http::ErrorCode::HttpResponseTimeout => HttpFailure::Timeout,
-        other => HttpFailure::Transport(format!("{other:?}")),
+        other => HttpFailure::Transport(error_code_text(&other)),
     }
+}
+
+/// A wasi-http error code as a plain phrase, with what detail it carries.
+fn error_code_text(code: &http::ErrorCode) -> String {
+    let detail = match code {
+        http::ErrorCode::DnsError(p) => p.rcode.clone(),
+        http::ErrorCode::TlsAlertReceived(p) => p.alert_message.clone(),
+        http::ErrorCode::InternalError(m) => m.clone(),
+        _ => None,
+    };
+    crate::http::error_code_text(&format!("{code:?}"), detail.as_deref())
 }
 
 fn to_wit_error(e: CollectorError) -> wit::CollectorError {

@@ -124,9 +124,56 @@ impl fmt::Display for HttpFailure {
     }
 }
 
+/// A wasi-http `error-code` as words: its variant's name (`ConnectionRefused`,
+/// `DNS-timeout` as Rust names it, `DnsTimeout`) split and lowercased
+/// ("connection refused", "DNS timeout"), with `detail` after it when there
+/// is one. No Rust debug text (`ConnectionRefused`, `Some("…")`) in a message.
+pub fn error_code_text(variant: &str, detail: Option<&str>) -> String {
+    // `ErrorCode::ConnectionRefused`, `DnsError(DnsErrorPayload { .. })`.
+    let name = variant.split(['(', ' ', '{']).next().unwrap_or_default();
+    let name = name.rsplit("::").next().unwrap_or_default();
+    let mut words: Vec<String> = Vec::new();
+    for c in name.chars() {
+        if c.is_ascii_uppercase() || words.is_empty() {
+            words.push(String::new());
+        }
+        words.last_mut().expect("a word").push(c.to_ascii_lowercase());
+    }
+    let words: Vec<String> = words
+        .into_iter()
+        .map(|w| match w.as_str() {
+            "dns" | "tls" | "http" | "ip" => w.to_ascii_uppercase(),
+            _ => w,
+        })
+        .collect();
+    let mut text = words.join(" ");
+    if let Some(first) = text.get(..1) {
+        if first.chars().all(|c| c.is_ascii_lowercase()) {
+            text.replace_range(..1, &first.to_ascii_uppercase());
+        }
+    }
+    match detail.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => format!("{text} ({})", crate::error::bounded(d)),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wasi_http_error_codes_read_as_words() {
+        assert_eq!(error_code_text("ConnectionRefused", None), "Connection refused");
+        assert_eq!(error_code_text("ErrorCode::ConnectionRefused", None), "Connection refused");
+        assert_eq!(error_code_text("DnsTimeout", None), "DNS timeout");
+        assert_eq!(error_code_text("DestinationIpProhibited", None), "Destination IP prohibited");
+        assert_eq!(
+            error_code_text("TlsAlertReceived(..)", Some("bad certificate")),
+            "TLS alert received (bad certificate)"
+        );
+        assert_eq!(error_code_text("InternalError", Some("  ")), "Internal error");
+    }
 
     #[test]
     fn a_refused_request_names_the_setting_whose_host_it_was_for() {

@@ -156,6 +156,23 @@ fn a_wrong_1password_token_fails_each_service_with_401_and_hides_the_token() {
 }
 
 #[test]
+fn an_unreachable_devo_is_named_in_plain_words() {
+    let mut f = Fixture::new(5, 19);
+    f.set("services", "audit");
+    // Nothing listens on the discard port of loopback.
+    f.set("devo_url", "http://127.0.0.1:9");
+    f.tenant.allowed_outbound_hosts = Some(vec![f.tenant.variables["base_url"].clone(), "http://127.0.0.1:9".into()]);
+    let t = f.tick();
+    let report = t.result.as_ref().unwrap();
+    let e = report.services[0].error.as_ref().expect("Devo failed");
+    assert_eq!(e.id, error::DEVO_UNREACHABLE, "{}", e.message);
+    for debug in ["ConnectionRefused", "Some(", "::"] {
+        assert!(!e.message.contains(debug), "{}", e.message);
+    }
+    assert!(e.message.contains("transport error: Connection refused;"), "{}", e.message);
+}
+
+#[test]
 fn a_host_outside_the_allow_list_is_refused() {
     let mut f = Fixture::new(20, 18);
     // The tenant may only reach 1Password: sending to Devo must be refused
