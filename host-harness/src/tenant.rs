@@ -331,6 +331,8 @@ pub fn parse_config_where(
     let mut tenants: Vec<Tenant> = Vec::new();
     // The SQLite tenants' stores, by tenant, to compare the next ones with.
     let mut files: Vec<(String, StoreFile)> = Vec::new();
+    // The `${NAME}`s of wanted tenants that are not set, all named at once.
+    let mut unset: Vec<String> = Vec::new();
     for (name, t) in file.tenants {
         let schedule = t.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_string());
         crate::schedule::parse(&schedule).with_context(|| format!("tenant {name}: schedule {schedule:?}"))?;
@@ -359,16 +361,26 @@ pub fn parse_config_where(
                 other => bail!("tenant {name}: variable {key} must be a string or number, not {}", other.type_str()),
             };
             let what = || format!("tenant {name}: variable {key}");
+            if let Some(var) = bare_reference(&text) {
+                bail!(
+                    "{} is {text:?}, which would be used as it is, not read from the environment: write \"${{{var}}}\"",
+                    what()
+                );
+            }
             // Checked for every tenant; read only for ours (another
             // process's tenant: its secrets are not ours to read).
             let value = match environment::granted(&name, &text, &host, &what)? {
-                Some(var) if wanted(&name) => {
-                    let value = env(var).with_context(|| {
-                        format!("{} refers to environment variable {var}, which is not set", what())
-                    })?;
-                    environment.add(var, &value);
-                    value
-                }
+                Some(var) if wanted(&name) => match env(var) {
+                    Some(value) => {
+                        environment.add(var, &value);
+                        value
+                    }
+                    None => {
+                        // Every unset one is named, not only the first.
+                        unset.push(format!("{} refers to environment variable {var}, which is not set", what()));
+                        String::new()
+                    }
+                },
                 _ => text,
             };
             variables.insert(key.clone(), value);
@@ -401,8 +413,21 @@ pub fn parse_config_where(
             limits,
         });
     }
+    if !unset.is_empty() {
+        bail!("{}", unset.join("; "));
+    }
     tenants.retain(|t| wanted(&t.name));
     Ok((host, tenants))
+}
+
+/// The NAME of a value that is `$NAME` (capitals, digits, `_`): an
+/// environment reference missing its braces, which would be used as it is.
+fn bare_reference(text: &str) -> Option<&str> {
+    let name = text.strip_prefix('$')?;
+    let first = name.chars().next()?;
+    let looks_like = (first.is_ascii_uppercase() || first == '_')
+        && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    looks_like.then_some(name)
 }
 
 #[cfg(test)]
@@ -739,6 +764,27 @@ mod tests {
         let text = "[tenants.a]\nunknown_variables_allowed = [\"hostile_mode\"]\n[tenants.a.variables]\nhostile_mode = \"spin\"";
         assert_eq!(parse(text, Path::new("/h"), |_| None).unwrap()[0].variables["hostile_mode"], "spin");
         assert!(parse(&text.replace("= [\"hostile_mode\"]", "= []"), Path::new("/h"), |_| None).is_err());
+    }
+
+    #[test]
+    fn a_reference_without_braces_is_refused_with_the_braces_written() {
+        let e = parse("[tenants.acme.variables]\ntoken = \"$ACME_OP_TOKEN\"", Path::new("/h"), |_| None).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("tenant acme: variable token") && text.contains("write \"${ACME_OP_TOKEN}\""), "{text}");
+        // a value that merely starts with $ is a value
+        let t = parse("[tenants.acme.variables]\ntoken = \"$ecret-1\"", Path::new("/h"), |_| None).unwrap();
+        assert_eq!(t[0].variables["token"], "$ecret-1");
+    }
+
+    #[test]
+    fn every_unset_environment_variable_is_named() {
+        let text = "[tenants.acme.variables]\ntoken = \"${ACME_OP}\"\ndevo_token = \"${ACME_DEVO}\"\n\
+                    [tenants.beta.variables]\ntoken = \"${BETA_OP}\"";
+        let e = parse(text, Path::new("/h"), |_| None).unwrap_err();
+        let text = format!("{e:#}");
+        for var in ["ACME_OP,", "ACME_DEVO,", "BETA_OP,"] {
+            assert!(text.contains(&format!("refers to environment variable {var} which is not set")), "{var}: {text}");
+        }
     }
 
     #[test]
