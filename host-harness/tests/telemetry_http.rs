@@ -176,7 +176,7 @@ fn readyz_is_about_the_process_never_a_failing_tenant() {
 
 /// Every metric family `/metrics` has for a tenant, as the text format
 /// names its series (a histogram by its `_count`).
-const FAMILIES: [&str; 26] = [
+const FAMILIES: [&str; 28] = [
     "onepassword_collector_ticks_total",
     "onepassword_collector_service_ticks_total",
     "onepassword_collector_events_fetched_total",
@@ -197,6 +197,8 @@ const FAMILIES: [&str; 26] = [
     "onepassword_collector_peak_memory_bytes",
     "onepassword_collector_last_tick_timestamp_seconds",
     "onepassword_collector_skipped_firings_total",
+    "onepassword_collector_catch_up_ticks_total",
+    "onepassword_collector_catching_up",
     "onepassword_collector_consecutive_failed_ticks",
     "onepassword_collector_instances_in_use",
     "onepassword_collector_instances_capacity",

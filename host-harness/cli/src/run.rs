@@ -6,6 +6,18 @@
 //! up instances (Spin's cron trigger has no such guard; leases would keep the
 //! data safe, but the host should not waste instances).
 //!
+//! Catching up: a tick that ends with a backlog it could go on with (a
+//! service with more waiting that stopped at its deadline or its page cap,
+//! or at a spent budget that frees up before the next firing) is followed
+//! by another as soon as it can page again ([`catch_up_at`]), not at the
+//! next firing: a backlog drains at the account's budget, whatever the
+//! schedule. One tick at a time still (the next starts when the last has
+//! ended); the leases and the budget are the component's and hold as ever.
+//! The log says when a tenant starts and stops catching up, each catch-up
+//! tick's line says `"catch_up": true`, and the metrics count them. A firing
+//! that meets a catch-up tick in flight is not a skipped firing: the tick is
+//! doing its work. Once a tick ends caught up, the schedule resumes.
+//!
 //! Lifecycle:
 //! - SIGHUP reloads the tenants file. New tenants start on their schedule,
 //!   removed ones stop after their in-flight tick, changed ones tick with the
@@ -19,13 +31,14 @@
 //!   nothing: its checkpoint had not advanced.
 
 use crate::log::{Level, Logger};
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use host_harness::host_settings::HostSettings;
 use host_harness::runtime::{Runtime, TenantTick};
 use host_harness::schedule;
 use host_harness::shard::Shard;
-use host_harness::telemetry::Telemetry;
+use host_harness::telemetry::{DeferralReason, Telemetry};
 use host_harness::tenant::{self, Tenant};
+use onepassword_collector::report::{Outcome, ServiceReport};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,16 +141,23 @@ fn start(cx: &Context, tenant: Tenant) -> Worker {
     Worker { settings }
 }
 
-/// Fires the tenant's ticks on its schedule until it is removed or the
-/// process stops.
+/// Fires the tenant's ticks on its schedule, and between firings while it
+/// catches up, until it is removed or the process stops.
 async fn tenant_loop(cx: Context, mut settings: watch::Receiver<Tenant>) {
-    let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    // The tick in flight, whether it is a catch-up tick, and what it asks
+    // for when it ends (a catch-up at a time, or none).
+    let mut in_flight: Option<(tokio::task::JoinHandle<Option<DateTime<Utc>>>, bool)> = None;
+    let mut catch_up: Option<DateTime<Utc>> = None;
+    let mut catching_up = false;
     loop {
         let tenant = settings.borrow_and_update().clone();
         // Validated when the file was loaded.
         let Ok(sched) = schedule::parse(&tenant.schedule) else { return };
         let now = Utc::now();
         let Some(next) = schedule::next_after(&sched, now) else { return };
+        // A catch-up tick comes before the next firing, or it is the firing.
+        let early = catch_up.filter(|at| *at < next);
+        let wake = early.unwrap_or(next);
         tokio::select! {
             _ = cx.stopping.cancelled() => return,
             changed = settings.changed() => {
@@ -146,32 +166,99 @@ async fn tenant_loop(cx: Context, mut settings: watch::Receiver<Tenant>) {
                 }
                 continue; // new settings: a new schedule, maybe
             }
-            _ = tokio::time::sleep((next - now).to_std().unwrap_or_default()) => {}
+            ended = async { (&mut in_flight.as_mut().expect("a tick in flight").0).await },
+                if in_flight.is_some() =>
+            {
+                in_flight = None;
+                catch_up = ended.unwrap_or(None);
+                let now_catching_up = catch_up.is_some();
+                if now_catching_up != catching_up {
+                    catching_up = now_catching_up;
+                    cx.telemetry.catching_up(&tenant.name, catching_up);
+                    let msg = if catching_up {
+                        "catching up: the last tick ended with more waiting; ticking again before the next firing, \
+                         at the pace the account's request budget allows"
+                    } else {
+                        "caught up: back to the schedule"
+                    };
+                    cx.logger.log(Level::Info, Some(&tenant.name), msg, &[]);
+                }
+                continue; // when to wake, anew
+            }
+            _ = tokio::time::sleep((wake - now).to_std().unwrap_or_default()) => {}
         }
-        if in_flight.as_ref().is_some_and(|t| !t.is_finished()) {
-            cx.telemetry.firing_skipped(&tenant.name);
-            let fired = next.to_rfc3339_opts(SecondsFormat::Secs, true);
-            let why = "the previous tick is still running; this firing is skipped";
-            cx.logger.log(Level::Warn, Some(&tenant.name), why, &[("fired_at", fired)]);
+        if let Some((tick, was_catch_up)) = &in_flight {
+            if early.is_none() && !tick.is_finished() && !*was_catch_up {
+                cx.telemetry.firing_skipped(&tenant.name);
+                let fired = next.to_rfc3339_opts(SecondsFormat::Secs, true);
+                let why = "the previous tick is still running; this firing is skipped";
+                cx.logger.log(Level::Warn, Some(&tenant.name), why, &[("fired_at", fired)]);
+            }
+            // (A catch-up tick in flight does this firing's work.)
             continue;
         }
+        let is_catch_up = early.is_some();
+        catch_up = None;
+        if is_catch_up {
+            cx.telemetry.catch_up_tick(&tenant.name);
+        }
+        let fired_at = if is_catch_up { Utc::now() } else { next };
         let tenant = settings.borrow().clone();
         let tick_cx = cx.clone();
-        in_flight = Some(cx.ticks.spawn(async move {
+        let handle = cx.ticks.spawn(async move {
             let capacity = tick_cx.runtime.limits().max_concurrent_instances;
             let tick = tick_cx.runtime.tick(&tenant).await;
             tick_cx.telemetry.instances(tick_cx.runtime.instances_in_use(), capacity);
-            finished(&tick_cx, &tick, next);
-        }));
+            finished(&tick_cx, &tick, fired_at, is_catch_up);
+            catch_up_at(&tick, Utc::now(), catching_up)
+        });
+        in_flight = Some((handle, is_catch_up));
     }
 }
 
+/// When to tick again without waiting for the next firing: as soon as a
+/// service that ended this tick with more waiting can page again. That is
+/// at once when it stopped at its deadline or its page cap, and when its
+/// spent budget frees up (`deferred_until`) when it stopped there. While
+/// the tenant is catching up (`backlog`: an earlier tick said more is
+/// waiting), a service the budget or a 429 deferred before its first page
+/// still has that backlog: again when it may page. `None` when nothing is
+/// waiting, or every service with more waiting failed (it backs off; the
+/// schedule retries it) or the tick itself failed.
+fn catch_up_at(tick: &TenantTick, now: DateTime<Utc>, backlog: bool) -> Option<DateTime<Utc>> {
+    let report = tick.result.as_ref().ok()?;
+    let waiting = |s: &&ServiceReport| match s.outcome {
+        _ if s.error.is_some() => false,
+        Outcome::Delivered | Outcome::Idle => s.has_more,
+        Outcome::Deferred => {
+            backlog
+                && matches!(
+                    DeferralReason::from_text(s.deferred_reason.as_deref()),
+                    DeferralReason::Budget | DeferralReason::RateLimited
+                )
+        }
+        Outcome::Failed => false,
+    };
+    report
+        .services
+        .iter()
+        .filter(waiting)
+        .map(|s| {
+            let until = s.deferred_until.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            until.map_or(now, |t| t.with_timezone(&Utc).max(now))
+        })
+        .min()
+}
+
 /// Reports one tick: the JSON line on stdout, the log line, the metrics.
-fn finished(cx: &Context, tick: &TenantTick, fired_at: chrono::DateTime<Utc>) {
+fn finished(cx: &Context, tick: &TenantTick, fired_at: DateTime<Utc>, catch_up: bool) {
     cx.telemetry.tick_finished(tick, Utc::now());
     cx.logger.tick(tick);
     let mut line = tick.to_json();
     line["fired_at"] = serde_json::Value::String(fired_at.to_rfc3339_opts(SecondsFormat::Secs, true));
+    if catch_up {
+        line["catch_up"] = serde_json::Value::Bool(true);
+    }
     println!("{line}");
 }
 
@@ -280,5 +367,85 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
             Signal::Stop
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onepassword_collector::error::CollectorError;
+    use onepassword_collector::report::TickReport;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn service(outcome: Outcome, has_more: bool, deferred_until: Option<&str>) -> ServiceReport {
+        ServiceReport {
+            service: "audit".into(),
+            outcome,
+            fetched: 0,
+            sent: 0,
+            unconfirmed: 0,
+            pages: 1,
+            bytes_sent: 0,
+            has_more,
+            checkpoint: None,
+            total_sent: 0,
+            lag_seconds: None,
+            elapsed_ms: 0,
+            deferred_until: deferred_until.map(str::to_owned),
+            deferred_reason: None,
+            error: None,
+        }
+    }
+
+    fn tick(services: Vec<ServiceReport>) -> TenantTick {
+        let report = TickReport { services, ..Default::default() };
+        TenantTick {
+            tenant: "acme".into(),
+            result: Ok(report),
+            peak_memory_bytes: 0,
+            guest_cpu_ms: 0,
+            host_elapsed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_backlog_left_at_the_deadline_or_a_spent_budget_is_caught_up_before_the_next_firing() {
+        let now = at("2026-01-01T00:00:30Z");
+        // Stopped at its deadline (or cap) with more waiting: at once.
+        assert_eq!(catch_up_at(&tick(vec![service(Outcome::Delivered, true, None)]), now, false), Some(now));
+        // At a spent budget: when it frees up.
+        let budget = service(Outcome::Delivered, true, Some("2026-01-01T00:01:01Z"));
+        assert_eq!(catch_up_at(&tick(vec![budget.clone()]), now, false), Some(at("2026-01-01T00:01:01Z")));
+        // The soonest service decides.
+        let soon = service(Outcome::Idle, true, None);
+        assert_eq!(catch_up_at(&tick(vec![budget, soon]), now, false), Some(now));
+        // A time already past: at once.
+        let past = service(Outcome::Delivered, true, Some("2026-01-01T00:00:00Z"));
+        assert_eq!(catch_up_at(&tick(vec![past]), now, false), Some(now));
+    }
+
+    #[test]
+    fn nothing_waiting_a_failure_or_a_deferral_waits_for_the_schedule() {
+        let now = at("2026-01-01T00:00:30Z");
+        assert_eq!(catch_up_at(&tick(vec![service(Outcome::Delivered, false, None)]), now, true), None);
+        assert_eq!(catch_up_at(&tick(vec![]), now, true), None);
+        let mut failed = service(Outcome::Failed, true, None);
+        failed.error = Some(CollectorError::persistence("get", "x"));
+        assert_eq!(catch_up_at(&tick(vec![failed]), now, true), None);
+        // Deferred before its first page: by the budget, with a backlog
+        // known from an earlier tick, when the budget frees up; else (or
+        // for another reason) on the schedule.
+        let mut budget = service(Outcome::Deferred, false, Some("2026-01-01T00:00:40Z"));
+        budget.deferred_reason = Some("the account's request budget for the last minute is spent; more from x".into());
+        assert_eq!(catch_up_at(&tick(vec![budget.clone()]), now, true), Some(at("2026-01-01T00:00:40Z")));
+        assert_eq!(catch_up_at(&tick(vec![budget]), now, false), None);
+        let mut lease = service(Outcome::Deferred, false, Some("2026-01-01T00:00:40Z"));
+        lease.deferred_reason = Some("another instance is collecting this service".into());
+        assert_eq!(catch_up_at(&tick(vec![lease]), now, true), None);
+        let host_failure = TenantTick { result: Err(CollectorError::persistence("open", "x")), ..tick(vec![]) };
+        assert_eq!(catch_up_at(&host_failure, now, true), None);
     }
 }

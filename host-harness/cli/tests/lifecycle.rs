@@ -366,12 +366,13 @@ fn every_series_is_there_before_the_first_tick_and_reloads_are_gauged() {
 #[test]
 fn sighup_adds_and_removes_tenants_and_an_invalid_file_changes_nothing() {
     let world = World::new(211, 20);
-    world.write(&world.tenant("alpha", 10, ""));
+    // One page a tick: the changed setting's first tick sends one page.
+    world.write(&world.tenant("alpha", 10, "max_pages_per_tick = 1"));
     let run = Running::start(&world, &[]);
     run.wait_tick(Duration::from_secs(20), |t| t["tenant"] == "alpha");
 
     // alpha removed, beta added
-    world.write(&world.tenant("beta", 10, ""));
+    world.write(&world.tenant("beta", 10, "max_pages_per_tick = 1"));
     run.signal(libc::SIGHUP);
     run.wait_log(Duration::from_secs(10), "reloaded: 1 added, 0 changed, 1 removed");
     run.wait_tick(Duration::from_secs(20), |t| t["tenant"] == "beta");
@@ -393,7 +394,9 @@ fn sighup_adds_and_removes_tenants_and_an_invalid_file_changes_nothing() {
     });
 
     // a changed setting applies from the next tick: beta now also collects sign-in attempts
-    let more = world.tenant("beta", 10, "").replace("services = \"audit\"", "services = \"audit,sign_in_attempts\"");
+    let more = world
+        .tenant("beta", 10, "max_pages_per_tick = 1")
+        .replace("services = \"audit\"", "services = \"audit,sign_in_attempts\"");
     world.write(&more);
     run.signal(libc::SIGHUP);
     run.wait_log(Duration::from_secs(10), "reloaded: 0 added, 1 changed, 0 removed");
@@ -475,7 +478,9 @@ fn a_firing_while_the_last_tick_still_runs_is_skipped_and_counted() {
 #[test]
 fn tick_prints_a_table_on_request_and_json_lines_otherwise() {
     let world = World::new(251, 15);
-    world.write(&format!("{}{}", world.tenant("acme", 10, ""), world.tenant("beta", 10, "")));
+    // One page a tick: the first leaves "more waiting".
+    let one_page = "max_pages_per_tick = 1";
+    world.write(&format!("{}{}", world.tenant("acme", 10, one_page), world.tenant("beta", 10, one_page)));
     let out = world.command(&["tick", "--output", "table"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();

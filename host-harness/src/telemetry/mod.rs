@@ -8,7 +8,10 @@
 //! tenant it runs (every series of the tenant starts at zero, or NaN for a
 //! value not known yet), [`Telemetry::tick_finished`] after every tick,
 //! [`Telemetry::firing_skipped`] when a firing found the tenant's previous
-//! tick still running, [`Telemetry::instances`] at start and as the pool
+//! tick still running, [`Telemetry::catching_up`] when a tick ends with a
+//! backlog (or without one) and [`Telemetry::catch_up_tick`] for each tick
+//! started before the tenant's next firing to catch up,
+//! [`Telemetry::instances`] at start and as the pool
 //! fills and empties, [`Telemetry::reload`] and [`Telemetry::tenant_removed`]
 //! on config reloads.
 //!
@@ -269,6 +272,17 @@ impl Telemetry {
         self.metrics.skipped_firings.get(TenantLabels { tenant: tenant_label(tenant) }).inc();
     }
 
+    /// Whether `tenant` is catching up: its last tick ended with a backlog
+    /// it could go on with, and it ticks again before its next firing.
+    pub fn catching_up(&self, tenant: &str, catching_up: bool) {
+        self.metrics.catching_up.get(TenantLabels { tenant: tenant_label(tenant) }).set(i64::from(catching_up));
+    }
+
+    /// A tick of `tenant` started between firings, to catch up.
+    pub fn catch_up_tick(&self, tenant: &str) {
+        self.metrics.catch_up_ticks.get(TenantLabels { tenant: tenant_label(tenant) }).inc();
+    }
+
     /// Instance pool occupancy: ticks running and slots in all.
     pub fn instances(&self, in_use: usize, capacity: usize) {
         self.metrics.instances_in_use.set(i64::try_from(in_use).unwrap_or(i64::MAX));
@@ -301,6 +315,8 @@ impl Telemetry {
         nan(m.peak_memory.get_new(tl.clone()));
         nan(m.last_tick.get_new(tl.clone()));
         m.skipped_firings.get(tl.clone());
+        m.catch_up_ticks.get(tl.clone());
+        m.catching_up.get(tl.clone());
         m.consecutive_failed_ticks.get(tl);
         for id in TICK_ERROR_IDS {
             let error_id = id.to_string();
@@ -378,6 +394,8 @@ impl Telemetry {
         m.peak_memory.remove_tenant(&tenant);
         m.last_tick.remove_tenant(&tenant);
         m.skipped_firings.remove_tenant(&tenant);
+        m.catch_up_ticks.remove_tenant(&tenant);
+        m.catching_up.remove_tenant(&tenant);
         m.consecutive_failed_ticks.remove_tenant(&tenant);
         self.state().tenants.remove(&tenant);
     }

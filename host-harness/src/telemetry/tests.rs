@@ -416,6 +416,20 @@ fn skips_pool_and_reloads_are_counted() {
 }
 
 #[test]
+fn catching_up_is_a_gauge_and_its_ticks_a_counter() {
+    let t = Telemetry::new();
+    t.catching_up("acme", true);
+    t.catch_up_tick("acme");
+    t.catch_up_tick("acme");
+    assert_eq!(value(&t, r#"onepassword_collector_catching_up{tenant="acme"}"#), 1.0);
+    assert_eq!(value(&t, r#"onepassword_collector_catch_up_ticks_total{tenant="acme"}"#), 2.0);
+    t.catching_up("acme", false);
+    assert_eq!(value(&t, r#"onepassword_collector_catching_up{tenant="acme"}"#), 0.0);
+    t.tenant_removed("acme");
+    assert_eq!(sample(&t, r#"onepassword_collector_catch_up_ticks_total{tenant="acme"}"#), None);
+}
+
+#[test]
 fn the_text_is_openmetrics_with_one_suffix_each() {
     let t = Telemetry::new();
     t.tick_finished(&tick("acme", vec![delivered("audit", 1, NOW)]), at(NOW));
@@ -509,6 +523,8 @@ fn every_series_of_a_tenant_exists_before_its_first_event() {
         at_zero(format!("onepassword_collector_tick_duration_seconds_count{l}"));
         at_zero(format!("onepassword_collector_guest_cpu_seconds_count{l}"));
         at_zero(format!("onepassword_collector_skipped_firings_total{l}"));
+        at_zero(format!("onepassword_collector_catch_up_ticks_total{l}"));
+        at_zero(format!("onepassword_collector_catching_up{l}"));
         at_zero(format!("onepassword_collector_consecutive_failed_ticks{l}"));
         unknown(format!("onepassword_collector_peak_memory_bytes{l}"));
         unknown(format!("onepassword_collector_last_tick_timestamp_seconds{l}"));
