@@ -72,13 +72,31 @@ impl Logger {
     }
 }
 
+/// How the core words a service deferred because it backs off after its
+/// own failures (src/tick/page.rs), as opposed to a spent budget or
+/// another instance's lease.
+const FAILURE_BACKOFF: &str = "backing off after ";
+
+/// True when a service of the tick was held back by its earlier failures.
+fn backs_off_after_failures(tick: &TenantTick) -> bool {
+    tick.result.as_ref().is_ok_and(|r| {
+        r.services.iter().any(|s| {
+            s.outcome == Outcome::Deferred
+                && s.deferred_reason.as_deref().is_some_and(|w| w.starts_with(FAILURE_BACKOFF))
+        })
+    })
+}
+
 /// The fields of a tick's line and its level: error when the tick or a
-/// service failed, info otherwise (a deferral is not a problem).
+/// service failed; warn, and `ok=false`, when a service only backed off
+/// after earlier failures (it is still failing); info otherwise (a spent
+/// budget or another instance's lease is not a problem).
 pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
     let mut r = Fields::new();
+    let backing_off = backs_off_after_failures(tick);
     r.push(("tenant".into(), tick.tenant.clone().into()));
     r.push(("msg".into(), "tick".into()));
-    r.push(("ok".into(), tick.ok().into()));
+    r.push(("ok".into(), (tick.ok() && !backing_off).into()));
     let failure = match &tick.result {
         Err(e) => Some((None, e)),
         Ok(report) => {
@@ -103,6 +121,7 @@ pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
     r.push(("elapsed_ms".into(), tick.host_elapsed_ms.into()));
     r.push(("guest_cpu_ms".into(), tick.guest_cpu_ms.into()));
     let level = match failure {
+        None if backing_off => Level::Warn,
         None => Level::Info,
         Some((service, e)) => {
             if let Some(service) = service {
@@ -246,6 +265,25 @@ mod tests {
             "time=2026-11-27T00:29:42.000Z level=info tenant=acme msg=tick ok=true fetched=20 sent=20 \
              audit=\"delivered sent=20 total=40 lag=12s\" elapsed_ms=9 guest_cpu_ms=3"
         );
+    }
+
+    #[test]
+    fn a_tick_that_only_backs_off_after_failures_is_a_warning_not_ok() {
+        let mut t = tick(None);
+        let Ok(report) = &mut t.result else { unreachable!() };
+        let s = &mut report.services[0];
+        (s.outcome, s.fetched, s.sent) = (Outcome::Deferred, 0, 0);
+        s.deferred_reason = Some("backing off after 3 consecutive failure(s)".into());
+        let (level, fields) = tick_record(&t);
+        assert_eq!(level, Level::Warn);
+        let line = render(LogFormat::Logfmt, at(), level, fields);
+        assert!(line.contains("level=warn") && line.contains("ok=false"), "{line}");
+        // a spent budget is no failure
+        let Ok(report) = &mut t.result else { unreachable!() };
+        report.services[0].deferred_reason = Some("the request budget is spent until 12:01".into());
+        let (level, fields) = tick_record(&t);
+        assert_eq!(level, Level::Info);
+        assert!(render(LogFormat::Logfmt, at(), level, fields).contains("ok=true"));
     }
 
     #[test]
