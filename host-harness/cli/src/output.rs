@@ -30,10 +30,12 @@ impl OutputFormat {
 }
 
 /// One row per tenant and service: outcome, fetched/sent, lag, checkpoint,
-/// and the error's id and first line.
+/// whether more is waiting, and the error (its id, first line and fix) or
+/// why the service was deferred.
 pub fn tick_table(ticks: &[TenantTick]) -> String {
     let mut rows =
-        vec![["tenant", "service", "outcome", "fetched", "sent", "lag", "checkpoint", "error"].map(String::from)];
+        vec![["tenant", "service", "outcome", "fetched", "sent", "lag", "checkpoint", "more", "error / why"]
+            .map(String::from)];
     for tick in ticks {
         match &tick.result {
             Err(e) => rows.push([
@@ -44,15 +46,15 @@ pub fn tick_table(ticks: &[TenantTick]) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 error_note(e),
             ]),
             Ok(report) => {
                 for s in &report.services {
                     let note = match (&s.error, &s.deferred_reason) {
                         (Some(e), _) => error_note(e),
-                        (None, Some(reason)) => first_line(reason, 80),
-                        (None, None) if s.has_more => "more waiting".into(),
-                        _ => String::new(),
+                        (None, Some(reason)) => first_line(reason, NOTE_CHARS),
+                        (None, None) => String::new(),
                     };
                     rows.push([
                         tick.tenant.clone(),
@@ -62,6 +64,7 @@ pub fn tick_table(ticks: &[TenantTick]) -> String {
                         s.sent.to_string(),
                         s.lag_seconds.map_or("-".into(), |l| human_duration(i64::try_from(l).unwrap_or(i64::MAX))),
                         s.checkpoint.clone().unwrap_or_else(|| "-".into()),
+                        if s.has_more { "yes" } else { "no" }.into(),
                         note,
                     ]);
                 }
@@ -110,13 +113,19 @@ fn outcome(o: Outcome) -> &'static str {
     }
 }
 
+/// The most characters of a message a table cell shows: the last column,
+/// so a long one wraps rather than pushing others aside.
+const NOTE_CHARS: usize = 400;
+
 /// An error as a table cell: its id, the upstream status when it has one
-/// and it differs from the id (a 1Password 503 is id 503 already), and the
-/// first line of its message.
+/// and it differs from the id (a 1Password 503 is id 503 already), the
+/// first line of its message, and what to do (the error table's fix).
 fn error_note(e: &CollectorError) -> String {
+    let message = first_line(&e.message, NOTE_CHARS);
+    let fix = onepassword_collector::error::remedy(e.id);
     match e.http_status {
-        Some(status) if u32::from(status) != e.id => format!("{} (HTTP {status}) {}", e.id, first_line(&e.message, 80)),
-        _ => format!("{} {}", e.id, first_line(&e.message, 80)),
+        Some(status) if u32::from(status) != e.id => format!("{} (HTTP {status}) {message} [fix: {fix}]", e.id),
+        _ => format!("{} {message} [fix: {fix}]", e.id),
     }
 }
 
@@ -212,10 +221,18 @@ mod tests {
         assert_eq!(lines.len(), 5, "{text}");
         assert!(lines[0].starts_with("tenant") && lines[0].contains("checkpoint"));
         assert!(lines[1].contains("audit") && lines[1].contains("delivered") && lines[1].contains("61m"), "{text}");
-        assert!(lines[2].contains("FAILED") && lines[2].ends_with("700 (HTTP 401) Devo answered 401"), "{text}");
+        assert!(lines[2].contains("FAILED") && lines[2].contains("700 (HTTP 401) Devo answered 401 [fix: "), "{text}");
+        assert!(lines[2].ends_with(&format!("[fix: {}]", onepassword_collector::error::remedy(700))), "{text}");
         // The status a server made up shows beside our id, never as it.
-        assert!(lines[3].ends_with("602 (HTTP 900) 1Password answered \\u{202e}HTTP 900"), "{text}");
-        assert!(lines[4].contains("beta") && lines[4].contains("1 base_url is missing"), "{text}");
+        assert!(lines[3].contains("602 (HTTP 900) 1Password answered \\u{202e}HTTP 900 [fix: "), "{text}");
+        assert!(lines[4].contains("beta") && lines[4].contains("1 base_url is missing [fix: set the key"), "{text}");
+        // "more" is a column of its own, not an error
+        assert!(lines[0].contains(" more ") && lines[1].ends_with(" yes"), "{text}");
+        assert!(!text.contains("more waiting"), "{text}");
+        // A long message is shown whole, with its fix.
+        let long = "x".repeat(150);
+        let e = CollectorError::new(ErrorKind::PullError, 503, format!("{long} check base_url"));
+        assert!(error_note(&e).contains(&format!("{long} check base_url [fix: ")), "{}", error_note(&e));
         assert!(text.lines().all(|l| !l.chars().any(text::is_unsafe)), "{text:?}");
         // columns line up
         let at = lines[0].find("outcome").unwrap();
