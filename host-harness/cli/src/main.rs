@@ -75,6 +75,8 @@ enum Command {
         /// Tenants ticked at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// A table, one JSON line per tenant, or (auto) a table on a terminal
+        /// and JSON otherwise.
         #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
         output: OutputFormat,
     },
@@ -99,6 +101,8 @@ enum Command {
         /// consecutive_failed_ticks and its alert.
         #[arg(long, value_name = "N", hide = true)]
         unready_after: Option<u32>,
+        /// The stderr log: logfmt lines (key=value, for people, grep and
+        /// Loki) or one JSON object per line (for log pipelines).
         #[arg(long, value_enum, default_value_t = LogFormat::Logfmt)]
         log_format: LogFormat,
     },
@@ -110,14 +114,20 @@ enum Command {
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// A table, one JSON line per tenant, or (auto) a table on a terminal
+        /// and JSON otherwise.
         #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
         output: OutputFormat,
     },
     /// Print, per tenant and service, what the stored state says: last
     /// success, newest event, lag, totals, last error.
+    /// No component runs and nothing is fetched: secrets need not be set.
     Status {
+        /// The tenants file (TOML) whose stores are read.
         #[arg(long)]
         config: PathBuf,
+        /// A table, one JSON line per tenant, or (auto) a table on a terminal
+        /// and JSON otherwise.
         #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
         output: OutputFormat,
     },
@@ -234,6 +244,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => print!("{}", host_harness::status::table(&rows, now)),
             }
             Ok(exit(rows.iter().all(|r| r.state.is_ok())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_of_every_command_has_help() {
+        let cli = Cli::command();
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(!help.trim().is_empty(), "{} --{} has no help text", command.get_name(), arg.get_id());
+            }
         }
     }
 }
