@@ -140,6 +140,9 @@ pub fn unknown_key(name: &str) -> String {
     }
 }
 
+/// The keys without a default: each must be set.
+pub const REQUIRED_KEYS: &[&str] = &[key::BASE_URL, key::TOKEN, key::DEVO_URL, key::DEVO_DOMAIN, key::DEVO_TOKEN];
+
 /// Keys whose values are secrets: never echoed in an error.
 pub const SECRET_KEYS: &[&str] = &[key::TOKEN, key::DEVO_TOKEN, key::OBFUSCATION_KEY];
 
@@ -229,6 +232,21 @@ impl Config {
             }
         };
         let required = |key: &str, v: Option<String>| v.ok_or_else(|| CollectorError::missing(key, hint(key)));
+        // Every missing required key at once, not one per attempt.
+        let mut missing = Vec::new();
+        for key in REQUIRED_KEYS {
+            if get(key)?.is_none() {
+                missing.push(*key);
+            }
+        }
+        if missing.len() > 1 {
+            let named: Vec<String> = missing.iter().map(|k| format!("\"{k}\" ({})", hint(k))).collect();
+            return Err(CollectorError::new(
+                ErrorKind::InitVariablesError,
+                crate::error::MISSING_SETTING,
+                format!("required settings are missing: {}", named.join("; ")),
+            ));
+        }
 
         let base_url = endpoint("base_url", required("base_url", get("base_url")?)?)?;
         let token = Secret::new(required("token", get("token")?)?);
@@ -509,6 +527,20 @@ pub(crate) mod tests {
             let e = load(&m).unwrap_err();
             assert_eq!(e.id, EMPTY_SETTING, "{key}");
             assert!(e.message.contains(key));
+        }
+    }
+
+    #[test]
+    fn every_missing_required_key_is_named_at_once() {
+        let mut m = minimal();
+        m.remove("devo_domain");
+        m.remove("devo_token");
+        let e = load(&m).unwrap_err();
+        assert_eq!((e.id, e.kind), (MISSING_SETTING, ErrorKind::InitVariablesError));
+        assert!(e.message.contains("\"devo_domain\" (") && e.message.contains("\"devo_token\" ("), "{}", e.message);
+        let e = Config::load(|_| Ok(None)).unwrap_err();
+        for key in REQUIRED_KEYS {
+            assert!(e.message.contains(&format!("\"{key}\"")), "{key}: {}", e.message);
         }
     }
 
