@@ -5,10 +5,13 @@
 //!
 //! Compare-and-swap runs as one Lua script (compare, then set), which Redis
 //! executes atomically: a swap whose key changed since the guest read it is
-//! reported as not written. (Spin 3.x's Redis store uses
-//! `WATCH`/`MULTI`/`EXEC` and takes an aborted `EXEC` — the nil reply of a
-//! lost race — for success; `tests/redis.rs` plays that exact race against
-//! this backend.)
+//! reported as not written, and one that wrote as written. (Spin 3.x's
+//! Redis store uses `WATCH`/`MULTI`/`EXEC`, takes an aborted `EXEC` — the
+//! nil reply of a lost race — for success, and ends every swap with an
+//! `UNWATCH key` that Redis refuses, so each swap that wrote is reported as
+//! failed. The component decides from a read-back either way;
+//! `harness_test_kit::spin_redis` reproduces that store, and
+//! `tests/redis.rs` plays the lost race against this backend.)
 //!
 //! Redis servers are the operator's: the `[host.redis]` table names them
 //! (`main = "${REDIS_URL}"`) and a tenant picks one by name
