@@ -6,9 +6,9 @@
 
 use super::limits::{EffectiveLimits, Guard, Meter};
 use crate::bindings;
-use crate::host::variables::{self, ConfigVars};
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
 use crate::host::outbound::{OutboundPolicy, OutboundSettings};
+use crate::host::variables::{self, ConfigVars};
 use crate::kv::{KvBackendFactory, Stores};
 #[cfg(test)]
 use crate::limits::{Limits, MAX_RESOURCES};
