@@ -6,14 +6,16 @@
 //! cargo run --release -p harness-test-kit --bin bench -- --quick # short run
 //! ```
 //!
-//! Five parts: the sans-IO core called natively (parse, obfuscate, batch,
+//! Six parts: the sans-IO core called natively (parse, obfuscate, batch,
 //! gzip), the same core inside the component under wasmtime (whole ticks
 //! against the loopback emulators), the host's own costs (compile,
 //! instantiate, tick overhead, component size), scale (RSS and CPU time
-//! of the harness process with 1, 100 and 1000 tenants) and, side by side,
+//! of the harness process with 1, 100 and 1000 tenants), side by side,
 //! the release `host-harness run` process against a plain Python poller
 //! moving the same 60,000 events (`side_by_side.rs`; `--side-by-side` runs
-//! only that part).
+//! only that part), and how fast a backlog of 1,000,000 events drains with
+//! default settings under `run`'s catch-up and under a Spin-like one tick
+//! per firing (`drain.rs`; `--drain` runs only that part).
 //!
 //! The emulators run in a child process (this binary, `serve-emulators`), so
 //! the RSS and CPU time read from `/proc/self` are the harness's alone; the
@@ -45,6 +47,9 @@ use std::time::{Duration, Instant};
 // would be a binary of its own.
 #[path = "bench/side_by_side.rs"]
 mod side_by_side;
+
+#[path = "bench/drain.rs"]
+mod drain;
 
 const SEED: u64 = 20_261_125;
 /// The service every measurement uses: its events carry the fields the
@@ -87,6 +92,10 @@ struct BenchOptions {
     /// by side on the same 60,000 events.
     #[arg(long)]
     side_by_side: bool,
+    /// Only part 6: draining a backlog of 1,000,000 events (100,000 with
+    /// --quick) under run's catch-up and one tick per firing.
+    #[arg(long)]
+    drain: bool,
     /// The `host-harness` binary part 5 runs (default: beside this bench,
     /// i.e. target/release/host-harness).
     #[arg(long)]
@@ -174,10 +183,18 @@ fn main() -> anyhow::Result<()> {
         println!("load average at the end: {} (1, 5, 15 min)", load_average());
         return result;
     }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let state_parent = cli.options.state_dir.clone().unwrap_or_else(std::env::temp_dir);
+    if cli.options.drain {
+        print_machine(&component, " (--drain)");
+        let result = rt.block_on(drain::run(&component, cli.options.quick, &state_parent));
+        println!("load average at the end: {} (1, 5, 15 min)", load_average());
+        return result;
+    }
     print_setup(&plan, &component, cli.options.quick);
     native(&plan)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(hosted(&plan, &component, cli.options.state_dir.as_deref()));
+    let result = result.and_then(|()| rt.block_on(drain::run(&component, cli.options.quick, &state_parent)));
     // Its own processes, after the in-process parts: nothing of theirs
     // runs meanwhile.
     let result = result.and_then(|()| side_by_side::run(&side_by_side));
@@ -690,6 +707,9 @@ impl Bench<'_> {
             // The ceilings' maxima: a series of ticks must never be deferred.
             ("max_requests_per_minute", "600"),
             ("max_requests_per_hour", "30000"),
+            // One page per service a tick: each measured tick is one page
+            // (part 6 measures ticks that page until caught up).
+            ("max_pages_per_tick", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

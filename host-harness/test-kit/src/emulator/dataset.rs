@@ -31,9 +31,16 @@ impl Dataset {
     /// `per_service` events for each service, timestamps inside
     /// `[start truncated to the second, start + span)`. Same seed, same bytes.
     pub fn generate(seed: u64, per_service: usize, start: DateTime<Utc>, span: Duration) -> Dataset {
+        let counts: Vec<(Service, usize)> = Service::ALL.iter().map(|s| (*s, per_service)).collect();
+        Dataset::generate_for(seed, &counts, start, span)
+    }
+
+    /// Like [`Dataset::generate`], with a count of its own for each service
+    /// listed (the others have none): a backlog on one service alone.
+    pub fn generate_for(seed: u64, counts: &[(Service, usize)], start: DateTime<Utc>, span: Duration) -> Dataset {
         let mut gen = Generator::new(seed);
         let mut dataset = Dataset { account_uuid: Some(gen.account_uuid.clone()), ..Dataset::default() };
-        for service in Service::ALL {
+        for &(service, per_service) in counts {
             let times = schedule(&mut gen.rng, per_service, start, span);
             let stream = dataset.streams.entry(service).or_default();
             for (at, timestamp) in times {
