@@ -7,38 +7,42 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn the_host_library_does_not_depend_on_the_test_kit_or_the_cli() {
+/// The crates `package` links outside its tests (`cargo tree -e normal`).
+fn normal_dependencies(package: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "-p", "host-harness", "-e", "normal", "--prefix", "none", "--offline"])
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none", "--offline"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
-    let tree = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
-    let crates: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert!(crates.contains(&"wasmtime") && crates.contains(&"rusqlite"), "not the host's tree:\n{tree}");
-    for unwanted in ["harness-test-kit", "host-harness-cli", "tiny_http", "clap"] {
-        assert!(!crates.contains(&unwanted), "host-harness depends on {unwanted}:\n{tree}");
+    let tree = String::from_utf8(out.stdout).unwrap();
+    tree.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}
+
+/// Asserts that `package` links `wanted` and none of `unwanted`.
+fn assert_links(package: &str, wanted: &[&str], unwanted: &[&str]) {
+    let crates = normal_dependencies(package);
+    for name in wanted {
+        assert!(crates.iter().any(|c| c == name), "not {package}'s tree (no {name}): {crates:?}");
+    }
+    for name in unwanted {
+        assert!(!crates.iter().any(|c| c == name), "{package} depends on {name} outside its tests: {crates:?}");
     }
 }
 
 #[test]
+fn the_host_library_does_not_depend_on_the_test_kit_or_the_cli() {
+    assert_links(
+        "host-harness",
+        &["wasmtime", "rusqlite"],
+        &["harness-test-kit", "host-harness-cli", "tiny_http", "clap"],
+    );
+}
+
+#[test]
 fn the_production_command_does_not_link_the_test_kit() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["tree", "-p", "host-harness-cli", "-e", "normal", "--prefix", "none", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo tree runs");
-    let tree = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
-    let crates: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert!(crates.contains(&"host-harness") && crates.contains(&"clap"), "not the command's tree:\n{tree}");
-    for unwanted in ["harness-test-kit", "tiny_http"] {
-        assert!(!crates.contains(&unwanted), "host-harness-cli depends on {unwanted} outside its tests:\n{tree}");
-    }
+    assert_links("host-harness-cli", &["host-harness", "clap"], &["harness-test-kit", "tiny_http"]);
 }
 
 /// The top-level modules of a crate's `src/` and which of them each one's
