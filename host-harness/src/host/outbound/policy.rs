@@ -227,8 +227,18 @@ impl OutboundPolicy {
             return Err(Refusal("the URL is not an http or https URL with a host".into()));
         };
         if destination.scheme == Scheme::Http && !self.settings.allow_http {
+            // A literal address the network rule refuses too is named now,
+            // not one refusal at a time.
+            let also = match destination.host.trim_matches(['[', ']']).parse::<IpAddr>() {
+                Ok(ip) if self.check_address(&destination, ip).is_err() => format!(
+                    "; its address {ip} is refused as well, which the operator's `[host] allow_private_networks` \
+                     allows (e.g. [\"{}\"])",
+                    if ip.is_ipv4() { format!("{ip}/32") } else { format!("{ip}/128") }
+                ),
+                _ => String::new(),
+            };
             return Err(Refusal(format!(
-                "{destination}: plain http is refused; the operator's `[host] allow_http = true` allows it"
+                "{destination}: plain http is refused; the operator's `[host] allow_http = true` allows it{also}"
             )));
         }
         if !self.allowed.contains(&destination) {
@@ -528,6 +538,18 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "the path never shows: {e}");
         let p = policy(&["http://relay.example.com:8080"], true, &[]);
         assert!(p.check_uri(&"http://relay.example.com:8080/x".parse().unwrap()).is_ok());
+        // A literal loopback or private address: both settings named at once.
+        for (url, network) in [("http://127.0.0.1:9000", "127.0.0.1/32"), ("http://[::1]:9000", "::1/128")] {
+            let e = policy(&[url], false, &[]).check_uri(&url.parse().unwrap()).unwrap_err().to_string();
+            assert!(e.contains("`[host] allow_http = true`") && e.contains("allow_private_networks"), "{e}");
+            assert!(e.contains(network), "{e}");
+        }
+        // ... and not for a public one, nor for one already allowed
+        let e = policy(&["http://8.8.8.8"], false, &[]).check_uri(&"http://8.8.8.8".parse().unwrap()).unwrap_err();
+        assert!(!e.to_string().contains("allow_private_networks"), "{e}");
+        let p = policy(&["http://127.0.0.1:9000"], false, &["127.0.0.0/8"]);
+        let e = p.check_uri(&"http://127.0.0.1:9000".parse().unwrap()).unwrap_err();
+        assert!(!e.to_string().contains("allow_private_networks"), "{e}");
     }
 
     fn https(host: &str) -> Destination {
