@@ -280,19 +280,19 @@ fn reload(cx: &Context, options: &RunOptions, workers: &mut BTreeMap<String, Wor
             return;
         }
     };
-    let (mut added, mut changed) = (0, 0);
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
     let names: Vec<String> = tenants.iter().map(|t| t.name.clone()).collect();
     for t in tenants {
         match workers.get(&t.name) {
             None => {
-                added += 1;
+                added.push(t.name.clone());
                 workers.insert(t.name.clone(), start(cx, t));
             }
             Some(w) => {
                 // (The borrow must end before `send`: both lock the value.)
                 let differs = *w.settings.borrow() != t;
                 if differs {
-                    changed += 1;
+                    changed.push(t.name.clone());
                     cx.telemetry.tenant_added(&t, Utc::now()); // a new service starts at zero
                     w.settings.send_replace(t);
                 }
@@ -305,7 +305,22 @@ fn reload(cx: &Context, options: &RunOptions, workers: &mut BTreeMap<String, Wor
         cx.telemetry.tenant_removed(name);
     }
     cx.telemetry.reload(true);
-    let summary = format!("reloaded: {added} added, {changed} changed, {} removed", removed.len());
+    let named = |what: &str, names: &[String]| {
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!("; {what}: {}", names.join(", "))
+        }
+    };
+    let summary = format!(
+        "reloaded: {} added, {} changed, {} removed{}{}{}",
+        added.len(),
+        changed.len(),
+        removed.len(),
+        named("added", &added),
+        named("changed", &changed),
+        named("removed", &removed)
+    );
     cx.logger.log(Level::Info, None, &summary, &[]);
 }
 

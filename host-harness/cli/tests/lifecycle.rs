@@ -374,7 +374,7 @@ fn sighup_adds_and_removes_tenants_and_an_invalid_file_changes_nothing() {
     // alpha removed, beta added
     world.write(&world.tenant("beta", 10, "max_pages_per_tick = 1"));
     run.signal(libc::SIGHUP);
-    run.wait_log(Duration::from_secs(10), "reloaded: 1 added, 0 changed, 1 removed");
+    run.wait_log(Duration::from_secs(10), "reloaded: 1 added, 0 changed, 1 removed; added: beta; removed: alpha");
     run.wait_tick(Duration::from_secs(20), |t| t["tenant"] == "beta");
     // alpha may finish the tick it had in flight, then fires no more
     std::thread::sleep(Duration::from_millis(1500));
@@ -399,7 +399,7 @@ fn sighup_adds_and_removes_tenants_and_an_invalid_file_changes_nothing() {
         .replace("services = \"audit\"", "services = \"audit,sign_in_attempts\"");
     world.write(&more);
     run.signal(libc::SIGHUP);
-    run.wait_log(Duration::from_secs(10), "reloaded: 0 added, 1 changed, 0 removed");
+    run.wait_log(Duration::from_secs(10), "reloaded: 0 added, 1 changed, 0 removed; changed: beta");
     run.wait_tick(Duration::from_secs(20), |t| {
         t["tenant"] == "beta" && t["services"]["sign_in_attempts"]["sent"] == 10
     });
