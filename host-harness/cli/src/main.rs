@@ -146,8 +146,17 @@ fn load_tenants(config: &std::path::Path, only: Option<&str>) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match dispatch(Cli::parse()).await {
+    let cli = Cli::parse();
+    // `run --log-format json` promises JSON lines on stderr, start-up
+    // errors included (a log shipper parses every line).
+    let json = matches!(cli.command, Command::Run { log_format: LogFormat::Json, .. });
+    match dispatch(cli).await {
         Ok(code) => code,
+        Err(e) if json => {
+            let fields = vec![("msg".to_string(), serde_json::Value::String(format!("{e:#}")))];
+            eprintln!("{}", log::render(LogFormat::Json, chrono::Utc::now(), log::Level::Error, fields));
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("host-harness: {}", fatal(&e));
             ExitCode::from(2)

@@ -291,3 +291,15 @@ fn a_config_error_quoting_a_tenants_value_shows_it_inert() {
     assert!(!stderr.chars().any(|c| c != '\n' && onepassword_collector::text::is_unsafe(c)), "{stderr:?}");
     assert!(stderr.contains(r"https://x\u{202e}gnp\u{1b}[2J"), "{stderr}");
 }
+
+#[test]
+fn run_reports_a_start_up_error_as_a_json_line_when_asked() {
+    let (ok, _, stderr) = harness(&["run", "--config", "/nonexistent/tenants.toml", "--log-format", "json"]);
+    assert!(!ok);
+    let line: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().unwrap().contains("cannot read config file"), "{line}");
+    // logfmt (the default) keeps the plain line
+    let (_, _, stderr) = harness(&["run", "--config", "/nonexistent/tenants.toml"]);
+    assert!(stderr.starts_with("host-harness: cannot read config file"), "{stderr}");
+}
