@@ -22,6 +22,11 @@ pub enum Outcome {
     Deferred,
 }
 
+/// How a service deferred because it backs off after its own failures
+/// begins its `deferred_reason` (a spent budget or another instance's
+/// lease is worded otherwise): such a tick is still failing.
+pub const FAILURE_BACKOFF_REASON: &str = "backing off after ";
+
 impl Outcome {
     /// The outcome's name as reports, logs, tables and metric labels spell it
     /// (the same as its JSON form).

@@ -86,7 +86,7 @@ impl Tick {
         }
         if let Some(b) = state.backoff.as_ref() {
             if let Some(until) = b.pending(now) {
-                let reason = format!("backing off after {} consecutive failure(s)", b.attempts);
+                let reason = format!("{}{} consecutive failure(s)", crate::report::FAILURE_BACKOFF_REASON, b.attempts);
                 run.deferred = Some((until, reason));
                 run.state = state;
                 return Decision::Skip(Step::Finish(Ending::of(Outcome::Deferred)));

@@ -72,28 +72,13 @@ impl Logger {
     }
 }
 
-/// How the core words a service deferred because it backs off after its
-/// own failures (src/tick/page.rs), as opposed to a spent budget or
-/// another instance's lease.
-const FAILURE_BACKOFF: &str = "backing off after ";
-
-/// True when a service of the tick was held back by its earlier failures.
-fn backs_off_after_failures(tick: &TenantTick) -> bool {
-    tick.result.as_ref().is_ok_and(|r| {
-        r.services.iter().any(|s| {
-            s.outcome == Outcome::Deferred
-                && s.deferred_reason.as_deref().is_some_and(|w| w.starts_with(FAILURE_BACKOFF))
-        })
-    })
-}
-
 /// The fields of a tick's line and its level: error when the tick or a
 /// service failed; warn, and `ok=false`, when a service only backed off
 /// after earlier failures (it is still failing); info otherwise (a spent
 /// budget or another instance's lease is not a problem).
 pub fn tick_record(tick: &TenantTick) -> (Level, Fields) {
     let mut r = Fields::new();
-    let backing_off = backs_off_after_failures(tick);
+    let backing_off = tick.backs_off_after_failures();
     r.push(("tenant".into(), tick.tenant.clone().into()));
     r.push(("msg".into(), "tick".into()));
     r.push(("ok".into(), (tick.ok() && !backing_off).into()));

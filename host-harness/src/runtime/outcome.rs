@@ -6,7 +6,7 @@
 use crate::bindings::exports::onepassword::collector::runner as wit;
 use crate::guest_text;
 use onepassword_collector::error::{CollectorError, ErrorKind};
-use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
+use onepassword_collector::report::{Outcome, ServiceReport, TickReport, FAILURE_BACKOFF_REASON};
 use onepassword_collector::validate::{Check, Status};
 
 pub use onepassword_collector::error::HOST_FAILURE;
@@ -33,6 +33,18 @@ impl TenantTick {
     /// True when the tick ran and every service finished without error.
     pub fn ok(&self) -> bool {
         self.result.as_ref().is_ok_and(TickReport::ok)
+    }
+
+    /// True when a service of the tick was held back by its own earlier
+    /// failures ([`FAILURE_BACKOFF_REASON`]): the tick raised no new error
+    /// but the service is still failing.
+    pub fn backs_off_after_failures(&self) -> bool {
+        self.result.as_ref().is_ok_and(|r| {
+            r.services.iter().any(|s| {
+                s.outcome == Outcome::Deferred
+                    && s.deferred_reason.as_deref().is_some_and(|w| w.starts_with(FAILURE_BACKOFF_REASON))
+            })
+        })
     }
 
     /// The one-line JSON the `tick` command prints.

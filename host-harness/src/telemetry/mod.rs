@@ -57,7 +57,7 @@ use std::sync::{Mutex, MutexGuard};
 const RATE_LIMITED: u32 = 429;
 
 /// Every outcome of a tenant's tick, as `ticks_total` labels it.
-const TICK_OUTCOMES: [&str; 3] = ["ok", "failed", "host_failure"];
+const TICK_OUTCOMES: [&str; 4] = ["ok", "backing_off", "failed", "host_failure"];
 /// Every outcome of a service's run.
 const SERVICE_OUTCOMES: [Outcome; 4] = [Outcome::Delivered, Outcome::Idle, Outcome::Failed, Outcome::Deferred];
 
@@ -175,10 +175,13 @@ impl Telemetry {
                     reported.push(self.record_service(&tenant, s, now, ts));
                     error_ids.extend(s.error.as_ref().map(|e| e.id));
                 }
-                if error_ids.is_empty() {
-                    "ok"
-                } else {
+                if !error_ids.is_empty() {
                     "failed"
+                } else if tick.backs_off_after_failures() {
+                    // No new error, but a service is still failing.
+                    "backing_off"
+                } else {
+                    "ok"
                 }
             }
             Err(e) => {

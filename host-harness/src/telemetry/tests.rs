@@ -224,7 +224,9 @@ fn the_collectors_deferral_texts_map_to_fixed_reasons() {
     for reason in ["rate_limited", "backoff", "lease_held", "lease_lost", "other"] {
         assert_eq!(value(&t, &series(reason)), 1.0, "{reason}");
     }
-    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="ok"}"#), 7.0);
+    // A deferral is no failure, but backing off after failures is still failing.
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="ok"}"#), 6.0);
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="backing_off"}"#), 1.0);
     assert_eq!(DeferralReason::ALL.len(), 6);
 }
 
@@ -517,7 +519,7 @@ fn every_series_of_a_tenant_exists_before_its_first_event() {
         }
         assert!(!text.contains(r#"service="item_usage""#), "a service the tenant does not collect:\n{text}");
         let l = r#"{tenant="acme"}"#;
-        for outcome in ["ok", "failed", "host_failure"] {
+        for outcome in ["ok", "backing_off", "failed", "host_failure"] {
             at_zero(format!(r#"onepassword_collector_ticks_total{{tenant="acme",outcome="{outcome}"}}"#));
         }
         at_zero(format!("onepassword_collector_tick_duration_seconds_count{l}"));
@@ -643,4 +645,17 @@ fn process_metrics_come_from_proc_self() {
 fn telemetry_is_shareable() {
     fn shareable<T: Send + Sync>() {}
     shareable::<Telemetry>();
+}
+
+#[test]
+fn a_tick_that_only_backs_off_after_failures_counts_as_backing_off_not_ok() {
+    let t = Telemetry::new();
+    t.tick_finished(&tick("acme", vec![deferred("audit", "backing off after 3 consecutive failure(s)")]), at(NOW));
+    t.tick_finished(&tick("acme", vec![deferred("audit", "the request budget is spent until 12:01")]), at(NOW));
+    assert_eq!(value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="backing_off"}"#), 1.0);
+    assert_eq!(
+        value(&t, r#"onepassword_collector_ticks_total{tenant="acme",outcome="ok"}"#),
+        1.0,
+        "a spent budget is ok"
+    );
 }
