@@ -74,6 +74,7 @@
 #![warn(missing_docs)]
 
 mod bindings;
+pub mod catch_up;
 pub mod guest_text;
 pub mod host;
 pub mod host_settings;

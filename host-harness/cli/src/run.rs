@@ -9,7 +9,7 @@
 //! Catching up: a tick that ends with a backlog it could go on with (a
 //! service with more waiting that stopped at its deadline or its page cap,
 //! or at a spent budget that frees up before the next firing) is followed
-//! by another as soon as it can page again ([`catch_up_at`]), not at the
+//! by another as soon as it can page again (`host_harness::catch_up`), not at the
 //! next firing: a backlog drains at the account's budget, whatever the
 //! schedule. One tick at a time still (the next starts when the last has
 //! ended); the leases and the budget are the component's and hold as ever.
@@ -32,11 +32,12 @@
 
 use crate::log::{Level, Logger};
 use chrono::{DateTime, SecondsFormat, Utc};
+use host_harness::catch_up::catch_up_at;
 use host_harness::host_settings::HostSettings;
 use host_harness::runtime::{Runtime, TenantTick};
 use host_harness::schedule;
 use host_harness::shard::Shard;
-use host_harness::telemetry::{DeferralReason, Telemetry};
+use host_harness::telemetry::Telemetry;
 use host_harness::tenant::{self, Tenant};
 use onepassword_collector::report::{Outcome, ServiceReport};
 use std::collections::BTreeMap;
@@ -214,40 +215,6 @@ async fn tenant_loop(cx: Context, mut settings: watch::Receiver<Tenant>) {
         });
         in_flight = Some((handle, is_catch_up));
     }
-}
-
-/// When to tick again without waiting for the next firing: as soon as a
-/// service that ended this tick with more waiting can page again. That is
-/// at once when it stopped at its deadline or its page cap, and when its
-/// spent budget frees up (`deferred_until`) when it stopped there. While
-/// the tenant is catching up (`backlog`: an earlier tick said more is
-/// waiting), a service the budget or a 429 deferred before its first page
-/// still has that backlog: again when it may page. `None` when nothing is
-/// waiting, or every service with more waiting failed (it backs off; the
-/// schedule retries it) or the tick itself failed.
-fn catch_up_at(tick: &TenantTick, now: DateTime<Utc>, backlog: bool) -> Option<DateTime<Utc>> {
-    let report = tick.result.as_ref().ok()?;
-    let waiting = |s: &&ServiceReport| match s.outcome {
-        _ if s.error.is_some() => false,
-        Outcome::Delivered | Outcome::Idle => s.has_more,
-        Outcome::Deferred => {
-            backlog
-                && matches!(
-                    DeferralReason::from_text(s.deferred_reason.as_deref()),
-                    DeferralReason::Budget | DeferralReason::RateLimited
-                )
-        }
-        Outcome::Failed => false,
-    };
-    report
-        .services
-        .iter()
-        .filter(waiting)
-        .map(|s| {
-            let until = s.deferred_until.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-            until.map_or(now, |t| t.with_timezone(&Utc).max(now))
-        })
-        .min()
 }
 
 /// Reports one tick: the JSON line on stdout, the log line, the metrics.

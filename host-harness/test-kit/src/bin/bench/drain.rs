@@ -3,8 +3,8 @@
 //! the component takes to deliver a backlog of 1,000,000 events on one
 //! service, and of 300,000 on each of three, under two schedules:
 //!
-//! - **run**: `host-harness run`'s catch-up rule (`catch_up_at` in
-//!   `cli/src/run.rs`, repeated here): after a tick that ended with more
+//! - **run**: `host-harness run`'s catch-up rule (`host_harness::catch_up::catch_up_at` in the host library, as
+//!   `cli/src/run.rs` uses it): after a tick that ended with more
 //!   waiting, the next one at once, or when the spent budget frees up; else
 //!   at the next firing of a one-minute schedule.
 //! - **Spin cron**: one tick per firing of a one-minute schedule, each all
@@ -25,8 +25,8 @@
 use super::{f, mib, n, Table, DEVO_DOMAIN, DEVO_TOKEN, OP_TOKEN, PAGE};
 use chrono::{DateTime, Utc};
 use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
+use host_harness::catch_up::catch_up_at;
 use host_harness::runtime::{Limits, Runtime, TenantTick, TickOptions};
-use host_harness::telemetry::DeferralReason;
 use host_harness::tenant::Tenant;
 use onepassword_collector::budget::DEFAULT_PER_MINUTE;
 use onepassword_collector::report::Outcome;
@@ -119,32 +119,6 @@ impl Clock {
 fn next_minute(t: DateTime<Utc>) -> DateTime<Utc> {
     let next = (t.timestamp().div_euclid(60) + 1) * 60;
     DateTime::from_timestamp(next, 0).expect("a time")
-}
-
-/// `host-harness run`'s rule (`catch_up_at` in `cli/src/run.rs`): when to
-/// tick again before the next firing, if at all.
-fn catch_up_at(tick: &TenantTick, now: DateTime<Utc>, backlog: bool) -> Option<DateTime<Utc>> {
-    let report = tick.result.as_ref().ok()?;
-    report
-        .services
-        .iter()
-        .filter(|s| match s.outcome {
-            _ if s.error.is_some() => false,
-            Outcome::Delivered | Outcome::Idle => s.has_more,
-            Outcome::Deferred => {
-                backlog
-                    && matches!(
-                        DeferralReason::from_text(s.deferred_reason.as_deref()),
-                        DeferralReason::Budget | DeferralReason::RateLimited
-                    )
-            }
-            Outcome::Failed => false,
-        })
-        .map(|s| {
-            let until = s.deferred_until.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-            until.map_or(now, |t| t.with_timezone(&Utc).max(now))
-        })
-        .min()
 }
 
 /// Drains `backlog` from fresh emulators and a fresh store under
