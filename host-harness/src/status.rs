@@ -188,6 +188,33 @@ pub fn to_json(rows: &[Row], now: DateTime<Utc>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Each tenant's next planned firing, and where it falls in its period
+/// (an offset, or the exact second): a table after the services' one.
+pub fn firings_table(tenants: &[Tenant], now: DateTime<Utc>) -> String {
+    let mut out = format!("{:<16} {:<25} {}\n", "tenant", "next firing", "within its period");
+    for tenant in tenants {
+        let line = match tenant.next_firing(now) {
+            Some(f) => format!("{:<16} {:<25} {}", tenant.name, crate::schedule::shown(f.at), f.spread.describe()),
+            None => format!("{:<16} {:<25} the schedule fires no more", tenant.name, "-"),
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Adds each tenant's next firing to its [`to_json`] line: `next_firing`,
+/// `firing_offset_ms` (null when it fires on the exact second) and `firing`
+/// (in words).
+pub fn add_firings(lines: &mut [serde_json::Value], tenants: &[Tenant], now: DateTime<Utc>) {
+    for line in lines {
+        let Some(tenant) = tenants.iter().find(|t| line["tenant"] == t.name.as_str()) else { continue };
+        for (key, value) in crate::schedule::Firing::json_fields(tenant.next_firing(now).as_ref()) {
+            line[key] = value;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +227,7 @@ mod tests {
         Tenant {
             name: "acme".into(),
             schedule: "0 * * * * *".into(),
+            spread_firings: true,
             kv: dir.path().join("acme.sqlite").into(),
             variables: BTreeMap::from([("services".into(), "audit,sign_in_attempts".into())]),
             environment: Default::default(),
@@ -252,6 +280,26 @@ mod tests {
         let message = json[0]["services"]["audit"]["last_error"]["message"].as_str().unwrap();
         assert!(!message.chars().any(onepassword_collector::text::is_unsafe), "{message:?}");
         assert_eq!(json[0]["services"]["sign_in_attempts"]["collected"], false);
+    }
+
+    #[test]
+    fn next_firings_show_the_offset_or_the_exact_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-05-01T12:00:40Z").unwrap().with_timezone(&Utc);
+        let spread = tenant_of(&dir);
+        let exact = Tenant { name: "beta".into(), spread_firings: false, ..tenant_of(&dir) };
+        let tenants = [spread, exact];
+        let text = firings_table(&tenants, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with("acme") && lines[1].contains("2026-05-01T12:01:19.872Z  19.872 s into each 1 min period"), "{text}");
+        assert!(lines[2].contains("2026-05-01T12:01:00Z") && lines[2].ends_with("on the exact second (spread_firings = false)"), "{text}");
+        let mut json = vec![serde_json::json!({ "tenant": "acme" }), serde_json::json!({ "tenant": "beta" })];
+        add_firings(&mut json, &tenants, now);
+        assert_eq!(json[0]["next_firing"], "2026-05-01T12:01:19.872Z");
+        assert_eq!(json[0]["firing_offset_ms"], 19_872);
+        assert_eq!(json[1]["next_firing"], "2026-05-01T12:01:00Z");
+        assert_eq!(json[1]["firing_offset_ms"], serde_json::Value::Null);
     }
 
     #[tokio::test]

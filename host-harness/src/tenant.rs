@@ -4,6 +4,7 @@
 //! ```toml
 //! [tenants.acme]
 //! schedule = "0 * * * * *"
+//! spread_firings = true          # the default: offset within the period by the name's hash
 //! kv = "acme.sqlite"             # in [host] state_dir (default state/)
 //! [tenants.acme.variables]
 //! base_url = "https://events.1password.com"
@@ -65,6 +66,10 @@ pub struct Tenant {
     pub name: String,
     /// Cron expression with a seconds field, as Spin's cron trigger takes.
     pub schedule: String,
+    /// Whether `run` offsets the tenant's firings within the schedule's
+    /// period by a stable hash of its name (`spread_firings`, default
+    /// true; see [`crate::schedule`]). False: on the exact second.
+    pub spread_firings: bool,
     /// This tenant's key-value store: a SQLite file, or a prefix in Redis.
     pub kv: KvLocation,
     /// The component's config keys and their values (secrets included:
@@ -102,6 +107,14 @@ impl Tenant {
             || ["token", "key", "secret", "password"].iter().any(|word| key.contains(word))
     }
 
+    /// The tenant's next planned firing strictly after `now` (its offset
+    /// within the period, or the exact second); `None` when the schedule
+    /// fires no more (or does not parse: checked when the file loaded).
+    pub fn next_firing(&self, now: chrono::DateTime<chrono::Utc>) -> Option<crate::schedule::Firing> {
+        let schedule = crate::schedule::parse(&self.schedule).ok()?;
+        crate::schedule::next_firing(&schedule, &self.name, self.spread_firings, now)
+    }
+
     /// The base URLs outbound requests may go to.
     pub fn outbound_urls(&self) -> Vec<&str> {
         match &self.allowed_outbound_hosts {
@@ -137,6 +150,7 @@ impl fmt::Debug for Tenant {
         f.debug_struct("Tenant")
             .field("name", &self.name)
             .field("schedule", &self.schedule)
+            .field("spread_firings", &self.spread_firings)
             .field("kv", &self.kv)
             .field("variables", &variables)
             .field("allowed_outbound_hosts", &hosts)
@@ -157,6 +171,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct TenantFile {
     schedule: Option<String>,
+    /// Offset firings within the period by the name's hash (default true).
+    spread_firings: Option<bool>,
     kv: Option<String>,
     /// With a Redis `kv`: what every key of the tenant starts with
     /// (default `onepassword-collector/<name>/`).
@@ -406,6 +422,7 @@ pub fn parse_config_where(
         tenants.push(Tenant {
             name,
             schedule,
+            spread_firings: t.spread_firings.unwrap_or(true),
             kv,
             variables,
             environment,
@@ -795,5 +812,18 @@ mod tests {
         assert!(format!("{e:#}").contains("schedule"), "{e:#}");
         assert!(parse("", Path::new("."), |_| None).is_err());
         assert!(parse("[tenants.a]\nshedule = \"x\"", Path::new("."), |_| None).is_err());
+    }
+
+    #[test]
+    fn firings_are_spread_unless_a_tenant_turns_it_off() {
+        let t = parse("[tenants.a]\n[tenants.b]\nspread_firings = false", Path::new("/h"), |_| None).unwrap();
+        assert!(t[0].spread_firings && !t[1].spread_firings);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z").unwrap().to_utc();
+        assert_eq!(t[1].next_firing(now).unwrap().at.to_rfc3339(), "2026-05-01T12:01:00+00:00");
+        assert!(t[0].next_firing(now).unwrap().spread.offset_ms().is_some());
+        // Still refused: a misspelt setting, or one of another type.
+        for bad in ["spread_firing = false", "spread_firings = \"no\"", "spread_firings = 0"] {
+            assert!(parse(&format!("[tenants.a]\n{bad}"), Path::new("/h"), |_| None).is_err(), "{bad}");
+        }
     }
 }

@@ -46,6 +46,7 @@ fn a_stream_error_the_guest_reads_carries_no_host_backtrace() {
     let tenant = Tenant {
         name: "acme".into(),
         schedule: "* * * * * *".into(),
+        spread_firings: true,
         kv: dir.path().join("acme.sqlite").into(),
         variables,
         environment: Default::default(),

@@ -76,6 +76,7 @@ impl Services {
         Tenant {
             name: name.into(),
             schedule: "* * * * * *".into(),
+            spread_firings: true,
             kv: dir.join(format!("{name}.sqlite")).into(),
             variables,
             environment: Default::default(),

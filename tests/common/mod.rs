@@ -56,6 +56,7 @@ impl Fixture {
         let tenant = Tenant {
             name: "e2e".into(),
             schedule: "* * * * * *".into(),
+            spread_firings: true,
             kv: state.path().join("e2e.sqlite").into(),
             variables: tenant_variables(&op, OP_TOKEN, &devo, DEVO_DOMAIN, DEVO_TOKEN),
             environment: Default::default(),

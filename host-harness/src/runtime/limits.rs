@@ -248,6 +248,7 @@ mod tests {
         Tenant {
             name: "t".into(),
             schedule: "* * * * * *".into(),
+            spread_firings: true,
             kv: std::path::PathBuf::from("/nowhere/t.sqlite").into(),
             variables: variables.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             environment: Default::default(),

@@ -45,6 +45,7 @@ pub async fn run(
     let tenant = Tenant {
         name: "demo".into(),
         schedule: host_harness::tenant::DEFAULT_SCHEDULE.into(),
+        spread_firings: true,
         kv: state.join("demo.sqlite").into(),
         variables,
         environment: Default::default(),

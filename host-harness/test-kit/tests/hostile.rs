@@ -147,6 +147,7 @@ impl Neighbours {
                     variables,
                     name,
                     schedule: "* * * * * *".into(),
+                    spread_firings: true,
                     environment: Default::default(),
                     allowed_outbound_hosts: None,
                     limits: Default::default(),
@@ -169,6 +170,7 @@ impl Neighbours {
         Tenant {
             name: "hostile".into(),
             schedule: "* * * * * *".into(),
+            spread_firings: true,
             kv: self.dir.path().join("hostile.sqlite").into(),
             variables: all,
             environment: Default::default(),
