@@ -311,3 +311,26 @@ fn deeply_nested_events_fit_the_components_stack() {
     let audit = report.services.iter().find(|s| s.service == "audit").unwrap();
     assert_ne!(audit.error.as_ref().map(|e| e.id), Some(host_harness::runtime::HOST_FAILURE), "{}", t.to_json());
 }
+
+#[test]
+fn a_tenants_store_file_is_opened_once_for_many_ticks_and_keeps_its_log() {
+    let f = Fixture::new(40, 12);
+    // A runtime of its own, so that no other test's tenants count.
+    let runtime = harness_test_kit::loopback::runtime(
+        &host_harness::runtime::default_component_path(),
+        host_harness::runtime::Limits::default(),
+    )
+    .expect("component loads");
+    f.drain_on(&runtime, 5);
+    for _ in 0..4 {
+        f.advance(60);
+        assert!(f.tick_on(&runtime).ok());
+    }
+    f.assert_all_delivered_once(ApiVersion::V2);
+    let files = runtime.stores().sqlite_files();
+    assert_eq!((files.opened(), files.len()), (1, 1), "one open for every tick");
+    // Still open: SQLite neither checkpointed nor removed the write-ahead log.
+    let path = f.tenant.kv.sqlite_path().expect("a SQLite store");
+    let wal = path.with_file_name(format!("{}-wal", path.file_name().unwrap().to_str().unwrap()));
+    assert!(wal.exists(), "{} is gone: the file was closed", wal.display());
+}

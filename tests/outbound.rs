@@ -160,10 +160,47 @@ fn https_with_the_operators_ca_delivers_every_event_once() {
     assert!(checks.iter().any(|c| c.name == "1Password") && checks.iter().all(|c| c.name != "outbound"));
     f.drain_on(&runtime, 5);
     f.assert_all_delivered_once(ApiVersion::V2);
-    // Every request went through a handshake with the fronts.
-    assert!(op.handshakes() >= f.op.request_count(), "{} handshakes", op.handshakes());
-    assert!(devo.handshakes() >= f.devo.requests().len(), "{} handshakes", devo.handshakes());
+    // Every request went through the fronts, on connections kept alive
+    // across requests and ticks: one handshake per connection opened.
+    let requests = f.op.request_count() + f.devo.requests().len();
+    let handshakes = op.handshakes() + devo.handshakes();
+    let stats = runtime.connection_stats();
+    assert_eq!(stats.opened as usize, handshakes, "{stats:?}");
+    assert!(stats.opened as usize + stats.reused as usize >= requests, "{requests} requests, {stats:?}");
+    assert!(handshakes < requests, "{handshakes} handshakes for {requests} requests: connections not reused");
+    // Caught up, later ticks ask 1Password once per service each, on the
+    // connections already open: no handshake at all.
+    let (asked, shaken) = (f.op.request_count(), op.handshakes());
+    for _ in 0..5 {
+        f.advance(60);
+        assert!(f.tick_on(&runtime).ok());
+    }
+    assert!(f.op.request_count() >= asked + 15, "{} requests", f.op.request_count() - asked);
+    assert_eq!(op.handshakes(), shaken, "an idle tick opened a connection");
     assert_eq!(op.failed_handshakes() + devo.failed_handshakes(), 0);
+}
+
+#[test]
+fn a_new_connection_to_a_server_resumes_its_tls_session() {
+    let ca = TestCa::new("collector test CA");
+    let mut f = Fixture::new(10, 47);
+    let (op, devo) = behind_tls(&mut f, &ca);
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing kept idle: every request opens a connection of its own.
+    let pool = host_harness::host::outbound::PoolLimits { per_destination: 0, ..Default::default() };
+    let runtime = Runtime::with_options(
+        &default_component_path(),
+        RuntimeOptions { outbound: https_settings(&ca, dir.path()), pool, ..RuntimeOptions::default() },
+    )
+    .expect("component loads");
+    f.drain_on(&runtime, 5);
+    f.assert_all_delivered_once(ApiVersion::V2);
+    let (handshakes, resumed) = (op.handshakes() + devo.handshakes(), op.resumed_handshakes() + devo.resumed_handshakes());
+    assert_eq!(runtime.connection_stats().reused, 0);
+    assert!(handshakes >= f.op.request_count() + f.devo.requests().len(), "{handshakes} handshakes");
+    // The first handshakes with each front (the services' requests start
+    // together) are full ones; most after them resume.
+    assert!(resumed * 2 >= handshakes, "{resumed} of {handshakes} handshakes resumed a session");
 }
 
 #[test]

@@ -58,7 +58,7 @@ impl Setup {
         let cache = self.compile_cache.clone().map_or(CompileCache::NextToComponent, CompileCache::Dir);
         Runtime::with_options(
             &component,
-            RuntimeOptions { limits: host.limits.clone(), cache, outbound: host.outbound.clone() },
+            RuntimeOptions { limits: host.limits.clone(), cache, outbound: host.outbound.clone(), ..RuntimeOptions::default() },
         )
     }
 }
@@ -233,6 +233,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let runtime = setup.runtime(&host)?;
             let options = run::RunOptions {
+            let pool = runtime.clone();
+            telemetry.watch_connections(Box::new(move || pool.connection_stats()));
                 config: setup.config.clone(),
                 host,
                 shard,

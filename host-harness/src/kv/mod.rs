@@ -14,7 +14,7 @@ pub mod redis;
 pub mod sqlite;
 
 pub use self::redis::{RedisBucket, RedisLocation, RedisServer};
-pub use self::sqlite::{SqliteBucket, SqliteStore};
+pub use self::sqlite::{OpenFiles, SqliteBucket, SqliteStore};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,8 @@ impl From<PathBuf> for KvLocation {
 
 /// Opens tenants' stores. Every tenant on one Redis shares one connection
 /// (it multiplexes and reconnects by itself), so a thousand tenants do not
-/// mean a thousand connections. Shared by every tick of a runtime; its
+/// mean a thousand connections; a SQLite file stays open from one tick to
+/// the next ([`OpenFiles`]). Shared by every tick of a runtime; its
 /// Redis connections are driven by the tokio runtime that opened them, so
 /// an embedder keeps one tokio runtime for the ticks of one `Runtime`.
 #[derive(Default)]
@@ -115,20 +116,26 @@ pub struct Stores {
     /// connect: a Redis that does not answer delays the tenants on it (up to
     /// the connect timeout), not those on another Redis or on SQLite.
     redis: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<::redis::aio::ConnectionManager>>>>,
+    /// The SQLite files open now.
+    sqlite: Arc<OpenFiles>,
 }
 
 impl Stores {
+    /// The SQLite files open across ticks.
+    pub fn sqlite_files(&self) -> &OpenFiles {
+        &self.sqlite
+    }
+
     /// Bucket `name` of the store at `location`, created if it does not
     /// exist yet (a SQLite file and its folder; Redis needs nothing).
     pub async fn open(&self, location: &KvLocation, name: &str) -> Result<Box<dyn KvBackend>, String> {
         match location {
             KvLocation::Sqlite(path) => {
-                let path = path.clone();
-                let name = name.to_string();
-                let bucket = tokio::task::spawn_blocking(move || SqliteStore::open(&path).map(|s| s.bucket(&name)))
+                let (path, files) = (path.clone(), Arc::clone(&self.sqlite));
+                let file = tokio::task::spawn_blocking(move || files.get(&path))
                     .await
                     .map_err(|e| format!("the store's thread ended: {e}"))??;
-                Ok(Box::new(bucket))
+                Ok(Box::new(SqliteStore::shared_bucket(file, name)))
             }
             KvLocation::Redis(location) => {
                 let cell = {

@@ -2,12 +2,29 @@
 //! table layout Spin's default store uses (`spin_key_value`: store, key,
 //! value), so checkpoints survive restarts and a state file can move between
 //! this harness and `spin up`.
+//!
+//! Files stay open across ticks ([`OpenFiles`]): opening one costs a few
+//! system calls, parsing the schema and, once its last connection closes,
+//! SQLite's checkpoint of the write-ahead log (two fsyncs) and the log's
+//! deletion; for a tenant whose tick finds nothing new that was most of
+//! what the store cost.
 
 use super::KvBackend;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+/// How many SQLite files [`OpenFiles`] keeps open by default. Each holds
+/// three file descriptors (the file, its log and the log's index) and some
+/// 100 KiB; past this many the least recently used is closed.
+pub const DEFAULT_OPEN_FILES: usize = 1024;
+
+/// Writes a value, replacing the one there.
+const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
 
 /// One SQLite file; every method names the store (Spin's "bucket") it
 /// works on. [`SqliteStore::bucket`] binds one store as a [`KvBackend`].
@@ -51,6 +68,11 @@ impl SqliteStore {
         SqliteBucket { file: Arc::new(Mutex::new(self)), name: name.into() }
     }
 
+    /// Store `name` of a file already open (one of [`OpenFiles`]').
+    pub fn shared_bucket(file: Arc<Mutex<SqliteStore>>, name: &str) -> SqliteBucket {
+        SqliteBucket { file, name: name.into() }
+    }
+
     /// The file, as it was opened.
     pub fn path(&self) -> &Path {
         &self.path
@@ -59,21 +81,16 @@ impl SqliteStore {
     /// The value of `key` in `store`; `None` when it is absent.
     pub fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.conn
-            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
+            .and_then(|mut stmt| stmt.query_row(params![store, key], |r| r.get(0)).optional())
             .map_err(|e| e.to_string())
     }
 
     /// Stores `value` under `key` in `store`, replacing what was there.
     pub fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
         self.conn
-            .execute(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                params![store, key, value],
-            )
+            .prepare_cached(UPSERT)
+            .and_then(|mut stmt| stmt.execute(params![store, key, value]))
             .map(drop)
             .map_err(|e| e.to_string())
     }
@@ -81,7 +98,8 @@ impl SqliteStore {
     /// Removes `key` from `store`; an absent key is no error.
     pub fn delete(&self, store: &str, key: &str) -> Result<(), String> {
         self.conn
-            .execute("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key])
+            .prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")
+            .and_then(|mut stmt| stmt.execute(params![store, key]))
             .map(drop)
             .map_err(|e| e.to_string())
     }
@@ -129,18 +147,11 @@ impl SqliteStore {
         let tx =
             self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
         let current: Option<Vec<u8>> = tx
-            .query_row("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2", params![store, key], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
+            .and_then(|mut stmt| stmt.query_row(params![store, key], |r| r.get(0)).optional())
             .map_err(|e| e.to_string())?;
         let Some(value) = change(current)? else { return Ok(None) };
-        tx.execute(
-            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            params![store, key, value],
-        )
-        .map_err(|e| e.to_string())?;
+        tx.prepare_cached(UPSERT).and_then(|mut stmt| stmt.execute(params![store, key, value])).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
         Ok(Some(value))
     }
@@ -149,10 +160,106 @@ impl SqliteStore {
     pub fn keys(&self, store: &str) -> Result<Vec<String>, String> {
         let mut stmt = self
             .conn
-            .prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")
+            .prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")
             .map_err(|e| e.to_string())?;
         let rows = stmt.query_map(params![store], |r| r.get(0)).map_err(|e| e.to_string())?;
         rows.collect::<Result<Vec<String>, _>>().map_err(|e| e.to_string())
+    }
+}
+
+/// Which file a path names right now: its device and inode.
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|_| (0, 0))
+}
+
+/// SQLite files kept open across ticks, at most `capacity` of them (the
+/// least recently used is closed past that). A file is opened again when
+/// its path no longer names the file that is open (deleted, or replaced:
+/// an operator who removes a tenant's state file to start it afresh gets
+/// a fresh file, not writes into the deleted one); that costs one `stat`
+/// per use. The map's lock is never held across an open, which may wait
+/// on another process's lock.
+pub struct OpenFiles {
+    files: Mutex<HashMap<PathBuf, OpenFile>>,
+    capacity: usize,
+    /// Uses so far: each file's last use is a tick of this clock.
+    uses: AtomicU64,
+    opened: AtomicU64,
+}
+
+struct OpenFile {
+    file: Arc<Mutex<SqliteStore>>,
+    identity: Option<(u64, u64)>,
+    last_used: u64,
+}
+
+impl Default for OpenFiles {
+    fn default() -> Self {
+        OpenFiles::with_capacity(DEFAULT_OPEN_FILES)
+    }
+}
+
+impl OpenFiles {
+    /// At most `capacity` files open at once (at least one).
+    pub fn with_capacity(capacity: usize) -> OpenFiles {
+        OpenFiles {
+            files: Mutex::default(),
+            capacity: capacity.max(1),
+            uses: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// The file at `path`, open already or opened now (created if need
+    /// be, as [`SqliteStore::open`]). Blocks: call it off the async workers.
+    pub fn get(&self, path: &Path) -> Result<Arc<Mutex<SqliteStore>>, String> {
+        let now = identity(path);
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(open) = files.get_mut(path) {
+                if open.identity.is_some() && open.identity == now {
+                    open.last_used = tick;
+                    return Ok(Arc::clone(&open.file));
+                }
+                // Deleted or replaced under us: open what is there now.
+                files.remove(path);
+            }
+        }
+        let file = Arc::new(Mutex::new(SqliteStore::open(path)?));
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let open = OpenFile { file: Arc::clone(&file), identity: identity(path), last_used: tick };
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        files.insert(path.to_path_buf(), open);
+        while files.len() > self.capacity {
+            let Some(oldest) = files.iter().min_by_key(|(_, f)| f.last_used).map(|(p, _)| p.clone()) else { break };
+            // Closed once the last tick using it lets go of it.
+            files.remove(&oldest);
+        }
+        Ok(file)
+    }
+
+    /// How many times a file was opened (a tick that found its file open
+    /// opens nothing).
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// How many files are open now.
+    pub fn len(&self) -> usize {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// True when no file is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -271,5 +378,60 @@ mod tests {
             .collect();
         handles.into_iter().for_each(|h| h.join().unwrap());
         assert_eq!(a.increment("default", "n", 0).unwrap(), 100);
+    }
+
+    #[test]
+    fn an_open_file_serves_many_uses_and_one_deleted_or_replaced_is_opened_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let files = OpenFiles::with_capacity(4);
+        for n in 0..5 {
+            let file = files.get(&path).unwrap();
+            file.lock().unwrap().set("default", "n", n.to_string().as_bytes()).unwrap();
+        }
+        assert_eq!(files.opened(), 1, "opened once for five uses");
+        // The log stays while the file is open: no checkpoint, no unlink.
+        assert!(dir.path().join("t.sqlite-wal").exists());
+
+        // An operator removes the file (and its log) to start afresh.
+        for side in ["t.sqlite", "t.sqlite-wal", "t.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(side));
+        }
+        let file = files.get(&path).unwrap();
+        assert_eq!(files.opened(), 2, "a deleted file is not written to");
+        assert_eq!(file.lock().unwrap().get("default", "n").unwrap(), None, "a fresh file");
+        file.lock().unwrap().set("default", "n", b"fresh").unwrap();
+        drop(file);
+        assert_eq!(SqliteStore::open(&path).unwrap().get("default", "n").unwrap(), Some(b"fresh".to_vec()));
+
+        // Replaced by another file under the same name (a backup put back,
+        // its side files with the old one removed, as SQLite needs): that
+        // one is used.
+        let other = dir.path().join("other.sqlite");
+        SqliteStore::open(&other).unwrap().set("default", "n", b"other").unwrap();
+        for side in ["t.sqlite-wal", "t.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(side));
+        }
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(files.get(&path).unwrap().lock().unwrap().get("default", "n").unwrap(), Some(b"other".to_vec()));
+        assert_eq!(files.opened(), 3);
+    }
+
+    #[test]
+    fn past_its_capacity_the_least_recently_used_file_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = OpenFiles::with_capacity(2);
+        let path = |n: u32| dir.path().join(format!("{n}.sqlite"));
+        files.get(&path(1)).unwrap();
+        files.get(&path(2)).unwrap();
+        files.get(&path(1)).unwrap(); // 2 is now the least recently used
+        files.get(&path(3)).unwrap();
+        assert_eq!((files.len(), files.opened()), (2, 3));
+        // Closed: its last connection checkpointed and removed the log.
+        assert!(!dir.path().join("2.sqlite-wal").exists(), "2 was closed");
+        files.get(&path(1)).unwrap();
+        assert_eq!(files.opened(), 3, "1 stayed open");
+        files.get(&path(2)).unwrap();
+        assert_eq!(files.opened(), 4, "2 is opened again");
     }
 }

@@ -7,7 +7,7 @@
 use super::limits::{EffectiveLimits, Guard, Meter};
 use crate::bindings;
 use crate::host::keyvalue::{self, KeyValue, KeyValueCtx, KvFaultHook};
-use crate::host::outbound::{OutboundPolicy, OutboundSettings};
+use crate::host::outbound::{ConnectionPool, OutboundPolicy, OutboundSettings};
 use crate::host::variables::{self, ConfigVars};
 use crate::kv::{KvBackendFactory, Stores};
 #[cfg(test)]
@@ -100,6 +100,8 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<TickState>> {
 /// outbound rules.
 pub(crate) struct HostRules {
     pub outbound: Arc<OutboundSettings>,
+    /// The runtime's idle outbound connections.
+    pub connections: Arc<ConnectionPool>,
 }
 
 /// A store for one instance of the tenant: its config, key-value store,
@@ -125,7 +127,8 @@ pub(crate) fn new_store(
             http
         },
         table,
-        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, limits.request_timeout),
+        outbound: OutboundPolicy::for_urls(tenant.outbound_urls(), host.outbound, limits.request_timeout)
+            .with_pool(host.connections),
         kv: KeyValueCtx::new(stores, tenant.kv.clone(), limits.state, options.kv_faults.clone())
             .with_backend(options.kv_backend.clone()),
         config: ConfigVars(tenant.variables.clone()),
@@ -175,7 +178,7 @@ mod tests {
         };
         let limits = host.for_tenant(&tenant);
         let meter = Arc::new(Meter::default());
-        let rules = HostRules { outbound: Arc::default() };
+        let rules = HostRules { outbound: Arc::default(), connections: Arc::default() };
         let mut store = new_store(&engine, &tenant, &TickOptions::default(), &limits, rules, Arc::default(), meter);
         let table = &mut store.data_mut().table;
         for _ in 0..MAX_RESOURCES {

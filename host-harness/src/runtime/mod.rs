@@ -37,6 +37,7 @@ pub use crate::limits::{MAX_FIELDS_BYTES, MAX_RESOURCES};
 use self::limits::Meter;
 use self::outcome::{from_wit_check, from_wit_error, from_wit_report, host_failure, with_stderr, with_warnings};
 use crate::bindings::CollectorHostPre;
+use crate::host::outbound::{ConnectionPool, ConnectionStats, PoolLimits};
 use crate::kv::Stores;
 use crate::tenant::Tenant;
 use onepassword_collector::error::CollectorError;
@@ -60,6 +61,8 @@ pub struct RuntimeOptions {
     /// Where tenants' requests may go; the default is https to public
     /// addresses only (see [`OutboundSettings`]).
     pub outbound: OutboundSettings,
+    /// How many idle outbound connections are kept, and how long.
+    pub pool: PoolLimits,
 }
 
 /// The workspace's release build of the component.
@@ -85,8 +88,11 @@ struct Inner {
     slots: tokio::sync::Semaphore,
     cache_file: Option<PathBuf>,
     loaded_from_cache: bool,
-    /// Tenants' key-value stores (shared Redis connections).
+    /// Tenants' key-value stores (shared Redis connections, SQLite files
+    /// kept open across ticks).
     stores: Arc<Stores>,
+    /// Idle outbound connections, shared by the tenants per destination.
+    connections: Arc<ConnectionPool>,
 }
 
 impl Runtime {
@@ -100,7 +106,7 @@ impl Runtime {
 
     /// [`Runtime::new`] with a choice of compile cache and outbound rules.
     pub fn with_options(component_path: &Path, options: RuntimeOptions) -> anyhow::Result<Runtime> {
-        let RuntimeOptions { limits, cache, outbound } = options;
+        let RuntimeOptions { limits, cache, outbound, pool } = options;
         anyhow::ensure!(limits.max_concurrent_instances > 0, "max_concurrent_instances must be at least 1");
         let engine = engine::new(&limits)?;
         let loaded = compile_cache::load(&engine, component_path, &cache)?;
@@ -117,6 +123,7 @@ impl Runtime {
                 cache_file: loaded.cache_file,
                 loaded_from_cache: loaded.from_cache,
                 stores: Arc::default(),
+                connections: Arc::new(ConnectionPool::new(pool)),
             }),
         })
     }
@@ -134,6 +141,17 @@ impl Runtime {
     /// Instances alive right now (ticks holding a pool slot).
     pub fn instances_in_use(&self) -> usize {
         self.inner.limits.max_concurrent_instances - self.inner.slots.available_permits()
+    }
+
+    /// Outbound connections opened and reused so far, and idle now.
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.inner.connections.stats()
+    }
+
+    /// The tenants' stores this runtime keeps open (how many SQLite files
+    /// were opened, how many are open now).
+    pub fn stores(&self) -> &Stores {
+        &self.inner.stores
     }
 
     /// True when the compiled component came from the on-disk cache.
@@ -307,7 +325,8 @@ impl Inner {
         meter: Arc<Meter>,
     ) -> wasmtime::Store<TickState> {
         let stores = Arc::clone(&self.stores);
-        let host = instance::HostRules { outbound: Arc::clone(&self.outbound) };
+        let host =
+            instance::HostRules { outbound: Arc::clone(&self.outbound), connections: Arc::clone(&self.connections) };
         instance::new_store(&self.engine, tenant, options, limits, host, stores, meter)
     }
 }

@@ -88,7 +88,13 @@ pub struct Telemetry {
     registry: Registry,
     metrics: Metrics,
     state: Mutex<State>,
+    /// Where each scrape reads the outbound connection counts from (the
+    /// runtime's pool), once one is set.
+    connection_source: Mutex<Option<ConnectionSource>>,
 }
+
+/// Reads the outbound connection counts at scrape time.
+pub type ConnectionSource = Box<dyn Fn() -> crate::host::outbound::ConnectionStats + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -140,7 +146,7 @@ impl Telemetry {
     /// Nothing recorded yet; not ready until [`Telemetry::component_loaded`].
     pub fn new() -> Telemetry {
         let (registry, metrics) = Metrics::register();
-        Telemetry { registry, metrics, state: Mutex::new(State::default()) }
+        Telemetry { registry, metrics, state: Mutex::new(State::default()), connection_source: Mutex::default() }
     }
 
     /// The component is compiled and linked: readiness may turn true.
@@ -290,6 +296,23 @@ impl Telemetry {
     pub fn instances(&self, in_use: usize, capacity: usize) {
         self.metrics.instances_in_use.set(i64::try_from(in_use).unwrap_or(i64::MAX));
         self.metrics.instances_capacity.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
+    /// Each scrape reads the outbound connection counts from `source` (the
+    /// runtime's `connection_stats`).
+    pub fn watch_connections(&self, source: ConnectionSource) {
+        *self.connection_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The runtime's outbound connections: opened and reused so far (the
+    /// counters move by what changed since the last call), idle now.
+    pub fn connections(&self, stats: crate::host::outbound::ConnectionStats) {
+        let m = &self.metrics;
+        // One caller at a time, so two cannot add the same difference.
+        let _state = self.state();
+        m.connections_opened.inc_by(stats.opened.saturating_sub(m.connections_opened.get()));
+        m.connections_reused.inc_by(stats.reused.saturating_sub(m.connections_reused.get()));
+        m.connections_idle.set(i64::try_from(stats.idle).unwrap_or(i64::MAX));
     }
 
     /// `tenant` is run by this process (at start, or added or changed by a
@@ -449,6 +472,10 @@ impl Telemetry {
     /// [`Format::content_type`]).
     pub fn render(&self, format: Format) -> String {
         self.metrics.ready.set(i64::from(self.readiness().ready));
+        let stats = self.connection_source.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|source| source());
+        if let Some(stats) = stats {
+            self.connections(stats);
+        }
         let mut out = String::new();
         let written = match format {
             Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry),

@@ -27,7 +27,7 @@ pub fn outbound() -> OutboundSettings {
 
 /// Runtime options with [`outbound`].
 pub fn options(limits: Limits, cache: CompileCache) -> RuntimeOptions {
-    RuntimeOptions { limits, cache, outbound: outbound() }
+    RuntimeOptions { limits, cache, outbound: outbound(), ..RuntimeOptions::default() }
 }
 
 /// A runtime that may reach the emulators (compile cache beside the `.wasm`).

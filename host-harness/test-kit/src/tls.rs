@@ -64,6 +64,7 @@ pub struct TlsFront {
 #[derive(Default)]
 struct Counts {
     handshakes: AtomicUsize,
+    resumed: AtomicUsize,
     failed_handshakes: AtomicUsize,
 }
 
@@ -97,6 +98,9 @@ impl TlsFront {
                         }
                     };
                     counts.handshakes.fetch_add(1, Ordering::SeqCst);
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        counts.resumed.fetch_add(1, Ordering::SeqCst);
+                    }
                     if let Ok(mut plain) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
                     }
@@ -114,6 +118,12 @@ impl TlsFront {
     /// Connections whose TLS handshake completed.
     pub fn handshakes(&self) -> usize {
         self.counts.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Of those, handshakes that resumed an earlier session (no certificate
+    /// sent, no full key exchange's signature).
+    pub fn resumed_handshakes(&self) -> usize {
+        self.counts.resumed.load(Ordering::SeqCst)
     }
 
     /// Connections whose TLS handshake failed (the client refused the

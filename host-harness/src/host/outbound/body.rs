@@ -69,16 +69,17 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for CappedBody<B> {
     }
 }
 
-/// hyper's incoming body, ended with [`Error::ConnectionReadTimeout`] when
-/// no frame arrives for the between-bytes timeout.
-pub struct TimedBody {
-    incoming: hyper::body::Incoming,
+/// hyper's incoming body (as is, or wrapped so that its connection goes
+/// back to the pool at its end), ended with [`Error::ConnectionReadTimeout`]
+/// when no frame arrives for the between-bytes timeout.
+pub struct TimedBody<B = hyper::body::Incoming> {
+    incoming: B,
     quiet: tokio::time::Interval,
 }
 
-impl TimedBody {
+impl<B> TimedBody<B> {
     /// `incoming`, ended once no frame arrives for `between_bytes`.
-    pub fn new(incoming: hyper::body::Incoming, between_bytes: Duration) -> TimedBody {
+    pub fn new(incoming: B, between_bytes: Duration) -> TimedBody<B> {
         // tokio's interval panics on zero; a nanosecond is as good as zero.
         let mut quiet = tokio::time::interval(between_bytes.max(Duration::from_nanos(1)));
         quiet.reset();
@@ -86,7 +87,7 @@ impl TimedBody {
     }
 }
 
-impl Body for TimedBody {
+impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for TimedBody<B> {
     type Data = Bytes;
     type Error = Error;
 

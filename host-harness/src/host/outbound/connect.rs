@@ -1,4 +1,5 @@
-//! Sends one allowed request: resolves its host, connects only to an
+//! Sends one allowed request, on a pooled connection ([`super::pool`]) or a
+//! new one: resolves its host, connects only to an
 //! address the policy permits (checked on the very address connected to, so
 //! a second lookup cannot answer differently: no DNS rebinding; and once
 //! more with the connection's own end, so one to the machine itself is not
@@ -11,13 +12,13 @@
 
 use super::body::{CappedBody, TimedBody};
 use super::policy::{Destination, Refusal, Scheme};
+use super::pool::{ConnectionPool, PoolKey, Pooled, ReturningBody};
 use http_body_util::BodyExt;
 use rustls::pki_types::ServerName;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -43,8 +44,9 @@ impl From<Error> for Failure {
     }
 }
 
-/// What drives the connection after the response head arrived; ends when
-/// the body has been read (or the connection failed).
+/// What wasi-http keeps with the response until its body is done: it ends
+/// when the body was read to its end, failed, or was dropped (the
+/// connection itself is driven by a task of its own, see [`super::pool`]).
 pub type Io = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
 /// A plain or TLS stream, one type for hyper.
@@ -52,12 +54,13 @@ trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Sends `request` to `destination` (already allowed by
-/// [`check_uri`](super::OutboundPolicy::check_uri)), connecting only to
-/// addresses `permit` accepts (`permit(ip, None)` before the connect, and
-/// `permit(ip, Some(local))` after it, with the connection's local address);
-/// the body of the response ends with an error
-/// past `body_limit` bytes. Timeouts are [`RequestOptions`]' (all set: the
-/// policy caps them); `tls` verifies an https server.
+/// [`check_uri`](super::OutboundPolicy::check_uri)) on an idle connection
+/// of `pool` or a new one, connecting only to addresses `permit` accepts
+/// (`permit(ip, None)` before the connect, and `permit(ip, Some(local))`
+/// after it, with the connection's local address; a pooled connection is
+/// checked both ways before it is used); the body of the response ends
+/// with an error past `body_limit` bytes. Timeouts are [`RequestOptions`]'
+/// (all set: the policy caps them); `tls` verifies an https server.
 pub async fn send(
     mut request: http::Request<WasiBody>,
     destination: &Destination,
@@ -65,31 +68,12 @@ pub async fn send(
     permit: impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
     body_limit: u64,
     tls: Arc<rustls::ClientConfig>,
+    pool: &Arc<ConnectionPool>,
 ) -> Result<(http::Response<WasiBody>, Io), Failure> {
     let long = Duration::from_secs(600);
     let connect_timeout = options.connect_timeout.unwrap_or(long);
     let first_byte = options.first_byte_timeout.unwrap_or(long);
     let between_bytes = options.between_bytes_timeout.unwrap_or(long);
-
-    // One deadline for resolving, connecting and the TLS handshake.
-    let deadline = Instant::now() + connect_timeout;
-    let tcp = connect(destination, deadline, permit).await?;
-    let stream: Box<dyn Stream> = match destination.scheme {
-        Scheme::Http => Box::new(tcp),
-        Scheme::Https => {
-            let name = ServerName::try_from(destination.host.as_str()).map_err(Error::InvalidDnsNameError)?.to_owned();
-            let tls = tokio_rustls::TlsConnector::from(tls);
-            match timeout_at(deadline, tls.connect(name, tcp)).await {
-                Ok(stream) => Box::new(stream.map_err(Failure::Handshake)?),
-                Err(_) => return Err(Error::ConnectionTimeout.into()),
-            }
-        }
-    };
-    let (mut sender, conn) =
-        timeout(connect_timeout, hyper::client::conn::http1::handshake::<_, WasiBody>(TokioIo::new(stream)))
-            .await
-            .map_err(|_| Error::ConnectionTimeout)?
-            .map_err(Error::from)?;
 
     // The request line carries the path only; hyper does not strip the
     // scheme and authority wasi-http leaves in the URI (the Host header is
@@ -97,43 +81,84 @@ pub async fn send(
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
 
-    let send = async move {
-        match timeout(first_byte, sender.send_request(request)).await {
-            Ok(response) => response.map_err(Error::from),
-            Err(_) => Err(Error::ConnectionReadTimeout),
+    let key = PoolKey::new(destination, &tls);
+    let (mut connection, mut reused) = match pool.take(&key, &permit) {
+        Some(connection) => (connection, true),
+        None => (open(destination, connect_timeout, &permit, &tls, pool).await?, false),
+    };
+    let response = loop {
+        // Dropped at the timeout, the request future makes hyper close the
+        // connection (HTTP/1.1 cannot cancel one request and keep it).
+        match timeout(first_byte, connection.sender.try_send_request(request)).await {
+            Err(_) => return Err(Error::ConnectionReadTimeout.into()),
+            Ok(Ok(response)) => break response,
+            Ok(Err(mut e)) => match e.take_message() {
+                // Never written: the pooled connection had closed (the
+                // server's idle timeout, most likely). Once on a new one.
+                Some(unsent) if reused => {
+                    request = unsent;
+                    connection = open(destination, connect_timeout, &permit, &tls, pool).await?;
+                    reused = false;
+                }
+                _ => {
+                    let e = e.into_error();
+                    return Err(if e.is_timeout() { Error::HttpResponseTimeout } else { Error::from(e) }.into());
+                }
+            },
         }
     };
-    // The response arrives only while the connection is driven: poll both
-    // until the head is in; the connection then goes back to wasi-http,
-    // which drives it while the guest reads the body.
-    let mut send = pin!(send);
-    let mut conn = Some(conn);
-    let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = send.as_mut().poll(cx) {
-            return Poll::Ready(response);
-        }
-        if let Some(c) = conn.as_mut() {
-            if let Poll::Ready(done) = Pin::new(c).poll(cx) {
-                conn = None;
-                return match done {
-                    // The server closed after its response: it is complete.
-                    Ok(()) => send.as_mut().poll(cx),
-                    Err(e) => Poll::Ready(Err(Error::from(e))),
-                };
+    // HTTP/1.1 keeps the connection unless the server says it closes it.
+    let keep = response.version() == http::Version::HTTP_11
+        && !response
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let response = response.map(|incoming| {
+        let returning = ReturningBody::new(incoming, Arc::clone(pool), key, connection, keep, done);
+        CappedBody::new(TimedBody::new(returning, between_bytes), body_limit).boxed_unsync()
+    });
+    let io: Io = Box::pin(async move {
+        let _ = ended.await;
+        Ok(())
+    });
+    Ok((response, io))
+}
+
+/// A new connection to `destination` (resolved, checked, connected, TLS for
+/// https), driven by a task of its own, within `connect_timeout`.
+async fn open(
+    destination: &Destination,
+    connect_timeout: Duration,
+    permit: &impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
+    tls: &Arc<rustls::ClientConfig>,
+    pool: &ConnectionPool,
+) -> Result<Pooled, Failure> {
+    // One deadline for resolving, connecting and the TLS handshake.
+    let deadline = Instant::now() + connect_timeout;
+    let tcp = connect(destination, deadline, permit).await?;
+    let (peer, local) = (tcp.peer_addr().map_err(Error::Connect)?, tcp.local_addr().map_err(Error::Connect)?);
+    let stream: Box<dyn Stream> = match destination.scheme {
+        Scheme::Http => Box::new(tcp),
+        Scheme::Https => {
+            let name = ServerName::try_from(destination.host.as_str()).map_err(Error::InvalidDnsNameError)?.to_owned();
+            // The runtime's one configuration: its session cache lets a
+            // new connection to a server resume an earlier session.
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(tls));
+            match timeout_at(deadline, tls.connect(name, tcp)).await {
+                Ok(stream) => Box::new(stream.map_err(Failure::Handshake)?),
+                Err(_) => return Err(Error::ConnectionTimeout.into()),
             }
         }
-        Poll::Pending
-    })
-    .await?;
-    let io: Io = Box::pin(async move {
-        match conn {
-            Some(conn) => conn.await.map_err(|e| if e.is_timeout() { Error::HttpResponseTimeout } else { e.into() }),
-            None => Ok(()),
-        }
-    });
-    let response =
-        response.map(|incoming| CappedBody::new(TimedBody::new(incoming, between_bytes), body_limit).boxed_unsync());
-    Ok((response, io))
+    };
+    let (sender, connection) =
+        timeout_at(deadline, hyper::client::conn::http1::handshake::<_, WasiBody>(TokioIo::new(stream)))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(Error::from)?;
+    pool.opened();
+    Ok(Pooled::spawn(sender, connection, peer, local, pool.limits().idle_timeout))
 }
 
 /// A TCP connection to the first address of `destination`'s host that
@@ -144,7 +169,7 @@ pub async fn send(
 async fn connect(
     destination: &Destination,
     deadline: Instant,
-    permit: impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
+    permit: &impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
 ) -> Result<TcpStream, Failure> {
     let lookup = tokio::net::lookup_host((destination.host.as_str(), destination.port));
     let addresses: Vec<SocketAddr> = match timeout_at(deadline, lookup).await {
@@ -194,6 +219,7 @@ fn no_address() -> Error {
 #[cfg(test)]
 mod tests {
     use super::super::policy::OutboundPolicy;
+    use super::super::pool::PoolLimits;
     use super::super::OutboundSettings;
     use super::*;
     use std::io::Read;
@@ -224,7 +250,7 @@ mod tests {
             None => Ok(()),
             Some(local) => policy.check_connection(&destination, ip, local),
         };
-        let connected = connect(&destination, Instant::now() + Duration::from_secs(5), permit).await;
+        let connected = connect(&destination, Instant::now() + Duration::from_secs(5), &permit).await;
         // A refused connection is closed: the listener reads to its end.
         let read = match &connected {
             Ok(_) => Vec::new(),
@@ -243,5 +269,172 @@ mod tests {
         assert!(read.is_empty(), "bytes reached the listener: {read:?}");
         let (allowed, _) = connect_checked(&policy(&["127.0.0.0/8"])).await;
         assert!(allowed.is_ok(), "{:?}", allowed.err());
+    }
+
+    /// A keep-alive HTTP/1.1 server on loopback answering `ok` to each
+    /// request; counts the connections it accepted and those the client
+    /// closed.
+    struct KeepAliveServer {
+        port: u16,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        closed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl KeepAliveServer {
+        fn start() -> KeepAliveServer {
+            use std::io::Write;
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+            std::thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let c = Arc::clone(&c);
+                    std::thread::spawn(move || {
+                        let mut pending = Vec::new();
+                        let mut buf = [0; 1024];
+                        loop {
+                            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                pending.drain(..end + 4);
+                                if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                                    break;
+                                }
+                            }
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        c.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+            });
+            KeepAliveServer { port, accepted, closed }
+        }
+
+        fn destination(&self) -> Destination {
+            Destination { scheme: Scheme::Http, host: "127.0.0.1".into(), port: self.port }
+        }
+
+        fn accepted(&self) -> usize {
+            self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        /// Connections the client closed, once at least `n` are (or after 5
+        /// s; the runtime's tasks run meanwhile).
+        async fn closed_reaching(&self, n: usize) -> usize {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while self.closed.load(std::sync::atomic::Ordering::SeqCst) < n && std::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.closed.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn get(destination: &Destination) -> http::Request<WasiBody> {
+        use bytes::Bytes;
+        use http_body_util::Empty;
+        let body = Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync();
+        let url = format!("http://{}:{}/", destination.host, destination.port);
+        http::Request::get(url).header("host", "127.0.0.1").body(body).unwrap()
+    }
+
+    fn allow_all(_: IpAddr, _: Option<IpAddr>) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Sends a GET with `permit` and reads the whole body.
+    async fn get_ok(
+        server: &KeepAliveServer,
+        pool: &Arc<ConnectionPool>,
+        permit: impl Fn(IpAddr, Option<IpAddr>) -> Result<(), Refusal>,
+    ) -> Result<String, Failure> {
+        let d = server.destination();
+        let tls = crate::host::outbound::TlsTrust::default().client_config();
+        let (response, io) = send(get(&d), &d, RequestOptions::default(), permit, 1 << 20, tls, pool).await?;
+        let (body, _) = tokio::join!(response.into_body().collect(), io);
+        Ok(String::from_utf8(body.expect("the body").to_bytes().to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_kept_alive_connection() {
+        let server = KeepAliveServer::start();
+        let pool = Arc::new(ConnectionPool::default());
+        for _ in 0..5 {
+            assert_eq!(get_ok(&server, &pool, allow_all).await.map_err(|e| format!("{e:?}")).unwrap(), "ok");
+        }
+        assert_eq!(server.accepted(), 1, "one connection for five requests");
+        let stats = pool.stats();
+        assert_eq!((stats.opened, stats.reused, stats.idle), (1, 4, 1), "{stats:?}");
+
+        // A response dropped before its body was read closes its
+        // connection: the next request does not read the rest of it.
+        let d = server.destination();
+        let tls = crate::host::outbound::TlsTrust::default().client_config();
+        let (response, io) = send(get(&d), &d, RequestOptions::default(), allow_all, 1 << 20, tls, &pool)
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        drop((response, io));
+        assert_eq!(server.closed_reaching(1).await, 1, "the cut connection was closed");
+        assert_eq!(get_ok(&server, &pool, allow_all).await.map_err(|e| format!("{e:?}")).unwrap(), "ok");
+        assert_eq!(server.accepted(), 2, "a new connection after the cut one");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closes_after_the_idle_timeout() {
+        let server = KeepAliveServer::start();
+        let limits = PoolLimits { idle_timeout: Duration::from_millis(100), ..PoolLimits::default() };
+        let pool = Arc::new(ConnectionPool::new(limits));
+        get_ok(&server, &pool, allow_all).await.map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!(server.closed_reaching(1).await, 1, "the host closed the idle connection");
+        assert_eq!(pool.stats().idle, 0);
+        get_ok(&server, &pool, allow_all).await.map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!((server.accepted(), pool.stats().reused), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_pooled_destination_still_checks_each_connection_against_the_takers_rules() {
+        let server = KeepAliveServer::start();
+        let pool = Arc::new(ConnectionPool::default());
+        // One tenant's rules allow loopback: its connection goes idle in the pool.
+        get_ok(&server, &pool, allow_all).await.map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!(pool.stats().idle, 1);
+        // Another's do not: the pooled connection is not lent to it, and the
+        // new connection it would need is refused before connecting.
+        let refusing = policy(&[]);
+        let d = server.destination();
+        let strict = |ip, local: Option<IpAddr>| match local {
+            None => refusing.check_address(&d, ip),
+            Some(local) => refusing.check_connection(&d, ip, local),
+        };
+        match get_ok(&server, &pool, strict).await {
+            Err(Failure::Refused(r)) => assert!(r.to_string().contains("a loopback"), "{r}"),
+            other => panic!("not refused: {:?}", other.map_err(|e| format!("{e:?}"))),
+        }
+        assert_eq!(server.accepted(), 1, "no new connection was made");
+        assert_eq!(pool.stats().reused, 0, "the pooled connection was not used");
+
+        // While a pooled destination's connection is busy, a request needs a
+        // new one: it is checked like any other.
+        let allowing = policy(&["127.0.0.0/8"]);
+        let checked = |ip, local: Option<IpAddr>| match local {
+            None => allowing.check_address(&d, ip),
+            Some(local) => allowing.check_connection(&d, ip, local),
+        };
+        let tls = crate::host::outbound::TlsTrust::default().client_config();
+        let held = send(get(&d), &d, RequestOptions::default(), allow_all, 1 << 20, Arc::clone(&tls), &pool)
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        match get_ok(&server, &pool, strict).await {
+            Err(Failure::Refused(_)) => {}
+            other => panic!("not refused: {:?}", other.map_err(|e| format!("{e:?}"))),
+        }
+        assert_eq!(get_ok(&server, &pool, checked).await.map_err(|e| format!("{e:?}")).unwrap(), "ok");
+        drop(held);
+        assert_eq!(server.accepted(), 3, "the held connection, then one more for the allowed request");
     }
 }

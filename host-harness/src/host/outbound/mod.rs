@@ -4,7 +4,8 @@
 //! sent ([`connect`]: the address is checked at connect time, against the
 //! special-purpose registries and the machine's own addresses,
 //! [`interfaces`]; [`tls`]: the CAs https trusts) and what the guest reads back ([`body`]: a bounded
-//! response body). The hook below
+//! response body; [`pool`]: keep-alive connections shared by the tenants
+//! of a runtime, and why that is safe). The hook below
 //! joins them for wasi-http: a refused request fails with
 //! `HttpRequestDenied`, and the reason goes to the tick's warnings. It also
 //! bounds the requests one tick has in flight
@@ -15,12 +16,14 @@ pub mod connect;
 pub mod interfaces;
 pub mod network;
 pub mod policy;
+pub mod pool;
 pub mod tls;
 
 pub use self::network::IpNetwork;
 pub use self::policy::{
     OutboundPolicy, OutboundSettings, Refusal, DEFAULT_RESPONSE_BODY_BYTES, MAX_REQUESTS_IN_FLIGHT,
 };
+pub use self::pool::{ConnectionPool, ConnectionStats, PoolLimits};
 pub use self::tls::TlsTrust;
 
 use self::connect::Failure;
@@ -80,7 +83,7 @@ impl WasiHttpHooks for OutboundPolicy {
             };
             let limit = policy.settings().response_body_bytes;
             let tls = policy.settings().tls.client_config();
-            match connect::send(request, &destination, options, permit, limit, tls).await {
+            match connect::send(request, &destination, options, permit, limit, tls, &policy.pool).await {
                 Ok((response, io)) => {
                     // The slot lives as long as the connection: wasi-http
                     // drives `io` until the body is read, and drops it (with

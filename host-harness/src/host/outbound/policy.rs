@@ -192,6 +192,9 @@ pub struct OutboundPolicy {
     /// tick's policy (a tick's instance has one policy; the clones are the
     /// request futures').
     in_flight: Arc<Semaphore>,
+    /// Where its requests find idle connections: the runtime's, shared by
+    /// its tenants (a policy of its own keeps one to itself).
+    pub(crate) pool: Arc<super::pool::ConnectionPool>,
 }
 
 impl OutboundPolicy {
@@ -211,7 +214,14 @@ impl OutboundPolicy {
             max_timeout,
             refusals: Refusals::default(),
             in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+            pool: Arc::default(),
         }
+    }
+
+    /// Takes its connections from `pool` (the runtime's).
+    pub fn with_pool(mut self, pool: Arc<super::pool::ConnectionPool>) -> OutboundPolicy {
+        self.pool = pool;
+        self
     }
 
     /// The operator's rules this policy applies.
