@@ -121,6 +121,11 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Keeping at most `n` SQLite files open across ticks.
+    pub fn with_open_files(n: usize) -> Stores {
+        Stores { sqlite: Arc::new(OpenFiles::with_capacity(n)), ..Stores::default() }
+    }
+
     /// The SQLite files open across ticks.
     pub fn sqlite_files(&self) -> &OpenFiles {
         &self.sqlite

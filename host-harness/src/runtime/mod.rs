@@ -63,6 +63,9 @@ pub struct RuntimeOptions {
     pub outbound: OutboundSettings,
     /// How many idle outbound connections are kept, and how long.
     pub pool: PoolLimits,
+    /// How many tenants' SQLite files stay open across ticks (`None`:
+    /// [`crate::kv::sqlite::DEFAULT_OPEN_FILES`]).
+    pub open_store_files: Option<usize>,
 }
 
 /// The workspace's release build of the component.
@@ -106,7 +109,7 @@ impl Runtime {
 
     /// [`Runtime::new`] with a choice of compile cache and outbound rules.
     pub fn with_options(component_path: &Path, options: RuntimeOptions) -> anyhow::Result<Runtime> {
-        let RuntimeOptions { limits, cache, outbound, pool } = options;
+        let RuntimeOptions { limits, cache, outbound, pool, open_store_files } = options;
         anyhow::ensure!(limits.max_concurrent_instances > 0, "max_concurrent_instances must be at least 1");
         let engine = engine::new(&limits)?;
         let loaded = compile_cache::load(&engine, component_path, &cache)?;
@@ -122,7 +125,10 @@ impl Runtime {
                 slots,
                 cache_file: loaded.cache_file,
                 loaded_from_cache: loaded.from_cache,
-                stores: Arc::default(),
+                stores: Arc::new(match open_store_files {
+                    Some(n) => Stores::with_open_files(n),
+                    None => Stores::default(),
+                }),
                 connections: Arc::new(ConnectionPool::new(pool)),
             }),
         })
