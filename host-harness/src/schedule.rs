@@ -192,7 +192,10 @@ impl Firing {
         [
             ("next_firing", firing.map(|f| shown(f.at)).into()),
             ("firing_offset_ms", firing.and_then(|f| f.spread.offset_ms()).into()),
-            ("firing", firing.map_or_else(|| "never: the schedule fires no more".into(), |f| f.spread.describe()).into()),
+            (
+                "firing",
+                firing.map_or_else(|| "never: the schedule fires no more".into(), |f| f.spread.describe()).into(),
+            ),
         ]
     }
 }
@@ -288,8 +291,14 @@ mod tests {
         let acme = next_firing(&minute, "acme", true, now).unwrap();
         assert_eq!(shown(acme.at), "2026-05-01T12:01:19.872Z");
         assert_eq!(acme.describe(), "2026-05-01T12:01:19.872Z, 19.872 s into each 1 min period");
-        assert_eq!(next_firing(&minute, "acme", true, at("2026-05-01T12:00:19.871Z")).unwrap().at, at("2026-05-01T12:00:19.872Z"));
-        assert_eq!(next_firing(&minute, "acme", true, at("2026-05-01T12:00:19.872Z")).unwrap().at, at("2026-05-01T12:01:19.872Z"));
+        assert_eq!(
+            next_firing(&minute, "acme", true, at("2026-05-01T12:00:19.871Z")).unwrap().at,
+            at("2026-05-01T12:00:19.872Z")
+        );
+        assert_eq!(
+            next_firing(&minute, "acme", true, at("2026-05-01T12:00:19.872Z")).unwrap().at,
+            at("2026-05-01T12:01:19.872Z")
+        );
         // Off: the exact second, as before.
         let off = next_firing(&minute, "acme", false, now).unwrap();
         assert_eq!(shown(off.at), "2026-05-01T12:01:00Z");

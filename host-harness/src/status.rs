@@ -292,8 +292,16 @@ mod tests {
         let text = firings_table(&tenants, now);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[1].starts_with("acme") && lines[1].contains("2026-05-01T12:01:19.872Z  19.872 s into each 1 min period"), "{text}");
-        assert!(lines[2].contains("2026-05-01T12:01:00Z") && lines[2].ends_with("on the exact second (spread_firings = false)"), "{text}");
+        assert!(
+            lines[1].starts_with("acme")
+                && lines[1].contains("2026-05-01T12:01:19.872Z  19.872 s into each 1 min period"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("2026-05-01T12:01:00Z")
+                && lines[2].ends_with("on the exact second (spread_firings = false)"),
+            "{text}"
+        );
         let mut json = vec![serde_json::json!({ "tenant": "acme" }), serde_json::json!({ "tenant": "beta" })];
         add_firings(&mut json, &tenants, now);
         assert_eq!(json[0]["next_firing"], "2026-05-01T12:01:19.872Z");
