@@ -1,10 +1,19 @@
 //! `host-harness run`: every tenant on its own schedule until stopped.
 //!
-//! One task per tenant sleeps until the tenant's next firing and starts the
-//! tick as a task of its own, so a tick that is still running at the next
-//! firing is noticed: that firing is skipped and counted rather than piling
-//! up instances (Spin's cron trigger has no such guard; leases would keep the
-//! data safe, but the host should not waste instances).
+//! The scheduler is the host library's `host_harness::fleet` (the bench
+//! drives it too); this file reports what it does (log, JSON lines,
+//! metrics), reloads and stops it. One task per tenant sleeps until the
+//! tenant's next firing and starts the tick as a task of its own, so a tick
+//! that is still running at the next firing is noticed: that firing is
+//! skipped and counted rather than piling up instances (Spin's cron trigger
+//! has no such guard; leases would keep the data safe, but the host should
+//! not waste instances).
+//!
+//! Spreading: a tenant fires at its schedule's firings plus an offset
+//! within the schedule's period, a stable hash of its name
+//! (`host_harness::schedule`), unless the period is under a minute or the
+//! tenant sets `spread_firings = false`; the JSON line's `fired_at` is that
+//! planned time.
 //!
 //! Catching up: a tick that ends with a backlog it could go on with (a
 //! service with more waiting that stopped at its deadline or its page cap,
@@ -32,21 +41,17 @@
 
 use crate::log::{Level, Logger};
 use chrono::{DateTime, SecondsFormat, Utc};
-use host_harness::catch_up::catch_up_at;
+use host_harness::fleet::{Fleet, Observer, Worker};
 use host_harness::host_settings::HostSettings;
 use host_harness::runtime::{Runtime, TenantTick};
 use host_harness::schedule;
 use host_harness::shard::Shard;
 use host_harness::telemetry::Telemetry;
 use host_harness::tenant::{self, Tenant};
-use onepassword_collector::report::{Outcome, ServiceReport};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// What `run` was asked to do.
 pub struct RunOptions {
@@ -60,22 +65,61 @@ pub struct RunOptions {
     pub telemetry: Arc<Telemetry>,
 }
 
-/// Shared by every tenant's task.
-#[derive(Clone)]
+/// The scheduler and what reports its ticks.
 struct Context {
+    fleet: Fleet,
+    logger: Logger,
+    telemetry: Arc<Telemetry>,
+}
+
+/// What the fleet does, as the log, the JSON lines and the metrics say it.
+struct Reporter {
     runtime: Runtime,
     logger: Logger,
     telemetry: Arc<Telemetry>,
-    /// Cancelled when the process is asked to stop: no new firings.
-    stopping: CancellationToken,
-    /// Every tick in flight, so a stop can wait for them.
-    ticks: TaskTracker,
 }
 
-/// A running tenant: its settings (a new value applies from the next
-/// firing; dropping the sender stops the tenant after its in-flight tick).
-struct Worker {
-    settings: watch::Sender<Tenant>,
+impl Observer for Reporter {
+    fn starting(&self, tenant: &Tenant, _fired_at: DateTime<Utc>, catch_up: bool) {
+        if catch_up {
+            self.telemetry.catch_up_tick(&tenant.name);
+        }
+    }
+
+    /// One tick: the JSON line on stdout, the log line, the metrics.
+    fn finished(&self, tick: &TenantTick, fired_at: DateTime<Utc>, catch_up: bool) {
+        let capacity = self.runtime.limits().max_concurrent_instances;
+        self.telemetry.instances(self.runtime.instances_in_use(), capacity);
+        self.telemetry.tick_finished(tick, Utc::now());
+        self.logger.tick(tick);
+        let mut line = tick.to_json();
+        // A firing's planned time (milliseconds when it is offset); when a
+        // catch-up tick started, to the second.
+        let fired =
+            if catch_up { fired_at.to_rfc3339_opts(SecondsFormat::Secs, true) } else { schedule::shown(fired_at) };
+        line["fired_at"] = serde_json::Value::String(fired);
+        if catch_up {
+            line["catch_up"] = serde_json::Value::Bool(true);
+        }
+        println!("{line}");
+    }
+
+    fn skipped(&self, tenant: &str, fired_at: DateTime<Utc>) {
+        self.telemetry.firing_skipped(tenant);
+        let why = "the previous tick is still running; this firing is skipped";
+        self.logger.log(Level::Warn, Some(tenant), why, &[("fired_at", schedule::shown(fired_at))]);
+    }
+
+    fn catching_up(&self, tenant: &str, catching_up: bool) {
+        self.telemetry.catching_up(tenant, catching_up);
+        let msg = if catching_up {
+            "catching up: the last tick ended with more waiting; ticking again before the next firing, \
+             at the pace the account's request budget allows"
+        } else {
+            "caught up: back to the schedule"
+        };
+        self.logger.log(Level::Info, Some(tenant), msg, &[]);
+    }
 }
 
 /// The file's `[host]` section and the tenants that this process runs (its
@@ -103,16 +147,19 @@ fn ours(options: &RunOptions, mut tenants: Vec<Tenant>) -> Vec<Tenant> {
 /// `[host]` section the runtime was built from) until stopped.
 pub async fn run(runtime: Runtime, options: RunOptions, tenants: Vec<Tenant>) -> anyhow::Result<()> {
     let tenants = ours(&options, tenants);
-    let cx = Context {
-        runtime,
+    let reporter = Reporter {
+        runtime: runtime.clone(),
         logger: options.logger.clone(),
         telemetry: Arc::clone(&options.telemetry),
-        stopping: CancellationToken::new(),
-        ticks: TaskTracker::new(),
+    };
+    let cx = Context {
+        fleet: Fleet::new(runtime.clone(), Arc::new(reporter)),
+        logger: options.logger.clone(),
+        telemetry: Arc::clone(&options.telemetry),
     };
     cx.telemetry.component_loaded();
     cx.telemetry.config_loaded(Utc::now());
-    cx.telemetry.instances(cx.runtime.instances_in_use(), cx.runtime.limits().max_concurrent_instances);
+    cx.telemetry.instances(runtime.instances_in_use(), runtime.limits().max_concurrent_instances);
     let shard = options.shard.map_or(String::new(), |s| format!(" (shard {s})"));
     cx.logger.log(
         Level::Info,
@@ -137,96 +184,7 @@ pub async fn run(runtime: Runtime, options: RunOptions, tenants: Vec<Tenant>) ->
 
 fn start(cx: &Context, tenant: Tenant) -> Worker {
     cx.telemetry.tenant_added(&tenant, Utc::now());
-    let (settings, receiver) = watch::channel(tenant);
-    tokio::spawn(tenant_loop(cx.clone(), receiver));
-    Worker { settings }
-}
-
-/// Fires the tenant's ticks on its schedule, and between firings while it
-/// catches up, until it is removed or the process stops.
-async fn tenant_loop(cx: Context, mut settings: watch::Receiver<Tenant>) {
-    // The tick in flight, whether it is a catch-up tick, and what it asks
-    // for when it ends (a catch-up at a time, or none).
-    let mut in_flight: Option<(tokio::task::JoinHandle<Option<DateTime<Utc>>>, bool)> = None;
-    let mut catch_up: Option<DateTime<Utc>> = None;
-    let mut catching_up = false;
-    loop {
-        let tenant = settings.borrow_and_update().clone();
-        // Validated when the file was loaded.
-        let Ok(sched) = schedule::parse(&tenant.schedule) else { return };
-        let now = Utc::now();
-        let Some(next) = schedule::next_after(&sched, now) else { return };
-        // A catch-up tick comes before the next firing, or it is the firing.
-        let early = catch_up.filter(|at| *at < next);
-        let wake = early.unwrap_or(next);
-        tokio::select! {
-            _ = cx.stopping.cancelled() => return,
-            changed = settings.changed() => {
-                if changed.is_err() {
-                    return; // removed: its in-flight tick finishes on its own
-                }
-                continue; // new settings: a new schedule, maybe
-            }
-            ended = async { (&mut in_flight.as_mut().expect("a tick in flight").0).await },
-                if in_flight.is_some() =>
-            {
-                in_flight = None;
-                catch_up = ended.unwrap_or(None);
-                let now_catching_up = catch_up.is_some();
-                if now_catching_up != catching_up {
-                    catching_up = now_catching_up;
-                    cx.telemetry.catching_up(&tenant.name, catching_up);
-                    let msg = if catching_up {
-                        "catching up: the last tick ended with more waiting; ticking again before the next firing, \
-                         at the pace the account's request budget allows"
-                    } else {
-                        "caught up: back to the schedule"
-                    };
-                    cx.logger.log(Level::Info, Some(&tenant.name), msg, &[]);
-                }
-                continue; // when to wake, anew
-            }
-            _ = tokio::time::sleep((wake - now).to_std().unwrap_or_default()) => {}
-        }
-        if let Some((tick, was_catch_up)) = &in_flight {
-            if early.is_none() && !tick.is_finished() && !*was_catch_up {
-                cx.telemetry.firing_skipped(&tenant.name);
-                let fired = next.to_rfc3339_opts(SecondsFormat::Secs, true);
-                let why = "the previous tick is still running; this firing is skipped";
-                cx.logger.log(Level::Warn, Some(&tenant.name), why, &[("fired_at", fired)]);
-            }
-            // (A catch-up tick in flight does this firing's work.)
-            continue;
-        }
-        let is_catch_up = early.is_some();
-        catch_up = None;
-        if is_catch_up {
-            cx.telemetry.catch_up_tick(&tenant.name);
-        }
-        let fired_at = if is_catch_up { Utc::now() } else { next };
-        let tenant = settings.borrow().clone();
-        let tick_cx = cx.clone();
-        let handle = cx.ticks.spawn(async move {
-            let capacity = tick_cx.runtime.limits().max_concurrent_instances;
-            let tick = tick_cx.runtime.tick(&tenant).await;
-            tick_cx.telemetry.instances(tick_cx.runtime.instances_in_use(), capacity);
-            finished(&tick_cx, &tick, fired_at, is_catch_up);
-            catch_up_at(&tick, Utc::now(), catching_up)
-        });
-        in_flight = Some((handle, is_catch_up));
-    }
-}
-
-/// Reports one tick: the JSON line on stdout, the log line, the metrics.
-fn finished(cx: &Context, tick: &TenantTick, fired_at: DateTime<Utc>, catch_up: bool) {
-    cx.telemetry.tick_finished(tick, Utc::now());
-    cx.logger.tick(tick);
-    let mut line = tick.to_json();
-    line["fired_at"] = serde_json::Value::String(fired_at.to_rfc3339_opts(SecondsFormat::Secs, true));
-    if catch_up {
-        line["catch_up"] = serde_json::Value::Bool(true);
-    }
-    println!("{line}");
+    cx.fleet.start(tenant)
 }
 
 /// Applies a new tenants file, or keeps the old one when it does not load.
@@ -256,12 +214,10 @@ fn reload(cx: &Context, options: &RunOptions, workers: &mut BTreeMap<String, Wor
                 workers.insert(t.name.clone(), start(cx, t));
             }
             Some(w) => {
-                // (The borrow must end before `send`: both lock the value.)
-                let differs = *w.settings.borrow() != t;
-                if differs {
+                if w.differs(&t) {
                     changed.push(t.name.clone());
                     cx.telemetry.tenant_added(&t, Utc::now()); // a new service starts at zero
-                    w.settings.send_replace(t);
+                    w.update(t);
                 }
             }
         }
@@ -293,18 +249,17 @@ fn reload(cx: &Context, options: &RunOptions, workers: &mut BTreeMap<String, Wor
 
 /// No new firings; in-flight ticks get `grace` to finish.
 async fn stop(cx: &Context, workers: BTreeMap<String, Worker>, grace: Duration) {
-    cx.stopping.cancel();
+    cx.fleet.stop_firing();
     drop(workers);
-    cx.ticks.close();
-    let in_flight = cx.ticks.len();
+    let in_flight = cx.fleet.ticks_in_flight();
     if in_flight > 0 {
         let msg = format!("stopping: waiting up to {} s for {in_flight} tick(s) in flight", grace.as_secs());
         cx.logger.log(Level::Info, None, &msg, &[]);
     }
-    if tokio::time::timeout(grace, cx.ticks.wait()).await.is_err() {
+    if !cx.fleet.wait(grace).await {
         let msg = format!(
             "grace period over: {} tick(s) cut; their checkpoints had not advanced, the next run repeats their pages",
-            cx.ticks.len()
+            cx.fleet.ticks_in_flight()
         );
         cx.logger.log(Level::Warn, None, &msg, &[]);
     }
@@ -355,8 +310,9 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use host_harness::catch_up::catch_up_at;
     use onepassword_collector::error::CollectorError;
-    use onepassword_collector::report::TickReport;
+    use onepassword_collector::report::{Outcome, ServiceReport, TickReport};
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
