@@ -170,6 +170,7 @@ mod tests {
         let tenant = Tenant {
             name: "t".into(),
             schedule: "* * * * * *".into(),
+            spread_firings: true,
             kv: std::path::PathBuf::from("/nowhere/t.sqlite").into(),
             variables: Default::default(),
             environment: Default::default(),
