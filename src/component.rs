@@ -85,6 +85,9 @@ fn run_tick() -> Result<TickReport, CollectorError> {
     let mut tick = Tick::new(config, now(), wasi::random::random::get_random_u64()).with_lanes(lanes);
     let mut in_flight: Vec<(usize, Pending)> = Vec::new();
     loop {
+        // The time, for a lease renewal that came due while every lane
+        // waited (the next poll of its lane starts it).
+        tick.clock(now());
         // Each lane's store actions are answered in turn until it sends a
         // request or has nothing left (a Watch and its Swap stay together).
         // The count of lanes grows once the account phase is over.
@@ -93,20 +96,28 @@ fn run_tick() -> Result<TickReport, CollectorError> {
         while lane < tick.lanes() {
             while let Some(action) = tick.poll_lane(lane) {
                 progressed = true;
-                if let Action::Send { request } = action {
-                    match start(&request, io.timeout_ns, io.max_response_bytes) {
-                        Ok(pending) => {
-                            in_flight.push((lane, Pending::Request(pending)));
-                            break;
-                        }
+                match action {
+                    Action::Send { request } => match start(request, io.timeout_ns, io.max_response_bytes) {
+                        Ok(mut pending) => match pending.advance() {
+                            Some(result) => tick.handle_lane(lane, Input::Response(result), now()),
+                            None => {
+                                in_flight.push((lane, Pending::Request(pending)));
+                                break;
+                            }
+                        },
                         Err(failure) => tick.handle_lane(lane, Input::Response(Err(failure)), now()),
+                    },
+                    Action::Wait { until } => {
+                        in_flight.push((lane, Pending::Wait(wake_at(until))));
+                        break;
                     }
-                } else if let Action::Wait { until } = action {
-                    in_flight.push((lane, Pending::Wait(wake_at(until))));
-                    break;
-                } else {
-                    let input = io.perform(action);
-                    tick.handle_lane(lane, input, now());
+                    // The lane could not renew its lease: dropping its
+                    // request cancels it.
+                    Action::Abandon => in_flight.retain(|(l, _)| *l != lane),
+                    action => {
+                        let input = io.perform(action);
+                        tick.handle_lane(lane, input, now());
+                    }
                 }
             }
             lane += 1;
@@ -117,27 +128,39 @@ fn run_tick() -> Result<TickReport, CollectorError> {
         if let Some(report) = tick.done() {
             return Ok(report);
         }
-        // Every lane waits for an answer (or the end of a wait): take the
-        // first that arrives. The pollables are made for this one poll and
+        // Every lane waits for an answer (or the end of a wait): wait for
+        // the first that can go on, or for the next lease renewal, whichever
+        // comes first. The pollables are made for this one poll and
         // dropped with it.
         let ready = {
-            let mut pollables = Vec::with_capacity(2 * in_flight.len());
-            let mut owners = Vec::with_capacity(2 * in_flight.len());
+            let mut pollables = Vec::with_capacity(2 * in_flight.len() + 1);
+            let mut owners = Vec::with_capacity(2 * in_flight.len() + 1);
             for (i, (_, pending)) in in_flight.iter().enumerate() {
                 match pending {
                     Pending::Request(request) => pollables.extend(request.subscribe()),
                     Pending::Wait(at) => pollables.push(wasi::clocks::monotonic_clock::subscribe_instant(*at)),
                 }
-                owners.resize(pollables.len(), i);
+                owners.resize(pollables.len(), Some(i));
+            }
+            if let Some(at) = tick.next_renewal() {
+                pollables.push(wasi::clocks::monotonic_clock::subscribe_instant(wake_at(at)));
+                owners.push(None);
             }
             let refs: Vec<&wasi::io::poll::Pollable> = pollables.iter().collect();
             owners[wasi::io::poll::poll(&refs)[0] as usize]
         };
-        let (lane, pending) = in_flight.swap_remove(ready);
-        let input = match pending {
-            Pending::Request(request) => Input::Response(request.finish()),
+        // A renewal is due: the next round of polls starts it.
+        let Some(ready) = ready else { continue };
+        let input = match &mut in_flight[ready].1 {
+            // A request goes on as far as it can without waiting: its
+            // answer, or a wait for more of it.
+            Pending::Request(request) => match request.advance() {
+                Some(result) => Input::Response(result),
+                None => continue,
+            },
             Pending::Wait(_) => Input::Woke,
         };
+        let (lane, _) = in_flight.swap_remove(ready);
         tick.handle_lane(lane, input, now());
     }
 }
@@ -225,12 +248,12 @@ impl Io {
                     Err(wasi::keyvalue::atomics::CasError::StoreError(e)) => Err(kv_error_text(e)),
                 })
             }
-            Action::Send { request } => Input::Response(send(&request, self.timeout_ns, self.max_response_bytes)),
+            Action::Send { request } => Input::Response(send(request, self.timeout_ns, self.max_response_bytes)),
             Action::Wait { until } => {
                 wasi::clocks::monotonic_clock::subscribe_instant(wake_at(until)).block();
                 Input::Woke
             }
-            Action::Done(_) => unreachable!("Done is handled by the caller"),
+            Action::Done(_) | Action::Abandon => unreachable!("Done and Abandon are handled by the caller"),
         }
     }
 }
@@ -256,11 +279,18 @@ fn kv_error_text(e: wasi::keyvalue::store::Error) -> String {
 }
 
 /// One request and its answer, one after the other (validate mode).
-fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpResponse, HttpFailure> {
+fn send(req: HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpResponse, HttpFailure> {
     start(req, timeout_ns, max_body)?.finish()
 }
 
-/// A request handed to the host, its body written, its answer to come.
+/// A request handed to the host, its body being written, its answer to
+/// come.
+///
+/// Nothing here blocks: [`InFlight::advance`] goes on as far as the host
+/// allows without waiting, and [`InFlight::subscribe`] says what to wait on
+/// for more. The tick's poll loop waits on every lane's request at once and
+/// on the next lease renewal, so a slow body — written or read, each wait
+/// up to `request_timeout_ms` — never keeps a lease from being renewed.
 ///
 /// Every host resource of a request lives only as long as the request: the
 /// future and its answer, the bodies and their streams, and each pollable,
@@ -271,6 +301,9 @@ fn send(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<HttpRespons
 /// (the harness, Spin) keep each one in the instance's resource table
 /// until the instance ends. The timeouts are kept here instead.
 struct InFlight {
+    /// Declared first, dropped first: its streams before the bodies and
+    /// the future they belong to.
+    phase: Phase,
     future: http::FutureIncomingResponse,
     /// How writing the body went: reported after the answer, which says
     /// more when the host refused or failed the request.
@@ -287,7 +320,45 @@ struct InFlight {
     due: wasi::clocks::monotonic_clock::Instant,
 }
 
-fn start(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, HttpFailure> {
+/// Where a request is.
+enum Phase {
+    /// Writing the body: the host streams it and takes more as it can.
+    Writing(Writing),
+    /// The body is written (or failed): the answer's head is awaited.
+    Head,
+    /// Reading the answer's body.
+    Body(Body),
+    /// The answer was handed on.
+    Over,
+}
+
+struct Writing {
+    /// Declared before the body it belongs to: dropped first.
+    stream: wasi::io::streams::OutputStream,
+    body: http::OutgoingBody,
+    bytes: Vec<u8>,
+    offset: usize,
+    /// The whole body is written and flushed, the flush not yet complete.
+    flushing: bool,
+    /// A host that takes no byte (or does not complete the flush) until
+    /// then fails the request (monotonic clock).
+    stalled_at: wasi::clocks::monotonic_clock::Instant,
+}
+
+struct Body {
+    /// Declared before the body and the response it belongs to: dropped
+    /// first.
+    stream: wasi::io::streams::InputStream,
+    _incoming: http::IncomingBody,
+    _response: http::IncomingResponse,
+    status: u16,
+    headers: Vec<(String, String)>,
+    bytes: Vec<u8>,
+    /// No byte until then is a between-bytes timeout (monotonic clock).
+    stalled_at: wasi::clocks::monotonic_clock::Instant,
+}
+
+fn start(req: HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, HttpFailure> {
     let headers = http::Fields::new();
     for (name, value) in &req.headers {
         headers.append(name, value.as_bytes()).map_err(|e| {
@@ -318,31 +389,94 @@ fn start(req: &HttpRequest, timeout_ns: u64, max_body: u64) -> Result<InFlight, 
     // Hand the request over before writing the body: the host streams it and
     // would otherwise stop accepting writes once its buffer is full.
     let future = wasi::http::outgoing_handler::handle(outgoing, None).map_err(failure)?;
-    let due = wasi::clocks::monotonic_clock::now().saturating_add(timeout_ns.saturating_mul(2));
-    let written = write_body(body, &req.body, timeout_ns);
-    Ok(InFlight { future, written, max_body, timeout_ns, due })
+    let now = wasi::clocks::monotonic_clock::now();
+    let due = now.saturating_add(timeout_ns.saturating_mul(2));
+    let (phase, written) = match body.write() {
+        Ok(stream) => {
+            let stalled_at = now.saturating_add(timeout_ns);
+            let writing = Writing { stream, body, bytes: req.body, offset: 0, flushing: false, stalled_at };
+            (Phase::Writing(writing), Ok(()))
+        }
+        Err(()) => (Phase::Head, Err(HttpFailure::Transport("the host gave no body stream".into()))),
+    };
+    Ok(InFlight { phase, future, written, max_body, timeout_ns, due })
 }
 
 impl InFlight {
-    /// What a wait for this request's answer waits on: the answer, or the
-    /// time it is due.
+    /// What a wait for this request to go on waits on: the host taking
+    /// more of the body, the answer, more of its body; or the time that
+    /// wait runs out.
     fn subscribe(&self) -> [wasi::io::poll::Pollable; 2] {
-        [self.future.subscribe(), wasi::clocks::monotonic_clock::subscribe_instant(self.due)]
+        let at = wasi::clocks::monotonic_clock::subscribe_instant;
+        match &self.phase {
+            Phase::Writing(w) => [w.stream.subscribe(), at(w.stalled_at)],
+            Phase::Body(b) => [b.stream.subscribe(), at(b.stalled_at)],
+            Phase::Head | Phase::Over => [self.future.subscribe(), at(self.due)],
+        }
     }
 
-    /// Waits for the answer (until it is due) and reads its body.
-    fn finish(self) -> Result<HttpResponse, HttpFailure> {
-        let answer = loop {
-            if let Some(answer) = self.future.get() {
-                break answer;
+    /// Waits for the answer and reads its body (validate mode).
+    fn finish(mut self) -> Result<HttpResponse, HttpFailure> {
+        loop {
+            if let Some(result) = self.advance() {
+                return result;
             }
-            if wasi::clocks::monotonic_clock::now() >= self.due {
-                // Dropping the future (on return) cancels the request.
-                return Err(HttpFailure::Timeout);
+            let [more, timer] = self.subscribe();
+            wasi::io::poll::poll(&[&more, &timer]);
+        }
+    }
+
+    /// Goes on as far as the host allows without waiting: writes what the
+    /// host takes of the body, then takes the answer's head and reads what
+    /// has arrived of its body. `None`: wait ([`InFlight::subscribe`]) and
+    /// call again. An answer (or failure) is handed on once.
+    fn advance(&mut self) -> Option<Result<HttpResponse, HttpFailure>> {
+        loop {
+            match &mut self.phase {
+                Phase::Writing(w) => match w.advance(self.timeout_ns) {
+                    None => return None,
+                    Some(result) => {
+                        let Phase::Writing(w) = std::mem::replace(&mut self.phase, Phase::Head) else {
+                            unreachable!("writing")
+                        };
+                        let Writing { stream, body, .. } = w;
+                        drop(stream);
+                        self.written = result.and_then(|()| http::OutgoingBody::finish(body, None).map_err(failure));
+                    }
+                },
+                Phase::Head => {
+                    let Some(answer) = self.future.get() else {
+                        if wasi::clocks::monotonic_clock::now() >= self.due {
+                            // Dropping the future (with the request) cancels it.
+                            return self.over(Err(HttpFailure::Timeout));
+                        }
+                        return None;
+                    };
+                    match self.head(answer) {
+                        Ok(body) => self.phase = Phase::Body(body),
+                        Err(e) => return self.over(Err(e)),
+                    }
+                }
+                Phase::Body(b) => {
+                    let result = b.advance(self.max_body, self.timeout_ns)?;
+                    return self.over(result);
+                }
+                Phase::Over => panic!("a request's answer was handed on already"),
             }
-            let [answer, due] = self.subscribe();
-            wasi::io::poll::poll(&[&answer, &due]);
-        };
+        }
+    }
+
+    fn over(&mut self, result: Result<HttpResponse, HttpFailure>) -> Option<Result<HttpResponse, HttpFailure>> {
+        self.phase = Phase::Over;
+        Some(result)
+    }
+
+    /// The answer's head: its status and headers, and its body to read.
+    #[allow(clippy::type_complexity)]
+    fn head(
+        &mut self,
+        answer: Result<Result<http::IncomingResponse, http::ErrorCode>, ()>,
+    ) -> Result<Body, HttpFailure> {
         let response = match answer {
             Ok(Ok(response)) => response,
             // A refused or failed request also breaks the body stream; the
@@ -350,7 +484,7 @@ impl InFlight {
             Ok(Err(code)) => return Err(failure(code)),
             Err(()) => return Err(HttpFailure::Transport("response future in a bad state".into())),
         };
-        self.written?;
+        std::mem::replace(&mut self.written, Ok(()))?;
         let status = response.status();
         let headers: Vec<(String, String)> = response
             .headers()
@@ -358,49 +492,98 @@ impl InFlight {
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect();
-        let too_large = HttpFailure::TooLarge { limit: self.max_body };
         let declared = headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max_body) {
-            return Err(too_large);
+            return Err(HttpFailure::TooLarge { limit: self.max_body });
         }
         let incoming = response.consume().map_err(|()| invalid("response body"))?;
+        let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
         // Sized once from Content-Length when there is one: growing by
         // doubling would copy the page and leave the memory at twice its size.
-        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        {
-            let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
-            loop {
-                // At most one byte past the cap is asked for: enough to know.
-                let room = (self.max_body + 1).saturating_sub(bytes.len() as u64).min(READ_CHUNK);
-                match stream.read(room) {
-                    // Nothing yet: wait for more, a between-bytes timeout at most.
-                    Ok(chunk) if chunk.is_empty() => {
-                        if !ready_within(&stream.subscribe(), self.timeout_ns) {
-                            return Err(HttpFailure::Timeout);
-                        }
-                    }
-                    Ok(chunk) => bytes.extend_from_slice(&chunk),
-                    Err(wasi::io::streams::StreamError::Closed) => break,
-                    Err(e) => return Err(HttpFailure::Transport(stream_error_text(e))),
-                }
-                if bytes.len() as u64 > self.max_body {
-                    return Err(too_large);
-                }
-            }
-        }
-        drop(incoming);
-        Ok(HttpResponse { status, headers, body: bytes })
+        let bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let stalled_at = wasi::clocks::monotonic_clock::now().saturating_add(self.timeout_ns);
+        Ok(Body { stream, _incoming: incoming, _response: response, status, headers, bytes, stalled_at })
     }
 }
 
-/// Waits until `pollable` is ready, for `timeout_ns` at most; false when
-/// the time ran out first.
-fn ready_within(pollable: &wasi::io::poll::Pollable, timeout_ns: u64) -> bool {
-    let timer = wasi::clocks::monotonic_clock::subscribe_duration(timeout_ns);
-    wasi::io::poll::poll(&[pollable, &timer]).contains(&0)
+impl Writing {
+    /// Writes the body in pieces as large as the host accepts
+    /// (`check-write`), not in the 4 KiB of `blocking-write-and-flush`: each
+    /// piece is a call across the boundary and a write on the connection.
+    /// `None`: the host takes nothing now. A host that takes nothing for
+    /// `timeout_ns` fails it.
+    fn advance(&mut self, timeout_ns: u64) -> Option<Result<(), HttpFailure>> {
+        let stream_failure = |e| Some(Err(HttpFailure::Transport(stream_error_text(e))));
+        let now = wasi::clocks::monotonic_clock::now();
+        while self.offset < self.bytes.len() {
+            let permitted = match self.stream.check_write() {
+                Ok(permitted) => permitted,
+                Err(e) => return stream_failure(e),
+            };
+            if permitted == 0 {
+                return if now >= self.stalled_at { Some(Err(HttpFailure::Timeout)) } else { None };
+            }
+            let n = (self.bytes.len() - self.offset).min(permitted as usize);
+            if let Err(e) = self.stream.write(&self.bytes[self.offset..self.offset + n]) {
+                return stream_failure(e);
+            }
+            self.offset += n;
+            self.stalled_at = now.saturating_add(timeout_ns);
+        }
+        if !self.flushing {
+            self.bytes = Vec::new();
+            match self.stream.flush() {
+                Ok(()) => self.flushing = true,
+                // A host may close the stream as soon as it has the whole
+                // body (its Content-Length): with every byte written, that
+                // is no failure.
+                Err(wasi::io::streams::StreamError::Closed) => return Some(Ok(())),
+                Err(e) => return stream_failure(e),
+            }
+        }
+        if !self.stream.subscribe().ready() {
+            return if now >= self.stalled_at { Some(Err(HttpFailure::Timeout)) } else { None };
+        }
+        match self.stream.check_write() {
+            Ok(_) | Err(wasi::io::streams::StreamError::Closed) => Some(Ok(())),
+            Err(e) => stream_failure(e),
+        }
+    }
+}
+
+impl Body {
+    /// Reads what has arrived of the body. `None`: nothing more yet.
+    fn advance(&mut self, max_body: u64, timeout_ns: u64) -> Option<Result<HttpResponse, HttpFailure>> {
+        loop {
+            // At most one byte past the cap is asked for: enough to know.
+            let room = (max_body + 1).saturating_sub(self.bytes.len() as u64).min(READ_CHUNK);
+            match self.stream.read(room) {
+                // Nothing yet: wait for more, a between-bytes timeout at most.
+                Ok(chunk) if chunk.is_empty() => {
+                    let now = wasi::clocks::monotonic_clock::now();
+                    return if now >= self.stalled_at { Some(Err(HttpFailure::Timeout)) } else { None };
+                }
+                Ok(chunk) => {
+                    self.bytes.extend_from_slice(&chunk);
+                    self.stalled_at = wasi::clocks::monotonic_clock::now().saturating_add(timeout_ns);
+                }
+                Err(wasi::io::streams::StreamError::Closed) => break,
+                Err(e) => return Some(Err(HttpFailure::Transport(stream_error_text(e)))),
+            }
+            if self.bytes.len() as u64 > max_body {
+                return Some(Err(HttpFailure::TooLarge { limit: max_body }));
+            }
+        }
+        let response = HttpResponse {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body: std::mem::take(&mut self.bytes),
+        };
+        Some(Ok(response))
+    }
 }
 
 /// The most one read of a response body asks the host for.
@@ -408,46 +591,6 @@ const READ_CHUNK: u64 = 1 << 20;
 
 fn invalid(what: &str) -> HttpFailure {
     HttpFailure::Transport(format!("the host rejected the request {what}"))
-}
-
-/// Writes the body in pieces as large as the host accepts (`check-write`),
-/// not in the 4 KiB of `blocking-write-and-flush`: each piece is a call
-/// across the boundary and a write on the connection. A host that accepts
-/// nothing for `timeout_ns` fails it.
-fn write_body(body: http::OutgoingBody, bytes: &[u8], timeout_ns: u64) -> Result<(), HttpFailure> {
-    {
-        let stream = body.write().map_err(|()| HttpFailure::Transport("the host gave no body stream".into()))?;
-        let stream_failure = |e| HttpFailure::Transport(stream_error_text(e));
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let permitted = stream.check_write().map_err(stream_failure)?;
-            if permitted == 0 {
-                if !ready_within(&stream.subscribe(), timeout_ns) {
-                    return Err(HttpFailure::Timeout);
-                }
-                continue;
-            }
-            let n = rest.len().min(permitted as usize);
-            stream.write(&rest[..n]).map_err(stream_failure)?;
-            rest = &rest[n..];
-        }
-        // A host may close the stream as soon as it has the whole body (its
-        // Content-Length): with every byte written, that is no failure.
-        let flushed = match stream.flush() {
-            Ok(()) => {
-                if !ready_within(&stream.subscribe(), timeout_ns) {
-                    return Err(HttpFailure::Timeout);
-                }
-                stream.check_write().map(drop)
-            }
-            failed => failed,
-        };
-        match flushed {
-            Ok(()) | Err(wasi::io::streams::StreamError::Closed) => {}
-            Err(e) => return Err(stream_failure(e)),
-        }
-    }
-    http::OutgoingBody::finish(body, None).map_err(failure)
 }
 
 fn stream_error_text(e: wasi::io::streams::StreamError) -> String {

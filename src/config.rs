@@ -39,6 +39,7 @@ pub mod key {
     pub const MAX_PAGES_PER_TICK: &str = "max_pages_per_tick";
     pub const TICK_DEADLINE_MS: &str = "tick_deadline_ms";
     pub const REQUEST_TIMEOUT_MS: &str = "request_timeout_ms";
+    pub const LEASE_TTL_MS: &str = "lease_ttl_ms";
     pub const DEVO_MAX_BATCH_EVENTS: &str = "devo_max_batch_events";
     pub const DEVO_GZIP: &str = "devo_gzip";
     pub const MAX_RESPONSE_BYTES: &str = "max_response_bytes";
@@ -67,6 +68,7 @@ pub const KEYS: &[&str] = &[
     key::MAX_PAGES_PER_TICK,
     key::TICK_DEADLINE_MS,
     key::REQUEST_TIMEOUT_MS,
+    key::LEASE_TTL_MS,
     key::DEVO_MAX_BATCH_EVENTS,
     key::DEVO_GZIP,
     key::MAX_RESPONSE_BYTES,
@@ -157,6 +159,15 @@ pub const MAX_TICK_DEADLINE_MS: u64 = 3_600_000;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// The longest `request_timeout_ms` accepted.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
+/// How long a service's lease lasts after the tick last renewed it (as
+/// Kubernetes' leader election, 15 s): a tick renews it every third of
+/// this while it works (`src/tick/page.rs`), so an instance killed
+/// mid-tick holds its services this long at most.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 15_000;
+/// The range `lease_ttl_ms` accepts: renewed every third of it, a lease
+/// shorter than 3 s would have the store written every second by every
+/// service; one longer than 10 minutes is no failover.
+pub const LEASE_TTL_MS_RANGE: (u64, u64) = (3_000, 600_000);
 pub const DEFAULT_DEVO_MAX_BATCH_EVENTS: u32 = 1000;
 /// The largest answer body read from 1Password or Devo: a 1000-event page
 /// is about 1 MiB, so 4 MiB leaves room and still fits the instance's memory.
@@ -199,6 +210,9 @@ pub struct Config {
     pub tick_deadline: chrono::TimeDelta,
     /// Connect, first-byte and between-bytes timeout of every request.
     pub request_timeout_ms: u64,
+    /// How long a service's lease lasts after its last renewal; the tick
+    /// renews it every third of this while it works.
+    pub lease_ttl: chrono::TimeDelta,
     /// The largest answer body read; a larger one fails that request
     /// ([`HttpFailure::TooLarge`](crate::http::HttpFailure::TooLarge)).
     pub max_response_bytes: u64,
@@ -314,6 +328,8 @@ impl Config {
             number(&mut get, "tick_deadline_ms", 1_000, MAX_TICK_DEADLINE_MS, DEFAULT_TICK_DEADLINE_MS)?;
         let request_timeout_ms =
             number(&mut get, "request_timeout_ms", 100, MAX_REQUEST_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS)?;
+        let (min, max) = LEASE_TTL_MS_RANGE;
+        let lease_ttl_ms = number(&mut get, "lease_ttl_ms", min, max, DEFAULT_LEASE_TTL_MS)?;
         let devo_max_batch_events =
             number(&mut get, "devo_max_batch_events", 1, 1_000_000, DEFAULT_DEVO_MAX_BATCH_EVENTS.into())? as u32;
         let devo_gzip = match get("devo_gzip")?.as_deref() {
@@ -343,6 +359,7 @@ impl Config {
             max_pages_per_tick,
             tick_deadline: chrono::TimeDelta::milliseconds(tick_deadline_ms as i64),
             request_timeout_ms,
+            lease_ttl: chrono::TimeDelta::milliseconds(lease_ttl_ms as i64),
             max_response_bytes,
             obfuscator,
         })
@@ -510,6 +527,7 @@ pub(crate) mod tests {
         assert_eq!(c.tag(Service::ItemUsage), "auth.agilebits.onepassword.itemusage");
         assert_eq!(c.max_response_bytes, 4 << 20);
         assert_eq!(c.max_pages_per_tick, None, "no cap but the deadline and the budget");
+        assert_eq!(c.lease_ttl, chrono::TimeDelta::seconds(15), "as Kubernetes' leader election");
         let mut m = minimal();
         m.insert("max_pages_per_tick", "5".into());
         assert_eq!(load(&m).unwrap().max_pages_per_tick, Some(5));
@@ -562,6 +580,8 @@ pub(crate) mod tests {
             ("max_pages_per_tick", "0", "1 to 1000000"),
             ("tick_deadline_ms", "10", "1000 to 3600000"),
             ("request_timeout_ms", "fast", "100 to 600000"),
+            ("lease_ttl_ms", "2999", "3000 to 600000"),
+            ("lease_ttl_ms", "600001", "3000 to 600000"),
             ("devo_max_batch_events", "0", "1 to 1000000"),
             ("devo_gzip", "yes", "true or false"),
             ("max_response_bytes", "1023", "1024 to 268435456"),

@@ -6,7 +6,7 @@
 
 use crate::backoff::Backoff;
 use crate::checkpoint::Checkpoint;
-use crate::config::{MAX_REQUEST_TIMEOUT_MS, MAX_TICK_DEADLINE_MS};
+use crate::config::{LEASE_TTL_MS_RANGE, MAX_REQUEST_TIMEOUT_MS, MAX_TICK_DEADLINE_MS};
 use crate::error::{self, CollectorError, ErrorKind, CHECKPOINT_UNREADABLE};
 use crate::service::Service;
 use crate::time::MAX_CLOCK_SKEW;
@@ -44,7 +44,10 @@ pub struct ServiceState {
     pub writer: Option<String>,
 }
 
-/// Who is collecting this service right now, and until when at most.
+/// Who is collecting this service right now, and until when at most: the
+/// tick renews it while it works ([`Config::lease_ttl`](crate::config::Config::lease_ttl)
+/// past each renewal), so a lease left behind by an instance that died
+/// lapses soon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub holder: String,
@@ -52,19 +55,17 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// How long a tick's lease lasts: past the tick's deadline by a few
-    /// requests' timeouts, so it cannot expire under a tick that is still
-    /// working.
-    pub fn ttl(tick_deadline: TimeDelta, request_timeout_ms: u64) -> TimeDelta {
-        tick_deadline + TimeDelta::milliseconds(4 * request_timeout_ms as i64)
-    }
-
-    /// The longest lease any instance takes: [`Lease::ttl`] of the longest
-    /// deadline and timeout a config accepts. Not this instance's own:
-    /// replicas of one collector may run with different settings (while a
-    /// change rolls out), and the longer lease of another is real.
+    /// The longest lease any instance may have written: the longest
+    /// `lease_ttl_ms` a config accepts, or a lease of a release before
+    /// renewals, which lasted `tick_deadline_ms + 4 × request_timeout_ms`
+    /// (150 s with the defaults, up to 100 minutes). Not this instance's
+    /// own: replicas of one collector may run different releases or settings
+    /// (while a change rolls out), and the longer lease of another is real.
     pub fn longest() -> TimeDelta {
-        Lease::ttl(TimeDelta::milliseconds(MAX_TICK_DEADLINE_MS as i64), MAX_REQUEST_TIMEOUT_MS)
+        let renewed = TimeDelta::milliseconds(LEASE_TTL_MS_RANGE.1 as i64);
+        let before_renewals = TimeDelta::milliseconds(MAX_TICK_DEADLINE_MS as i64)
+            + TimeDelta::milliseconds(4 * MAX_REQUEST_TIMEOUT_MS as i64);
+        renewed.max(before_renewals)
     }
 
     /// True when the lease expires further ahead than any instance takes one
@@ -224,7 +225,9 @@ mod tests {
     #[test]
     fn a_lease_beyond_the_longest_any_instance_takes_is_taken_as_expired() {
         let now = t("2026-01-01T00:00:00Z");
-        // The longest lease: a deadline of an hour and timeouts of ten minutes.
+        // The longest lease: one of a release before renewals, with a
+        // deadline of an hour and timeouts of ten minutes (longer than the
+        // longest lease_ttl_ms, 10 minutes).
         assert_eq!(Lease::longest(), TimeDelta::minutes(100));
         let mut s = ServiceState::new(now);
         for expires in [now + Lease::longest(), now + Lease::longest() + MAX_CLOCK_SKEW] {

@@ -1254,6 +1254,7 @@ fn run_world(world: &World) -> Result<After, TestCaseError> {
         let fault = faults.next().copied().unwrap_or(0);
         let input = match tick.poll() {
             Action::Done(report) => return Ok(After { report, store, end: now }),
+            Action::Abandon => unreachable!("a tick driven by poll never renews a lease"),
             Action::Wait { until } => {
                 now = now.max(until);
                 Input::Woke

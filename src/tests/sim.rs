@@ -137,6 +137,18 @@ pub struct Sim {
     pub arrivals: fastrand::Rng,
     /// Time ticks spent waiting for the budget (`Action::Wait`).
     pub waited: TimeDelta,
+    /// How long every answer of 1Password and Devo takes to arrive (the
+    /// server acts on the request at once). Above zero, ticks are driven
+    /// lane by lane (as with `lanes` above one), and while every lane waits
+    /// the clock moves to the next answer or the next lease renewal
+    /// (`Tick::next_renewal`), whichever comes first.
+    pub latency: TimeDelta,
+    /// Moments a tick still believed it held a service's lease (its last
+    /// swap of the record wrote its lease) while the store held that very
+    /// lease, expired: the lease lapsed under a tick that was working.
+    pub lapsed: usize,
+    /// Requests and waits the tick dropped (`Action::Abandon`).
+    pub abandoned: usize,
     entropy: u64,
 }
 
@@ -150,8 +162,10 @@ pub struct Running {
     /// Lanes: the answers of requests sent and not yet handed back (the
     /// server has already acted on them), and the lane whose store actions
     /// are under way (answered before any other lane is polled).
-    in_flight: Vec<(usize, Input)>,
+    in_flight: Vec<(usize, Input, DateTime<Utc>)>,
     chain: Option<usize>,
+    /// The renewal the tick was last told the time for (`step_lanes`).
+    told: Option<DateTime<Utc>>,
 }
 
 impl Sim {
@@ -185,6 +199,9 @@ impl Sim {
             lanes: 1,
             arrivals: fastrand::Rng::with_seed(0),
             waited: TimeDelta::zero(),
+            latency: TimeDelta::zero(),
+            lapsed: 0,
+            abandoned: 0,
             entropy: 1,
         }
     }
@@ -213,6 +230,7 @@ impl Sim {
             leases: BTreeMap::new(),
             in_flight: Vec::new(),
             chain: None,
+            told: None,
         }
     }
 
@@ -230,7 +248,7 @@ impl Sim {
 
     /// One action of a running tick.
     pub fn step(&mut self, running: &mut Running) -> Step {
-        if self.lanes > 1 {
+        if self.lanes > 1 || self.latency > TimeDelta::zero() {
             return self.step_lanes(running);
         }
         let action = running.tick.poll();
@@ -255,6 +273,13 @@ impl Sim {
                 running.chain = running.chain.filter(|&c| c != lane);
                 continue;
             };
+            if let Action::Abandon = action {
+                let before = running.in_flight.len();
+                running.in_flight.retain(|(l, _, _)| *l != lane);
+                self.abandoned += before - running.in_flight.len();
+                running.chain = Some(lane);
+                return Step::Continue;
+            }
             let sends = matches!(action, Action::Send { .. });
             let input = match self.perform(running, action) {
                 Ok(input) => input,
@@ -262,7 +287,7 @@ impl Sim {
             };
             if sends {
                 running.chain = None;
-                running.in_flight.push((lane, input));
+                running.in_flight.push((lane, input, self.now + self.latency));
             } else {
                 running.chain = Some(lane);
                 self.now += self.step;
@@ -273,8 +298,29 @@ impl Sim {
         if running.in_flight.is_empty() {
             return Step::Done(running.tick.done().expect("no lane waits and nothing is in flight"));
         }
-        let (lane, input) = running.in_flight.swap_remove(self.arrivals.usize(..running.in_flight.len()));
+        let renewal = running.tick.next_renewal();
+        if renewal.is_some_and(|r| r <= self.now) {
+            // Due: the next poll of its lane starts it (it must: else the
+            // tick would be told the time again and again).
+            assert_ne!(running.told, renewal, "a renewal came due and no lane started it");
+            running.told = renewal;
+            running.tick.clock(self.now);
+            return Step::Continue;
+        }
+        let arrived: Vec<usize> =
+            (0..running.in_flight.len()).filter(|&i| running.in_flight[i].2 <= self.now).collect();
+        if arrived.is_empty() {
+            // Every answer is still on its way: the clock moves to the first
+            // of them, or to the next renewal.
+            let next = running.in_flight.iter().map(|(_, _, at)| *at).min().expect("something is in flight");
+            self.now = renewal.map_or(next, |r| r.min(next));
+            self.check_lapsed(running);
+            running.tick.clock(self.now);
+            return Step::Continue;
+        }
+        let (lane, input, _) = running.in_flight.swap_remove(arrived[self.arrivals.usize(..arrived.len())]);
         self.now += self.step;
+        self.check_lapsed(running);
         running.tick.handle_lane(lane, input, self.now);
         Step::Continue
     }
@@ -283,6 +329,7 @@ impl Sim {
     fn perform(&mut self, running: &mut Running, action: Action) -> Result<Input, Step> {
         Ok(match action {
             Action::Done(report) => return Err(Step::Done(report)),
+            Action::Abandon => unreachable!("a tick driven by poll never renews a lease"),
             Action::Wait { until } => {
                 // (Another tick interleaved with this one may have moved
                 // the clock past it already.)
@@ -367,6 +414,18 @@ impl Sim {
         let stored_holder = stored.and_then(|s| s.lease).map(|l| l.holder);
         if believed.expires > self.now && stored_holder.as_ref() != Some(&believed.holder) {
             self.unleased_fetches += 1;
+        }
+    }
+
+    /// Counts the leases this tick believes it holds that lapsed in the
+    /// store (`lapsed`).
+    fn check_lapsed(&mut self, running: &Running) {
+        for (key, believed) in &running.leases {
+            let Some(believed) = believed else { continue };
+            let stored = self.store.get(key).and_then(|b| serde_json::from_slice::<ServiceState>(b).ok());
+            if stored.and_then(|s| s.lease).is_some_and(|l| l.holder == believed.holder && l.expires <= self.now) {
+                self.lapsed += 1;
+            }
         }
     }
 

@@ -27,6 +27,11 @@ pub enum Action {
     /// page then, and the tick's deadline leaves room for it. Like a
     /// `Send`, other lanes may go on meanwhile.
     Wait { until: DateTime<Utc> },
+    /// Drop this lane's request in flight (or its wait) without answering
+    /// it: the lane could not renew its service's lease, and stopped working
+    /// on the service before the lease could lapse. Needs no answer: poll
+    /// the lane again.
+    Abandon,
     /// The tick is over.
     Done(TickReport),
 }

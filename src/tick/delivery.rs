@@ -122,7 +122,7 @@ pub(super) fn lease_lost_error(service: Service) -> CollectorError {
         ErrorKind::PrePullError,
         LEASE_LOST,
         format!(
-            "another instance took over {service} while this tick was delivering (its lease expired: raise tick_deadline_ms or request_timeout_ms if ticks are slow); this page will be completed by the next tick"
+            "another instance took over {service} while this tick was delivering (this tick's lease lapsed: the instance was paused or starved for longer than lease_ttl_ms, or the instances' clocks disagree; raise lease_ttl_ms if it recurs); this page will be completed by the next tick"
         ),
     )
 }

@@ -43,6 +43,16 @@
 //!    part is reported, and the next service begins. After the last, the
 //!    tick is `Done` with its report.
 //!
+//! **The lease's heartbeat** (`page.rs`). A lease lasts `lease_ttl_ms`
+//! (15 s) past its last write: taking it, each progress write and commit,
+//! and, while a lane awaits an answer (a page, a batch, a wait for the
+//! budget), a renewal every third of that ([`Tick::next_renewal`], started
+//! by [`Tick::poll_lane`] once [`Tick::clock`] says it is due). A renewal
+//! that finds another holder, or that the store fails, ends the part at
+//! once: the driver drops what the lane awaited ([`Action::Abandon`]),
+//! nothing is committed. So a tick killed mid-work holds its services for
+//! `lease_ttl_ms` at most.
+//!
 //! **Lanes.** Driven with [`Tick::poll`] and [`Tick::handle`], a tick works
 //! on one service at a time. With [`Tick::with_lanes`] and
 //! [`Tick::poll_lane`]/[`Tick::handle_lane`], up to that many services go
@@ -51,7 +61,9 @@
 //! waits on all of them through wasi:http's pollables). Each lane spends its
 //! own request of the budget and writes its own records; the store actions
 //! of one lane are answered before another lane is polled, so a `Watch` is
-//! always followed by its own `Swap`.
+//! always followed by its own `Swap`. Only a tick driven by lanes renews its
+//! leases while it waits (one driven by `poll` answers every request before
+//! it polls again).
 //!
 //! Every write of a stored record (the lease, the budget, progress, the
 //! checkpoint, the release) is a compare-and-swap (`swap.rs`): read the
@@ -85,6 +97,8 @@
 //! - How many pages a tick takes: `commit.rs` `committed` (deadline, cap),
 //!   `account_budget.rs` `spend_budget` (the budget, and waiting for it).
 //! - A cursor that does not move: `page.rs` `prepare` (`nothing_new`).
+//! - How long a lease lasts, when it is renewed, and what a failed renewal
+//!   does: `page.rs`.
 
 mod account_budget;
 mod action;
@@ -280,9 +294,19 @@ impl Tick {
                 Step::Watch(update, attempt) => return Some(self.watch(update, attempt)),
                 Step::Swap(update, attempt, value) => return Some(self.swap(update, attempt, value)),
                 Step::Confirm(update, attempt, answer) => return Some(self.confirm(update, attempt, answer)),
-                // Awaiting input, or no service left.
+                // The lease could not be renewed (page.rs): drop what the
+                // lane awaits, then end the service's part.
+                Step::Abandon(ending) => {
+                    self.step = Step::Finish(ending);
+                    return Some(Action::Abandon);
+                }
+                // Awaiting input, or no service left; a lane that awaits an
+                // answer renews its lease when it is due (page.rs).
                 waiting => {
-                    self.step = waiting;
+                    self.step = self.renew_if_due(waiting);
+                    if matches!(self.step, Step::Watch(..)) {
+                        continue;
+                    }
                     return None;
                 }
             }
@@ -301,6 +325,7 @@ impl Tick {
             other => other,
         };
         let step = std::mem::replace(&mut self.step, Step::NextService);
+        let renewing = step.renewing();
         self.step = match (step, input) {
             (Step::AwaitAccount, Input::Loaded(result)) => self.on_cached_account(result),
             (Step::AwaitIntrospect { cached }, Input::Response(result)) => self.on_introspection(cached, result),
@@ -316,6 +341,9 @@ impl Tick {
             }
             (step, input) => panic!("Tick::handle got {} while {} was expected", input.name(), step.name()),
         };
+        if let Some(awaiting) = renewing {
+            self.after_renewal(awaiting);
+        }
     }
 
     /// The report, once every lane has run out of services.
@@ -382,6 +410,9 @@ enum Step {
     AwaitDevo,
     // 4. The service's part is over (commit.rs).
     Finish(Ending),
+    /// The lease could not be renewed while the lane awaited an answer
+    /// (page.rs): the driver drops it, then the part ends.
+    Abandon(Ending),
     /// The lane has no service left.
     LaneDone,
     // A compare-and-swap (swap.rs): the update, and how many tries so far;
@@ -426,6 +457,8 @@ enum Update {
     Commit,
     /// commit.rs: end the service's part (see [`Step::release`]).
     Release { ending: Ending, backoff: bool, forget_cursor: bool },
+    /// page.rs: renew the lease while the lane awaits this.
+    Renew(page::Awaiting),
 }
 
 impl Update {

@@ -11,6 +11,32 @@
 //! checkpoint unchanged; a good page becomes the lines to deliver, minus the
 //! events Devo already took, and the checkpoint to commit once they are
 //! delivered (`delivery.rs`, `commit.rs`).
+//!
+//! **The lease's heartbeat** (at the end of this file): a tick renews each
+//! service's lease while it works, so that an instance that dies mid-tick
+//! holds its services for `lease_ttl_ms` at most (15 s by default), not for
+//! a whole tick.
+//!
+//! A lease lasts [`Config::lease_ttl`](crate::config::Config::lease_ttl)
+//! past the write that last renewed it: taking it, each progress write, each
+//! commit (above, `delivery.rs`, `commit.rs`), and the renewals here.
+//! While a lane awaits an answer — a 1Password page, a Devo batch, the end
+//! of a wait for the budget — its lease is renewed a third of the TTL after
+//! the last renewal ([`Tick::next_renewal`] says when; the driver adds it to
+//! what it waits on, tells the tick the time with [`Tick::clock`] and polls
+//! the lanes). A renewal is a compare-and-swap like any other write
+//! (`swap.rs`): read the record, write it with the lease's new expiry only
+//! if it still holds this tick's lease, read it back. When it landed, the
+//! lane goes back to awaiting its answer.
+//!
+//! A renewal that finds another instance's lease (or none: this tick's
+//! lapsed and another took and released it) or that the store fails
+//! ends the service's part at once, well before the lease could lapse: the
+//! driver drops the request in flight ([`Action::Abandon`](super::Action::Abandon)),
+//! nothing is committed, and the part is reported failed with error 202
+//! (lease lost) or 200 (store). The checkpoint had not moved, so the page is
+//! read again by whoever holds the lease next; a batch Devo took just before
+//! may reach it twice.
 
 use super::delivery::PageBatches;
 use super::swap::{self, Answer, Decision};
@@ -18,7 +44,9 @@ use super::{rfc3339, Action, Ending, ServiceRun, Step, Tick, Update};
 use crate::account;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, DEFAULT_LOOKBACK, RETENTION};
-use crate::error::{CollectorError, ErrorKind, ONEPASSWORD_BAD_BODY, ONEPASSWORD_STUCK_CURSOR, SCOPE_MISSING};
+use crate::error::{
+    CollectorError, ErrorKind, LEASE_LOST, ONEPASSWORD_BAD_BODY, ONEPASSWORD_STUCK_CURSOR, SCOPE_MISSING,
+};
 use crate::http::{HttpFailure, HttpResponse};
 use crate::json;
 use crate::onepassword::{self, EventMeta, Page, PageStart};
@@ -147,10 +175,10 @@ impl Tick {
     }
 
     /// The lease this tick takes, and renews with every progress and commit
-    /// ([`Lease::ttl`]).
+    /// and while it awaits an answer (the lease's heartbeat, below): good for `lease_ttl_ms`
+    /// from now.
     pub(super) fn lease(&self) -> Lease {
-        let ttl = Lease::ttl(self.config.tick_deadline, self.config.request_timeout_ms);
-        Lease { holder: self.me.clone(), expires: self.now + ttl }
+        Lease { holder: self.me.clone(), expires: self.now + self.config.lease_ttl }
     }
 
     // Ask 1Password (once the budget is spent).
@@ -390,4 +418,145 @@ fn next_checkpoint(
     };
     next.remember(page_uuids);
     next
+}
+
+// The lease's heartbeat (`Update::Renew`).
+
+/// What a lane awaits while its lease is renewed, to go back to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Awaiting {
+    Page,
+    Devo,
+    Wake,
+}
+
+impl Awaiting {
+    fn of(step: &Step) -> Option<Awaiting> {
+        match step {
+            Step::AwaitPage => Some(Awaiting::Page),
+            Step::AwaitDevo => Some(Awaiting::Devo),
+            Step::AwaitWake => Some(Awaiting::Wake),
+            _ => None,
+        }
+    }
+
+    fn step(self) -> Step {
+        match self {
+            Awaiting::Page => Step::AwaitPage,
+            Awaiting::Devo => Step::AwaitDevo,
+            Awaiting::Wake => Step::AwaitWake,
+        }
+    }
+}
+
+impl Step {
+    /// While a renewal's compare-and-swap awaits the store: what the lane
+    /// awaits besides.
+    pub(super) fn renewing(&self) -> Option<Awaiting> {
+        match self {
+            Step::AwaitCurrent(Update::Renew(a), _)
+            | Step::AwaitSwap(Update::Renew(a), _)
+            | Step::AwaitConfirm(Update::Renew(a), ..) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl Tick {
+    /// Tells the tick the time, for a driver that waited without an answer
+    /// to hand in (a renewal came due): the next [`Tick::poll_lane`] of a
+    /// lane whose renewal is due by then starts it.
+    pub fn clock(&mut self, now: DateTime<Utc>) {
+        self.now = self.now.max(now);
+    }
+
+    /// When the next lease renewal is due, by the clock `now` is read from:
+    /// the earliest of the lanes that await an answer (a request or a wait)
+    /// for a service whose lease they hold. The driver waits no longer than
+    /// this before it calls [`Tick::clock`] and polls the lanes again, even
+    /// while their answers are still to come.
+    pub fn next_renewal(&self) -> Option<DateTime<Utc>> {
+        let active = std::iter::once((&self.step, self.run.as_ref()));
+        let parked =
+            self.lanes.iter().enumerate().filter(|(i, _)| *i != self.active).map(|(_, l)| (&l.step, l.run.as_ref()));
+        active.chain(parked).filter_map(|(step, run)| self.renewal_due(step, run?)).min()
+    }
+
+    /// A third of the lease's life after it was last renewed.
+    pub(super) fn renew_every(&self) -> TimeDelta {
+        self.config.lease_ttl / 3
+    }
+
+    fn renewal_due(&self, step: &Step, run: &ServiceRun) -> Option<DateTime<Utc>> {
+        Awaiting::of(step)?;
+        let lease = run.state.lease.as_ref().filter(|l| l.holder == self.me)?;
+        Some(lease.expires - self.config.lease_ttl + self.renew_every())
+    }
+
+    /// The active lane's step, or its renewal when one is due.
+    pub(super) fn renew_if_due(&mut self, step: Step) -> Step {
+        let due = self.run.as_ref().and_then(|run| self.renewal_due(&step, run));
+        match (due, Awaiting::of(&step)) {
+            (Some(due), Some(awaiting)) if due <= self.now => Step::write(Update::Renew(awaiting)),
+            _ => step,
+        }
+    }
+
+    /// `Update::Renew`: the lease, good for another TTL from now, if the
+    /// record still holds this tick's.
+    pub(super) fn renew(&mut self, mut state: ServiceState, awaiting: Awaiting) -> Decision {
+        if !state.holds_lease(&self.me) {
+            let service = self.running().service;
+            let holder = if state.lease.is_some() { "another instance's lease" } else { "no lease" };
+            let e = CollectorError::new(
+                ErrorKind::PrePullError,
+                LEASE_LOST,
+                format!(
+                    "{service}'s lease was lost: renewing it, this tick found {holder} in the record (this tick's had lapsed: the instance was paused or starved for longer than lease_ttl_ms, or the instances' clocks disagree). This tick stopped working on {service}: its request in flight was dropped and nothing was committed; whoever holds the lease reads the page again. If it recurs, raise lease_ttl_ms or check the instances' clocks"
+                ),
+            );
+            return Decision::Skip(self.abandon(awaiting, Ending::failed(e)));
+        }
+        let lease = self.lease();
+        state.lease = Some(lease);
+        self.write_state(state)
+    }
+
+    /// After each answer of the store to a renewal: a renewal that ended
+    /// the part (a store failure, an unreadable record, writes that never
+    /// landed) drops what the lane awaits first, and says so.
+    pub(super) fn after_renewal(&mut self, awaiting: Awaiting) {
+        let step = std::mem::replace(&mut self.step, Step::NextService);
+        self.step = match step {
+            Step::Finish(mut ending) => {
+                if let Some(e) = ending.error.as_mut() {
+                    let service = self.running().service;
+                    e.message.push_str(&format!(
+                        "; {service}'s lease could not be renewed, so this tick stopped working on {service} before the lease could lapse (its request in flight was dropped, nothing was committed); the page is read again by the next tick that holds the lease. Check the store"
+                    ));
+                }
+                self.abandon(awaiting, ending)
+            }
+            step => step,
+        };
+    }
+
+    /// Ends the part while the lane awaits `awaiting`, which the driver
+    /// drops. A Devo batch in flight may have been taken: its events count
+    /// as sent and unconfirmed (the next holder of the lease sends them
+    /// again).
+    fn abandon(&mut self, awaiting: Awaiting, ending: Ending) -> Step {
+        if awaiting == Awaiting::Devo {
+            let run = self.running();
+            if let Some((batch, _)) = run.batches.front() {
+                run.sent += batch.events;
+            }
+        }
+        Step::Abandon(ending)
+    }
+
+    /// What follows a renewal that landed: the lane awaits its answer again.
+    pub(super) fn renewed(awaiting: Awaiting) -> Step {
+        awaiting.step()
+    }
 }

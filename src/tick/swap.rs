@@ -1,6 +1,6 @@
 //! The compare-and-swap every write of a stored record goes through, in any
 //! phase: take the lease, spend the budget, back the account off, record
-//! progress, commit, release.
+//! progress, commit, release, renew the lease (`page.rs`, the lease's heartbeat).
 //!
 //! Read the record (`Watch`), decide from its current value what to write
 //! (the phase's function, dispatched by [`Tick::decide`]), write it only if
@@ -141,6 +141,7 @@ impl Tick {
             Update::Progress => self.record_progress(state),
             Update::Commit => self.commit(state),
             Update::Release { ending, backoff, forget_cursor } => self.release(state, ending, *backoff, *forget_cursor),
+            Update::Renew(awaiting) => self.renew(state, *awaiting),
             Update::SpendBudget | Update::AccountBackoff { .. } => unreachable!("decided above"),
         }
     }
@@ -218,6 +219,7 @@ impl Tick {
             Update::Release { .. } => {
                 "; the release of the lease could not be confirmed (a lease left behind expires by itself)"
             }
+            Update::Renew(_) => "; the renewal of the lease could not be confirmed",
             // The service's part ends with the 429 either way; whether the
             // other instances wait for the account too is what is not known.
             Update::AccountBackoff { error, .. } => return Tick::account_backed_off(error.clone()),
@@ -236,6 +238,7 @@ impl Tick {
             Update::Progress => self.progress_recorded(),
             Update::Commit => self.committed(),
             Update::Release { ending, .. } => Step::Finish(ending),
+            Update::Renew(awaiting) => Tick::renewed(awaiting),
         }
     }
 
