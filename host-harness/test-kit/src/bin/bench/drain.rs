@@ -26,10 +26,9 @@ use super::{f, mib, n, Table, DEVO_DOMAIN, DEVO_TOKEN, OP_TOKEN, PAGE};
 use chrono::{DateTime, Utc};
 use harness_test_kit::emulator::{Dataset, DevoEmulator, DevoOptions, OnePasswordEmulator, OnePasswordOptions};
 use host_harness::catch_up::catch_up_at;
-use host_harness::runtime::{Limits, Runtime, TenantTick, TickOptions};
+use host_harness::runtime::{Limits, Runtime, TickOptions};
 use host_harness::tenant::Tenant;
 use onepassword_collector::budget::DEFAULT_PER_MINUTE;
-use onepassword_collector::report::Outcome;
 use onepassword_collector::service::Service;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -143,6 +142,7 @@ async fn drain(
     let tenant = Tenant {
         name: name.clone(),
         schedule: "0 * * * * *".into(),
+        spread_firings: true,
         kv: state.join(format!("{name}-{}.sqlite", backlog.services.len())).into(),
         variables,
         environment: Default::default(),
