@@ -202,9 +202,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let checks = runtime.validate(t).await;
                 all_ok &= checks.iter().all(|c| c.status != Status::Fail);
                 let store = t.kv.describe();
+                let next = t.next_firing(chrono::Utc::now());
                 match output.resolve() {
-                    OutputFormat::Json => println!("{}", output::validate_json(&t.name, &store, &checks)),
-                    _ => print!("{}", output::validate_table(&t.name, &store, &checks)),
+                    OutputFormat::Json => {
+                        println!("{}", output::validate_json(&t.name, &store, next.as_ref(), &checks))
+                    }
+                    _ => print!("{}", output::validate_table(&t.name, &store, next.as_ref(), &checks)),
                 }
             }
             Ok(exit(all_ok))
@@ -251,8 +254,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let rows = host_harness::status::read(&tenants, &Stores::default()).await;
             let now = chrono::Utc::now();
             match output.resolve() {
-                OutputFormat::Json => host_harness::status::to_json(&rows, now).iter().for_each(|l| println!("{l}")),
-                _ => print!("{}", host_harness::status::table(&rows, now)),
+                OutputFormat::Json => {
+                    let mut lines = host_harness::status::to_json(&rows, now);
+                    host_harness::status::add_firings(&mut lines, &tenants, now);
+                    lines.iter().for_each(|l| println!("{l}"));
+                }
+                _ => print!(
+                    "{}\n{}",
+                    host_harness::status::table(&rows, now),
+                    host_harness::status::firings_table(&tenants, now)
+                ),
             }
             Ok(exit(rows.iter().all(|r| r.state.is_ok())))
         }

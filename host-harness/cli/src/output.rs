@@ -3,6 +3,7 @@
 //! and whenever stdout is not a terminal). Times are UTC.
 
 use host_harness::runtime::TenantTick;
+use host_harness::schedule::Firing;
 use host_harness::status::human_duration;
 use onepassword_collector::error::CollectorError;
 use onepassword_collector::report::Outcome;
@@ -74,9 +75,11 @@ pub fn tick_table(ticks: &[TenantTick]) -> String {
     columns(&rows)
 }
 
-/// The checklist of one tenant, as a person reads it.
-pub fn validate_table(tenant: &str, store: &str, checks: &[Check]) -> String {
-    let mut out = format!("tenant {tenant}\n  store   {store}\n");
+/// The checklist of one tenant, as a person reads it, headed by its store
+/// and its next firing (`next`, `None`: its schedule fires no more).
+pub fn validate_table(tenant: &str, store: &str, next: Option<&Firing>, checks: &[Check]) -> String {
+    let next = next.map_or_else(|| "never: the schedule fires no more".to_string(), Firing::describe);
+    let mut out = format!("tenant {tenant}\n  store   {store}\n  next    {next}\n");
     for check in checks {
         let mark = match check.status {
             Status::Pass => "  ok  ",
@@ -88,8 +91,9 @@ pub fn validate_table(tenant: &str, store: &str, checks: &[Check]) -> String {
     out
 }
 
-/// The checklist of one tenant as one JSON line.
-pub fn validate_json(tenant: &str, store: &str, checks: &[Check]) -> serde_json::Value {
+/// The checklist of one tenant as one JSON line, with its next firing
+/// (`next_firing`, `firing_offset_ms`, `firing`).
+pub fn validate_json(tenant: &str, store: &str, next: Option<&Firing>, checks: &[Check]) -> serde_json::Value {
     let checks: Vec<serde_json::Value> = checks
         .iter()
         .map(|c| {
@@ -102,7 +106,11 @@ pub fn validate_json(tenant: &str, store: &str, checks: &[Check]) -> serde_json:
         })
         .collect();
     let ok = checks.iter().all(|c| c["status"] != "fail");
-    serde_json::json!({ "tenant": tenant, "store": store, "ok": ok, "checks": checks })
+    let mut line = serde_json::json!({ "tenant": tenant, "store": store, "ok": ok, "checks": checks });
+    for (key, value) in Firing::json_fields(next) {
+        line[key] = value;
+    }
+    line
 }
 
 /// The outcome as a table shows it: a failure stands out.
@@ -245,10 +253,21 @@ mod tests {
             Check { name: "config".into(), status: Status::Pass, detail: "5 keys".into() },
             Check { name: "Devo".into(), status: Status::Fail, detail: "401: check devo_token".into() },
         ];
-        let text = validate_table("acme", "sqlite state/acme.sqlite", &checks);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-05-01T12:00:40Z").unwrap().to_utc();
+        let minute = host_harness::schedule::parse("0 * * * * *").unwrap();
+        let next = host_harness::schedule::next_firing(&minute, "acme", true, now);
+        let text = validate_table("acme", "sqlite state/acme.sqlite", next.as_ref(), &checks);
         assert!(text.contains("  FAIL  Devo"), "{text}");
-        let json = validate_json("acme", "sqlite state/acme.sqlite", &checks);
+        assert!(text.contains("\n  next    2026-05-01T12:01:19.872Z, 19.872 s into each 1 min period\n"), "{text}");
+        let json = validate_json("acme", "sqlite state/acme.sqlite", next.as_ref(), &checks);
         assert_eq!(json["ok"], false);
         assert_eq!(json["checks"][1]["status"], "fail");
+        assert_eq!(json["next_firing"], "2026-05-01T12:01:19.872Z");
+        assert_eq!(json["firing_offset_ms"], 19_872);
+        let exact = host_harness::schedule::next_firing(&minute, "acme", false, now);
+        let json = validate_json("acme", "sqlite state/acme.sqlite", exact.as_ref(), &checks);
+        assert_eq!(json["next_firing"], "2026-05-01T12:01:00Z");
+        assert_eq!(json["firing_offset_ms"], serde_json::Value::Null);
+        assert_eq!(json["firing"], "on the exact second (spread_firings = false)");
     }
 }

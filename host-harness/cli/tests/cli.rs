@@ -303,3 +303,78 @@ fn run_reports_a_start_up_error_as_a_json_line_when_asked() {
     let (_, _, stderr) = harness(&["run", "--config", "/nonexistent/tenants.toml"]);
     assert!(stderr.starts_with("host-harness: cannot read config file"), "{stderr}");
 }
+
+// Spread firings, as the command shows them: a tenant on a one-minute
+// schedule fires at its offset within the minute (a stable hash of its
+// name), one with `spread_firings = false` on the exact second, one on a
+// sub-minute schedule on the exact second too. `status` reads no component
+// and no network, so these need neither.
+fn status_of(config: &str, output: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("harness.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_host-harness"))
+        .args(["status", "--config", path.to_str().unwrap(), "--output", output])
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
+}
+
+const SPREAD_CONFIG: &str = "[tenants.acme]\nschedule = \"0 * * * * *\"\n\
+                             [tenants.beta]\nschedule = \"0 * * * * *\"\nspread_firings = false\n\
+                             [tenants.gamma]\nschedule = \"*/10 * * * * *\"\n";
+
+#[test]
+fn a_spread_tenant_fires_at_its_offset_and_an_exact_one_on_the_second() {
+    use chrono::Timelike;
+    let before = chrono::Utc::now();
+    let (ok, stdout) = status_of(SPREAD_CONFIG, "json");
+    let after = chrono::Utc::now();
+    // Never collected is not a failure.
+    assert!(ok, "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |name: &str| lines.iter().find(|l| l["tenant"] == name).unwrap_or_else(|| panic!("{name}: {stdout}"));
+    let next = |name: &str| {
+        let text = of(name)["next_firing"].as_str().unwrap_or_else(|| panic!("{name}: {stdout}")).to_string();
+        chrono::DateTime::parse_from_rfc3339(&text).unwrap().with_timezone(&chrono::Utc)
+    };
+
+    // acme: 19.872 s into each minute (the golden value of
+    // host_harness::schedule's tests), within the next minute.
+    let acme = next("acme");
+    assert_eq!(of("acme")["firing_offset_ms"], 19_872, "{stdout}");
+    assert_eq!((acme.second(), acme.nanosecond() / 1_000_000), (19, 872), "{acme}");
+    assert!(acme > before && acme <= after + chrono::Duration::seconds(60), "{acme}");
+    assert_eq!(of("acme")["firing"], "19.872 s into each 1 min period", "{stdout}");
+
+    // beta: spreading off, on the exact second of the next minute.
+    let beta = next("beta");
+    assert_eq!(of("beta")["firing_offset_ms"], serde_json::Value::Null, "{stdout}");
+    assert_eq!((beta.second(), beta.nanosecond()), (0, 0), "{beta}");
+    assert!(beta > before && beta <= after + chrono::Duration::seconds(60), "{beta}");
+    assert_eq!(of("beta")["firing"], "on the exact second (spread_firings = false)");
+
+    // gamma: every 10 s is under a minute: the exact second.
+    let gamma = next("gamma");
+    assert_eq!(of("gamma")["firing_offset_ms"], serde_json::Value::Null, "{stdout}");
+    assert_eq!((gamma.second() % 10, gamma.nanosecond()), (0, 0), "{gamma}");
+    assert!(of("gamma")["firing"].as_str().unwrap().contains("is under a minute"), "{stdout}");
+
+    // The table says the same, after the services' rows.
+    let (_, table) = status_of(SPREAD_CONFIG, "table");
+    let row = |name: &str| {
+        table.lines().find(|l| l.starts_with(name) && l.contains("Z ")).unwrap_or_else(|| panic!("{name}: {table}"))
+    };
+    assert!(table.contains("next firing"), "{table}");
+    assert!(row("acme").ends_with(":19.872Z  19.872 s into each 1 min period"), "{table}");
+    assert!(
+        row("beta").contains(":00Z ") && row("beta").ends_with(" on the exact second (spread_firings = false)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_misspelt_spread_setting_is_refused() {
+    let (ok, stdout) = status_of("[tenants.acme]\nspread_firing = false\n", "json");
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+}
