@@ -235,9 +235,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
             }
             let runtime = setup.runtime(&host)?;
-            let options = run::RunOptions {
             let pool = runtime.clone();
             telemetry.watch_connections(Box::new(move || pool.connection_stats()));
+            let options = run::RunOptions {
                 config: setup.config.clone(),
                 host,
                 shard,
