@@ -20,6 +20,13 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 4;
 
+/// Bytes of a slot's linear memory zeroed in place rather than decommitted.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+/// Likewise for its tables (the component's are a few KiB).
+const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
+/// Slots whose memory goes back to the kernel in one batch.
+const DECOMMIT_BATCH: usize = 16;
+
 /// An engine whose pool holds `limits.max_concurrent_instances` instances,
 /// with its epoch ticker running.
 pub(crate) fn new(limits: &Limits) -> anyhow::Result<Engine> {
@@ -36,7 +43,18 @@ fn config(limits: &Limits) -> Config {
         .total_memories(slots.saturating_mul(MEMORIES_PER_COMPONENT))
         .total_tables(slots.saturating_mul(TABLES_PER_COMPONENT))
         // One fiber for instantiation, one for the call; margin for both.
-        .total_stacks(slots.saturating_mul(2));
+        .total_stacks(slots.saturating_mul(2))
+        // A tick's instance is torn down when the tick ends. Zeroing the
+        // first MiB of its memory with memset, instead of handing it back
+        // to the kernel with madvise, spares the next instance in the slot
+        // a page fault for every page it touches: an idle tick uses about
+        // 1.1 MiB, and the faults were a good part of its host CPU
+        // (BENCHMARKS.md, part 8). The cost is that memory staying resident:
+        // at most a MiB per slot that was used.
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
+        // Hands memory back in batches: one call for many slots.
+        .decommit_batch_size(DECOMMIT_BATCH);
     let mut config = Config::new();
     config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     // For profiling only: with HOST_HARNESS_PERF_MAP=1 the engine writes

@@ -150,7 +150,11 @@ impl ConnectionPool {
     /// Connections opened, reused, and idle now.
     pub fn stats(&self) -> ConnectionStats {
         let idle = self.lock().values().flatten().filter(|c| !c.sender.is_closed()).count();
-        ConnectionStats { opened: self.opened.load(Ordering::Relaxed), reused: self.reused.load(Ordering::Relaxed), idle }
+        ConnectionStats {
+            opened: self.opened.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+            idle,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Pooled>>> {

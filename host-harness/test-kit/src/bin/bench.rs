@@ -6,7 +6,7 @@
 //! cargo run --release -p harness-test-kit --bin bench -- --quick # short run
 //! ```
 //!
-//! Seven parts: the sans-IO core called natively (parse, obfuscate, batch,
+//! Eight parts: the sans-IO core called natively (parse, obfuscate, batch,
 //! gzip), the same core inside the component under wasmtime (whole ticks
 //! against the loopback emulators), the host's own costs (compile,
 //! instantiate, tick overhead, component size), scale (RSS and CPU time
@@ -17,8 +17,11 @@
 //! default settings under `run`'s catch-up and under a Spin-like one tick
 //! per firing (`drain.rs`; `--drain` runs only that part), and a minute of
 //! 10,000 caught-up tenants' firings under `run`'s scheduler, on the exact
-//! second and spread (`mod fleet` below; `--fleet` runs only that part,
-//! `--tenants N` sizes it).
+//! second and spread (`mod fleet` below; `--fleet` runs only that part, `--tenants
+//! N` sizes it), and what an idle tick costs the host over https for 1,000
+//! caught-up tenants, with nothing kept between requests and ticks and with
+//! kept-alive connections and open stores (`idle.rs`; `--idle` runs only
+//! that part, `--idle-tenants N` sizes it).
 //!
 //! The emulators run in a child process (this binary, `serve-emulators`), so
 //! the RSS and CPU time read from `/proc/self` are the harness's alone; the
@@ -53,6 +56,9 @@ mod side_by_side;
 
 #[path = "bench/drain.rs"]
 mod drain;
+
+#[path = "bench/idle.rs"]
+mod idle;
 
 const SEED: u64 = 20_261_125;
 /// The service every measurement uses: its events carry the fields the
@@ -108,6 +114,13 @@ struct BenchOptions {
     /// Tenants in part 7.
     #[arg(long, default_value_t = 10_000)]
     tenants: usize,
+    /// Only part 8: what an idle tick costs the host over https, before and
+    /// after connections were kept alive and stores kept open.
+    #[arg(long)]
+    idle: bool,
+    /// Tenants in part 8.
+    #[arg(long, default_value_t = 1_000)]
+    idle_tenants: usize,
     /// The `host-harness` binary part 5 runs (default: beside this bench,
     /// i.e. target/release/host-harness).
     #[arg(long)]
@@ -200,6 +213,12 @@ fn main() -> anyhow::Result<()> {
     if cli.options.drain {
         print_machine(&component, " (--drain)");
         let result = rt.block_on(drain::run(&component, cli.options.quick, &state_parent));
+        println!("load average at the end: {} (1, 5, 15 min)", load_average());
+        return result;
+    }
+    if cli.options.idle {
+        print_machine(&component, " (--idle)");
+        let result = rt.block_on(idle::run(&component, cli.options.idle_tenants, &state_parent));
         println!("load average at the end: {} (1, 5, 15 min)", load_average());
         return result;
     }
@@ -561,9 +580,22 @@ fn serve_emulators(per_service: usize, start: &str, span_secs: i64) -> anyhow::R
     let dataset = Dataset::generate(SEED, per_service, start, chrono::Duration::seconds(span_secs));
     let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset))?;
     let devo = DevoEmulator::start(DevoOptions { domain: DEVO_DOMAIN.into(), token: DEVO_TOKEN.into() })?;
+    // Part 8 asks for https: TLS fronts with a CA made for this run, whose
+    // certificate goes to the file the variable names.
+    let mut fronts = Vec::new();
+    let (mut op_url, mut devo_url) = (op.base_url(), devo.base_url());
+    if let Some(ca_file) = std::env::var_os(idle::TLS_CA_FILE_VAR) {
+        let ca = harness_test_kit::tls::TestCa::new("bench CA");
+        std::fs::write(&ca_file, ca.pem())?;
+        for url in [&mut op_url, &mut devo_url] {
+            let front = harness_test_kit::tls::TlsFront::start(&ca, url)?;
+            *url = front.url();
+            fronts.push(front);
+        }
+    }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "op {}", op.base_url())?;
-    writeln!(out, "devo {}", devo.base_url())?;
+    writeln!(out, "op {op_url}")?;
+    writeln!(out, "devo {devo_url}")?;
     out.flush()?;
     // Serve until the bench closes our stdin (or exits), answering its
     // questions one line each: the bench watches Devo from outside this
