@@ -7,6 +7,12 @@
 //! between Devo's answer and its checkpoint write — and 1Password never
 //! answers 429 although the replicas together could overspend a budget that
 //! was not shared.
+//!
+//! And fast failover, with the default `tick_deadline_ms`,
+//! `request_timeout_ms` and `lease_ttl_ms`: a replica killed while its ticks
+//! hold leases (Devo answers after 20 s, longer than a lease lasts) is taken
+//! over by another within the 15 s lease, not the 150 s leases lasted
+//! before they were renewed.
 
 use harness_test_kit::emulator::{
     Dataset, DevoEmulator, DevoFault, DevoOptions, OnePasswordEmulator, OnePasswordOptions,
@@ -215,5 +221,141 @@ fn three_replicas_on_one_redis_deliver_every_event_once_through_a_kill() {
     for line in outputs.iter().flatten() {
         let text = line.to_string();
         assert!(!text.contains(OP_TOKEN) && !text.contains(DEVO_TOKEN), "secret printed: {text}");
+    }
+}
+
+/// One tenant, its three services' pages in flight together. (With a dozen
+/// 20 s answers in flight, some requests reached the emulator only after
+/// others' answers and timed out, in the first replica or in the second
+/// after the kill: a matter of the connections to one Devo, not of the
+/// leases.)
+const FAILOVER_TENANTS: usize = 1;
+/// Devo's every answer comes this long after it stored the events: longer
+/// than a lease lasts (15 s), under the request timeout (30 s).
+const SLOW_DEVO: Duration = Duration::from_secs(20);
+/// How long a lease lasts by default (`lease_ttl_ms`).
+const LEASE_TTL: Duration = Duration::from_secs(15);
+
+fn failover_tag(n: usize, service: Service) -> String {
+    tag(n, service).replacen("replicas.t", "failover.f", 1)
+}
+
+#[test]
+fn a_replica_killed_mid_tick_is_taken_over_within_the_lease_ttl_with_default_settings() {
+    let redis = RedisServer::start();
+    let now = chrono::Utc::now();
+    let dataset = Dataset::generate(93, EVENTS, now - chrono::Duration::hours(2), chrono::Duration::hours(1));
+    let op = OnePasswordEmulator::start(OnePasswordOptions::new(OP_TOKEN, dataset.clone())).unwrap();
+    let devo = DevoEmulator::start(DevoOptions { domain: "replicas".into(), token: DEVO_TOKEN.into() }).unwrap();
+    // The first replica's first pages are answered late, the rest at once.
+    devo.push_faults(vec![DevoFault::AcceptAfter(SLOW_DEVO); 3 * FAILOVER_TENANTS]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("failover.toml");
+    let mut text = String::from(harness_test_kit::loopback::HOST_SECTION);
+    text += "shared_variables = [\"REPLICA_OP_TOKEN\", \"REPLICA_DEVO_TOKEN\"]\n";
+    text += "[host.redis]\nreplicas = \"${REPLICA_REDIS_URL}\"\n";
+    // No tick_deadline_ms, request_timeout_ms or lease_ttl_ms: the defaults.
+    for n in 0..FAILOVER_TENANTS {
+        let t = format!("f{n:02}");
+        text += &format!(
+            "[tenants.{t}]\nschedule = \"* * * * * *\"\nkv = \"redis:replicas\"\n\
+             [tenants.{t}.variables]\nbase_url = \"{}\"\ntoken = \"${{REPLICA_OP_TOKEN}}\"\ndevo_url = \"{}\"\n\
+             devo_domain = \"replicas\"\ndevo_token = \"${{REPLICA_DEVO_TOKEN}}\"\npage_size = {PAGE}\n\
+             tag_audit = \"{}\"\ntag_item_usage = \"{}\"\ntag_sign_in_attempts = \"{}\"\n\n",
+            op.base_url(),
+            devo.base_url(),
+            failover_tag(n, Service::Audit),
+            failover_tag(n, Service::ItemUsage),
+            failover_tag(n, Service::SignInAttempts),
+        );
+    }
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let url = redis.url(0);
+    let tags: Vec<String> = (0..FAILOVER_TENANTS).flat_map(|n| Service::ALL.map(|s| failover_tag(n, s))).collect();
+
+    // The first replica alone: its ticks take every lease, fetch a page per
+    // service and send it to Devo, which stores it and answers 20 s later.
+    let first = Replica::start(config, &url, None);
+    let until = Instant::now() + Duration::from_secs(60);
+    while devo.requests().is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first page reached Devo: its answer comes 20 s later.
+    let first_at = devo.requests().first().map(|r| r.at).expect("the first replica sent nothing to Devo");
+    let second = Replica::start(config, &url, None);
+    // Past the lease's 15 s while the first replica's ticks wait on Devo:
+    // only renewals keep the second from taking the services over.
+    std::thread::sleep((first_at + LEASE_TTL + Duration::from_secs(3)).saturating_duration_since(Instant::now()));
+    let first_reports = first.lines.lock().unwrap().clone();
+    assert!(first_at.elapsed() < SLOW_DEVO, "the kill must come before Devo answers");
+    assert!(devo.total_events() > 0);
+    for tag in &tags {
+        assert!(
+            devo.events(tag).len() <= PAGE,
+            "{tag}: the service was sent again while the first replica still worked on it (its lease was \
+             not renewed while it waited on Devo, or its tick failed); the first replica's reports: {first_reports:?}"
+        );
+    }
+    let at_kill: BTreeMap<String, usize> = tags.iter().map(|t| (t.clone(), devo.events(t).len())).collect();
+    let deferred = second.lines.lock().unwrap().iter().filter(|l| l.contains("another instance is collecting")).count();
+    assert!(deferred > 0, "the second replica never met the first one's leases");
+
+    // SIGKILL while every tick of the first replica holds its leases and
+    // waits on Devo.
+    let _ = first.kill();
+    let killed = Instant::now();
+    // Another replica resumes each service once its lease lapses: it reads
+    // the killed tick's page again (its checkpoint had not moved), and Devo
+    // gets it a second time.
+    let mut resumed: BTreeMap<String, Duration> = BTreeMap::new();
+    let until = killed + Duration::from_secs(60);
+    while resumed.len() < tags.len() && Instant::now() < until {
+        for tag in &tags {
+            if !resumed.contains_key(tag) && devo.events(tag).len() > at_kill[tag] {
+                resumed.insert(tag.clone(), killed.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let slowest = resumed.values().max().copied().unwrap_or_default();
+    eprintln!("failover: every service resumed by {slowest:?} after the kill ({resumed:?})");
+    assert_eq!(resumed.len(), tags.len(), "services never resumed after the kill: {resumed:?}");
+    // The lease lapses at most 15 s after the killed tick's last renewal;
+    // then the next firing (every second) takes it and sends the page.
+    let allowed = LEASE_TTL + Duration::from_secs(3);
+    assert!(
+        slowest <= allowed,
+        "a service resumed {slowest:?} after the kill, more than the lease's {LEASE_TTL:?} plus a firing and a page \
+         ({allowed:?}): the killed replica's leases outlived it ({resumed:?})"
+    );
+
+    // Every event arrives, and the only repeats are the page each service
+    // had in flight at the kill.
+    let until = Instant::now() + Duration::from_secs(60);
+    while tags.iter().any(|t| devo.events(t).len() < EVENTS + PAGE) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = second.kill();
+    for n in 0..FAILOVER_TENANTS {
+        for service in Service::ALL {
+            let tag = failover_tag(n, service);
+            let mut received = devo.event_values(&tag);
+            let got = received.len();
+            received.sort_by_key(|v| v.to_string());
+            received.dedup();
+            assert_eq!(received.len(), dataset.values(service).len(), "{tag}: not every event arrived");
+            assert!(
+                got - received.len() <= PAGE,
+                "{tag}: {} repeats, more than the page in flight",
+                got - received.len()
+            );
+        }
+    }
+    for line in &lines {
+        let text = line.to_string();
+        assert!(!text.contains("\"id\":202"), "the surviving replica lost a lease: {text}");
     }
 }
