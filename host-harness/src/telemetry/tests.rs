@@ -659,3 +659,26 @@ fn a_tick_that_only_backs_off_after_failures_counts_as_backing_off_not_ok() {
         "a spent budget is ok"
     );
 }
+
+#[test]
+fn each_scrape_reads_the_pools_connection_counts() {
+    use crate::host::outbound::ConnectionStats;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let t = Telemetry::new();
+    assert_eq!(sample(&t, "onepassword_collector_outbound_connections_opened_total"), Some(0.0), "at zero before");
+    let reused = Arc::new(AtomicU64::new(4));
+    let source = Arc::clone(&reused);
+    t.watch_connections(Box::new(move || ConnectionStats {
+        opened: 2,
+        reused: source.load(Ordering::Relaxed),
+        idle: 1,
+    }));
+    assert_eq!(sample(&t, "onepassword_collector_outbound_connections_opened_total"), Some(2.0));
+    assert_eq!(sample(&t, "onepassword_collector_outbound_connections_reused_total"), Some(4.0));
+    assert_eq!(sample(&t, "onepassword_collector_outbound_connections_idle"), Some(1.0));
+    // The counters follow the pool's totals, however often it is scraped.
+    reused.store(10, Ordering::Relaxed);
+    assert_eq!(sample(&t, "onepassword_collector_outbound_connections_reused_total"), Some(10.0));
+    assert_eq!(sample(&t, "onepassword_collector_outbound_connections_reused_total"), Some(10.0));
+}
