@@ -185,6 +185,9 @@ fn a_new_connection_to_a_server_resumes_its_tls_session() {
     let ca = TestCa::new("collector test CA");
     let mut f = Fixture::new(10, 47);
     let (op, devo) = behind_tls(&mut f, &ca);
+    // rustls keeps sessions by server name: Devo's front is named by its
+    // address, so neither front is offered the other's tickets.
+    f.set("devo_url", &devo.url().replace("localhost", "127.0.0.1"));
     let dir = tempfile::tempdir().unwrap();
     // Nothing kept idle: every request opens a connection of its own.
     let pool = host_harness::host::outbound::PoolLimits { per_destination: 0, ..Default::default() };
@@ -195,12 +198,15 @@ fn a_new_connection_to_a_server_resumes_its_tls_session() {
     .expect("component loads");
     f.drain_on(&runtime, 5);
     f.assert_all_delivered_once(ApiVersion::V2);
-    let (handshakes, resumed) = (op.handshakes() + devo.handshakes(), op.resumed_handshakes() + devo.resumed_handshakes());
     assert_eq!(runtime.connection_stats().reused, 0);
-    assert!(handshakes >= f.op.request_count() + f.devo.requests().len(), "{handshakes} handshakes");
-    // The first handshakes with each front (the services' requests start
-    // together) are full ones; most after them resume.
-    assert!(resumed * 2 >= handshakes, "{resumed} of {handshakes} handshakes resumed a session");
+    for (name, front, requests) in [("1Password", &op, f.op.request_count()), ("Devo", &devo, f.devo.requests().len())] {
+        let (handshakes, resumed) = (front.handshakes(), front.resumed_handshakes());
+        assert!(handshakes >= requests, "{name}: {handshakes} handshakes for {requests} requests");
+        // Only handshakes that began before the first one ended (the
+        // services' requests start together, three at most) are full.
+        assert!(resumed + 3 >= handshakes, "{name}: {resumed} of {handshakes} handshakes resumed");
+    }
+    assert!(op.handshakes() > 3 && op.resumed_handshakes() >= 1, "{} handshakes with 1Password", op.handshakes());
 }
 
 #[test]
