@@ -199,7 +199,8 @@ fn a_new_connection_to_a_server_resumes_its_tls_session() {
     f.drain_on(&runtime, 5);
     f.assert_all_delivered_once(ApiVersion::V2);
     assert_eq!(runtime.connection_stats().reused, 0);
-    for (name, front, requests) in [("1Password", &op, f.op.request_count()), ("Devo", &devo, f.devo.requests().len())] {
+    for (name, front, requests) in [("1Password", &op, f.op.request_count()), ("Devo", &devo, f.devo.requests().len())]
+    {
         let (handshakes, resumed) = (front.handshakes(), front.resumed_handshakes());
         assert!(handshakes >= requests, "{name}: {handshakes} handshakes for {requests} requests");
         // Only handshakes that began before the first one ended (the

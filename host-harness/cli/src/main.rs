@@ -58,7 +58,12 @@ impl Setup {
         let cache = self.compile_cache.clone().map_or(CompileCache::NextToComponent, CompileCache::Dir);
         Runtime::with_options(
             &component,
-            RuntimeOptions { limits: host.limits.clone(), cache, outbound: host.outbound.clone(), ..RuntimeOptions::default() },
+            RuntimeOptions {
+                limits: host.limits.clone(),
+                cache,
+                outbound: host.outbound.clone(),
+                ..RuntimeOptions::default()
+            },
         )
     }
 }

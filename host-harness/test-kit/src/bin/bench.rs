@@ -926,7 +926,10 @@ async fn hosted_parts(plan: &Plan, component: &Path, component_size: u64, bench:
     let timed = |cache: CompileCache| -> anyhow::Result<(Duration, Runtime)> {
         let started = Instant::now();
         let outbound = harness_test_kit::loopback::outbound();
-        let runtime = Runtime::with_options(component, RuntimeOptions { limits: Limits::default(), cache, outbound, ..RuntimeOptions::default() })?;
+        let runtime = Runtime::with_options(
+            component,
+            RuntimeOptions { limits: Limits::default(), cache, outbound, ..RuntimeOptions::default() },
+        )?;
         Ok((started.elapsed(), runtime))
     };
     let (compile, uncached) = timed(CompileCache::Off)?;
