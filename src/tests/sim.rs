@@ -237,8 +237,14 @@ impl Sim {
     /// Runs a tick to its end; `None` when an injected stop ended it early.
     pub fn tick(&mut self, config: Config) -> Option<TickReport> {
         let mut running = self.start(config);
+        self.finish(&mut running)
+    }
+
+    /// Runs a started tick to its end; `None` when an injected stop ended
+    /// it early.
+    pub fn finish(&mut self, running: &mut Running) -> Option<TickReport> {
         loop {
-            match self.step(&mut running) {
+            match self.step(running) {
                 Step::Continue => {}
                 Step::Done(report) => return Some(report),
                 Step::Stopped => return None,

@@ -925,9 +925,7 @@ fn a_lease_taken_over_mid_delivery_stops_this_tick_without_clobbering() {
     // run until the first batch was accepted, then let another holder take the lease
     loop {
         if sim.devo_requests == 1 {
-            let mut st = state(&sim, Service::Audit);
-            st.lease = Some(Lease { holder: "other".into(), expires: sim.now + TimeDelta::minutes(5) });
-            sim.store.insert(ServiceState::key(Service::Audit), st.encode());
+            take_over(&mut sim, Service::Audit);
         }
         if let SimStep::Done(report) = sim.step(&mut running) {
             let e = svc(&report, "audit").error.clone().unwrap();
@@ -1017,11 +1015,7 @@ fn on_a_lying_store_a_commit_that_did_not_land_is_lease_lost_and_counted_unconfi
     // instance takes the lease over: the swap answers ok and writes nothing.
     step_to_swap_after_batch(&mut sim, &mut running, 1);
     take_over(&mut sim, Service::Audit);
-    let report = loop {
-        if let SimStep::Done(report) = sim.step(&mut running) {
-            break report;
-        }
-    };
+    let report = sim.finish(&mut running).expect("no stop was injected");
     assert_eq!(sim.lies, 1);
     let s = svc(&report, "audit");
     assert_eq!((s.outcome, s.error.as_ref().map(|e| e.id)), (Outcome::Failed, Some(LEASE_LOST)), "{s:?}");
@@ -1048,11 +1042,7 @@ fn on_a_lying_store_progress_that_did_not_land_is_counted_unconfirmed() {
     // instance took the lease over), though the swap answers ok.
     step_to_swap_after_batch(&mut sim, &mut running, 1);
     take_over(&mut sim, Service::Audit);
-    let report = loop {
-        if let SimStep::Done(report) = sim.step(&mut running) {
-            break report;
-        }
-    };
+    let report = sim.finish(&mut running).expect("no stop was injected");
     assert_eq!(sim.lies, 1);
     let s = svc(&report, "audit");
     // The progress write is read back at once: the second batch is not sent.
