@@ -136,10 +136,18 @@ impl Stores {
     pub async fn open(&self, location: &KvLocation, name: &str) -> Result<Box<dyn KvBackend>, String> {
         match location {
             KvLocation::Sqlite(path) => {
-                let (path, files) = (path.clone(), Arc::clone(&self.sqlite));
-                let file = tokio::task::spawn_blocking(move || files.get(&path))
-                    .await
-                    .map_err(|e| format!("the store's thread ended: {e}"))??;
+                // A file already open costs a map lookup and a `stat`, done
+                // here; only opening one (which may wait on another
+                // process's lock) goes to the blocking pool.
+                let file = match self.sqlite.get_open(path) {
+                    Some(file) => file,
+                    None => {
+                        let (path, files) = (path.clone(), Arc::clone(&self.sqlite));
+                        tokio::task::spawn_blocking(move || files.get(&path))
+                            .await
+                            .map_err(|e| format!("the store's thread ended: {e}"))??
+                    }
+                };
                 Ok(Box::new(SqliteStore::shared_bucket(file, name)))
             }
             KvLocation::Redis(location) => {

@@ -249,19 +249,10 @@ impl OpenFiles {
     /// The file at `path`, open already or opened now (created if need
     /// be, as [`SqliteStore::open`]). Blocks: call it off the async workers.
     pub fn get(&self, path: &Path) -> Result<Arc<Mutex<SqliteStore>>, String> {
-        let now = identity(path);
-        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(open) = files.get_mut(path) {
-                if open.identity.is_some() && open.identity == now {
-                    open.last_used = tick;
-                    return Ok(Arc::clone(&open.file));
-                }
-                // Deleted or replaced under us: open what is there now.
-                files.remove(path);
-            }
+        if let Some(file) = self.get_open(path) {
+            return Ok(file);
         }
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(Mutex::new(SqliteStore::open(path)?));
         self.opened.fetch_add(1, Ordering::Relaxed);
         let open = OpenFile { file: Arc::clone(&file), identity: identity(path), last_used: tick };
@@ -273,6 +264,25 @@ impl OpenFiles {
             files.remove(&oldest);
         }
         Ok(file)
+    }
+
+    /// The file at `path` if it is open and the path still names it; a
+    /// file deleted or replaced under it is forgotten (and closes once no
+    /// tick uses it). Opens nothing, so it does not block beyond a `stat`:
+    /// a tick calls it on its own thread and leaves only a real open to
+    /// the blocking pool.
+    pub fn get_open(&self, path: &Path) -> Option<Arc<Mutex<SqliteStore>>> {
+        let now = identity(path);
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = files.get_mut(path)?;
+        if open.identity.is_some() && open.identity == now {
+            open.last_used = tick;
+            return Some(Arc::clone(&open.file));
+        }
+        // Deleted or replaced under us: open what is there now.
+        files.remove(path);
+        None
     }
 
     /// How many times a file was opened (a tick that found its file open
