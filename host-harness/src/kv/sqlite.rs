@@ -217,6 +217,8 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 /// on another process's lock.
 pub struct OpenFiles {
     files: Mutex<HashMap<PathBuf, OpenFile>>,
+    /// A lock per path being opened now (see [`OpenFiles::get`]).
+    opening: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     capacity: usize,
     /// Uses so far: each file's last use is a tick of this clock.
     uses: AtomicU64,
@@ -240,6 +242,7 @@ impl OpenFiles {
     pub fn with_capacity(capacity: usize) -> OpenFiles {
         OpenFiles {
             files: Mutex::default(),
+            opening: Mutex::default(),
             capacity: capacity.max(1),
             uses: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -251,6 +254,34 @@ impl OpenFiles {
     pub fn get(&self, path: &Path) -> Result<Arc<Mutex<SqliteStore>>, String> {
         if let Some(file) = self.get_open(path) {
             return Ok(file);
+        }
+        // One open of a path at a time: two ticks of a tenant starting
+        // together would both open a new file, and SQLite answers a switch
+        // to WAL that meets another connection's lock with "database is
+        // locked" at once, whatever the busy timeout. The second waits for
+        // the first and takes the file it opened.
+        let opening = {
+            let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(opening.entry(path.to_path_buf()).or_default())
+        };
+        let opened = {
+            let _only_one = opening.lock().unwrap_or_else(PoisonError::into_inner);
+            self.open_new(path)
+        };
+        drop(opening);
+        // The last to let go of the path's lock removes it (a tick that
+        // takes it meanwhile holds a clone, made under this map's lock).
+        let mut locks = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        if locks.get(path).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            locks.remove(path);
+        }
+        opened
+    }
+
+    /// [`OpenFiles::get`] under the path's open lock.
+    fn open_new(&self, path: &Path) -> Result<Arc<Mutex<SqliteStore>>, String> {
+        if let Some(file) = self.get_open(path) {
+            return Ok(file); // opened by the tick this one waited for
         }
         let tick = self.uses.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(Mutex::new(SqliteStore::open(path)?));
@@ -537,5 +568,24 @@ mod tests {
         let file = files.get(&path).unwrap();
         let wait: i64 = file.lock().unwrap().conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
         assert_eq!(wait, LOCK_WAIT.as_millis() as i64);
+    }
+
+    #[test]
+    fn ticks_opening_one_new_file_at_once_share_one_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let files = Arc::new(OpenFiles::default());
+        let opened: Vec<_> = (0..8)
+            .map(|_| {
+                let (files, path) = (Arc::clone(&files), path.clone());
+                std::thread::spawn(move || files.get(&path))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap().expect("every open succeeds"))
+            .collect();
+        assert_eq!(files.opened(), 1, "one open for eight at once");
+        assert!(opened.iter().all(|f| Arc::ptr_eq(f, &opened[0])));
+        assert!(files.opening.lock().unwrap().is_empty(), "no open lock left behind");
     }
 }
