@@ -154,7 +154,7 @@ pub struct Sim {
 
 /// A tick in progress, for interleaving several.
 pub struct Running {
-    tick: Tick,
+    pub tick: Tick,
     watched: Option<(String, Option<Vec<u8>>)>,
     /// Per service record, the lease of this tick's last swap of it,
     /// whether it wrote or not: what the tick may believe it holds.
@@ -329,6 +329,12 @@ impl Sim {
         self.check_lapsed(running);
         running.tick.handle_lane(lane, input, self.now);
         Step::Continue
+    }
+
+    /// Carries out one action of a tick driven by hand (a test that looks
+    /// at each action); the tick must not end or stop here.
+    pub fn perform_now(&mut self, running: &mut Running, action: Action) -> Input {
+        self.perform(running, action).unwrap_or_else(|_| panic!("the action ended the tick"))
     }
 
     /// Carries out an action; `Err` ends the tick (its report, or a stop).

@@ -29,7 +29,11 @@ impl Tick {
     // The page is delivered (`Update::Commit`).
 
     /// Moves the checkpoint past the page, forgets the page's partial
-    /// progress and any back-off, counts the page, and renews the lease.
+    /// progress and any back-off, counts the page, and renews the lease —
+    /// or, when 1Password said nothing more is waiting, releases it in the
+    /// same write: the service's part ends here either way (`committed`),
+    /// and a separate release would cost an idle service a second swap and
+    /// its read-back every tick.
     pub(super) fn commit(&mut self, mut state: ServiceState) -> Decision {
         if !state.holds_lease(&self.me) {
             return lease_lost(self.running().service);
@@ -44,7 +48,7 @@ impl Tick {
         // Saturating: the stored statistics are outside input too.
         state.stats.pages = state.stats.pages.saturating_add(1);
         state.stats.bytes_sent = state.stats.bytes_sent.saturating_add(run.bytes_sent - run.bytes_counted);
-        state.lease = Some(lease);
+        state.lease = run.has_more.then_some(lease);
         self.write_state(state)
     }
 
@@ -56,11 +60,21 @@ impl Tick {
     /// did not move it sends the page again (this tick reports its events as
     /// unconfirmed). If the record still holds this tick's lease, the commit
     /// is tried again.
+    ///
+    /// A commit that released the lease (nothing more waiting) leaves a
+    /// moment between its swap and the read-back in which another instance
+    /// may take the free service: a record under another's lease that holds
+    /// the checkpoint this commit wrote descends from it — the checkpoint
+    /// moves only by a commit past this very page — so the commit counts as
+    /// written.
     pub(super) fn commit_not_written(&mut self, state: ServiceState, attempt: u32, answer: Answer) -> Step {
         if state.holds_lease(&self.me) {
             return swap::not_landed(Update::Commit, attempt, answer);
         }
         let run = self.running();
+        if !run.has_more && state.checkpoint == run.next {
+            return self.committed();
+        }
         // The report shows the stored checkpoint, not the one that was not written.
         run.state = state;
         Step::Finish(Ending::failed(lease_lost_error(run.service)))
@@ -79,7 +93,10 @@ impl Tick {
         run.bytes_counted = run.bytes_sent;
         run.longest_page = run.longest_page.max(now - run.page_started);
         let room = now + run.longest_page < deadline;
-        if run.has_more && room && cap.is_none_or(|c| run.pages < c) {
+        if !run.has_more {
+            // The commit released the lease.
+            Step::Finish(Ending::of(run.outcome(Outcome::Idle)))
+        } else if room && cap.is_none_or(|c| run.pages < c) {
             Step::write(Update::SpendBudget)
         } else {
             Step::release(Ending::of(run.outcome(Outcome::Idle)), false, false)
